@@ -1,0 +1,161 @@
+"""The lab's configuration: every environment variable the lab reads, read in one place.
+
+``load()`` returns a frozen :class:`LabConfig` built from ``os.environ`` (or a mapping given
+for tests). Importing this module has no side effects: no directories are created, no ``.env``
+file is read and no logging is configured. The native launcher (``lab_utils.lab``) is what
+loads ``.env`` into the environment before it starts services.
+
+Defaults match the native lab started by ``make lab``; the Docker images set the same
+variables to the paths they mount.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Environment variables and what they mean; the README's configuration table mirrors this.
+VARIABLES: dict[str, str] = {
+    "SPARK_MASTER_URL": "Spark master to connect to (spark://host:port); unset: the native lab "
+    "if it is running, else local[*]",
+    "SPARK_AUTH_SECRET": "shared secret for spark.authenticate (generated into .env)",
+    "JUPYTER_TOKEN": "JupyterLab token (generated into .env)",
+    "LAB_ROOT": "project root (default: the checkout that holds lab_utils, else the cwd)",
+    "LAB_SHARE_DIR": "shared storage folder (default: <root>/share_storages)",
+    "LAB_STATE_DIR": "pid files, logs and generated Spark conf of the native lab "
+    "(default: <root>/.lab)",
+    "LAB_HOST": "address services bind and advertise (default 127.0.0.1; 'auto' = this "
+    "host's IP, used by containers)",
+    "LAB_MASTER_PORT": "Spark master RPC port (7077)",
+    "LAB_MASTER_UI_PORT": "Spark master web UI port (8080)",
+    "LAB_WORKERS": "number of native workers (2)",
+    "LAB_WORKER_CORES": "cores each worker offers (default: this machine's cores)",
+    "LAB_WORKER_MEMORY": "memory each worker offers (4g)",
+    "LAB_WORKER_UI_PORT": "first worker web UI port, the next workers count up (8081)",
+    "LAB_HISTORY_PORT": "Spark History Server port (18080)",
+    "LAB_JUPYTER_PORT": "JupyterLab port (8888)",
+    "LAB_APP_CORES_MAX": "spark.cores.max per application (default: this machine's cores)",
+    "LAB_EXECUTOR_MEMORY": "spark.executor.memory per application (1g)",
+    "LAB_ARROW_BATCH": "spark.sql.execution.arrow.maxRecordsPerBatch (1024)",
+    "LAB_DRIVER_HOST": "address executors use to reach the driver (containers: jupyterlab)",
+    "LAB_START_TIMEOUT": "seconds `make lab` waits for each service to become healthy (120)",
+    "LAB_SMOKE": "1 = notebooks use smoke-sized data (CI)",
+}
+
+
+def _root_default() -> Path:
+    # Editable install (the native venv): the package sits in the checkout, next to pyproject.
+    here = Path(__file__).resolve().parent.parent
+    if (here / "pyproject.toml").is_file() and (here / "lab_utils").is_dir():
+        return here
+    return Path.cwd()
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer: fix it in .env or the environment")
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    """Settings of one lab, resolved from the environment."""
+
+    root: Path
+    share_dir: Path
+    state_dir: Path
+    master_url: str | None
+    auth_secret: str | None
+    jupyter_token: str | None
+    host: str
+    master_port: int
+    master_ui_port: int
+    workers: int
+    worker_cores: int
+    worker_memory: str
+    worker_ui_port: int
+    history_port: int
+    jupyter_port: int
+    app_cores_max: int
+    executor_memory: str
+    arrow_batch: int
+    driver_host: str | None
+    start_timeout: int
+    smoke: bool
+
+    @property
+    def events_dir(self) -> Path:
+        """Where drivers write event logs and the history server reads them."""
+        return self.share_dir / "spark-events"
+
+    @property
+    def notebooks_dir(self) -> Path:
+        return self.root / "notebooks"
+
+    @property
+    def lab_master_url(self) -> str:
+        """The master URL of the lab this config describes (native or compose)."""
+        return f"spark://{self.host}:{self.master_port}"
+
+    @property
+    def master_ui_url(self) -> str:
+        return f"http://{self.host}:{self.master_ui_port}"
+
+    @property
+    def history_url(self) -> str:
+        return f"http://{self.host}:{self.history_port}"
+
+    @property
+    def jupyter_url(self) -> str:
+        return f"http://{self.host}:{self.jupyter_port}/lab"
+
+
+def load(env: Mapping[str, str] | None = None) -> LabConfig:
+    """Build the lab's configuration from ``env`` (default ``os.environ``).
+
+    Parameters
+    ----------
+    env : Mapping[str, str], optional
+        Variables to read; tests pass a dict, everything else the process environment.
+
+    Returns
+    -------
+    LabConfig
+    """
+    env = os.environ if env is None else env
+    cores = os.cpu_count() or 1
+    root = Path(env.get("LAB_ROOT") or _root_default()).resolve()
+    share = Path(env.get("LAB_SHARE_DIR") or root / "share_storages").resolve()
+    state = Path(env.get("LAB_STATE_DIR") or root / ".lab").resolve()
+    workers = _int(env, "LAB_WORKERS", 2)
+    if workers < 1:
+        raise ValueError("LAB_WORKERS must be at least 1")
+    return LabConfig(
+        root=root,
+        share_dir=share,
+        state_dir=state,
+        master_url=env.get("SPARK_MASTER_URL") or None,
+        auth_secret=env.get("SPARK_AUTH_SECRET") or None,
+        jupyter_token=env.get("JUPYTER_TOKEN") or None,
+        host=env.get("LAB_HOST") or "127.0.0.1",
+        master_port=_int(env, "LAB_MASTER_PORT", 7077),
+        master_ui_port=_int(env, "LAB_MASTER_UI_PORT", 8080),
+        workers=workers,
+        worker_cores=_int(env, "LAB_WORKER_CORES", cores),
+        worker_memory=env.get("LAB_WORKER_MEMORY") or "4g",
+        worker_ui_port=_int(env, "LAB_WORKER_UI_PORT", 8081),
+        history_port=_int(env, "LAB_HISTORY_PORT", 18080),
+        jupyter_port=_int(env, "LAB_JUPYTER_PORT", 8888),
+        app_cores_max=_int(env, "LAB_APP_CORES_MAX", cores),
+        executor_memory=env.get("LAB_EXECUTOR_MEMORY") or "1g",
+        arrow_batch=_int(env, "LAB_ARROW_BATCH", 1024),
+        driver_host=env.get("LAB_DRIVER_HOST") or None,
+        start_timeout=_int(env, "LAB_START_TIMEOUT", 120),
+        smoke=env.get("LAB_SMOKE", "").strip().lower() in {"1", "true", "yes", "on"},
+    )

@@ -1,0 +1,563 @@
+"""Run the lab's services: natively as local processes, or one per container.
+
+Native mode (``make lab`` → ``lab start``) starts a Spark master, N workers, the Spark History
+Server and JupyterLab as background processes bound to ``LAB_HOST`` (127.0.0.1), waits until
+they are healthy and prints their URLs. ``lab status`` and ``lab stop`` manage them through pid
+files in ``LAB_STATE_DIR``; logs go to ``LAB_STATE_DIR/logs/<service>.log``.
+
+Docker mode runs ``lab run ROLE`` as each container's command: the very same
+:func:`service_command` builds the process, which then replaces the Python process (exec), so
+the tests that start the native lab exercise the code containers run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab_utils import config as lab_config
+from lab_utils import envfile
+
+ROLES = ("master", "worker", "history", "jupyter")
+SHARE_SUBDIRS = ("data", "models", "output", "spark-events")
+SPARKMONITOR_KERNEL_CONFIG = "c.InteractiveShellApp.extensions.append('sparkmonitor.kernelextension')\n"
+
+
+class LabError(RuntimeError):
+    """A problem the user can fix; the message says how."""
+
+
+# --------------------------------------------------------------------------- environment checks
+
+
+def spark_home() -> Path:
+    """The Spark runtime shipped inside the pyspark wheel (``bin/spark-class`` and the jars)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pyspark")
+    if spec is None or spec.origin is None:
+        raise LabError("pyspark is not installed in this Python: run `make venv` (or `make lab`)")
+    home = Path(spec.origin).parent
+    if not (home / "bin" / "spark-class").is_file():
+        raise LabError(f"{home} has no bin/spark-class: reinstall pyspark with `make venv`")
+    return home
+
+
+def java_version(java: str | None = None) -> tuple[int, str]:
+    """Return (major version, path) of the Java that Spark will use; raise LabError if unusable."""
+    if java is None:
+        java_home = os.environ.get("JAVA_HOME")
+        java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+    if not java or not Path(java).exists():
+        raise LabError(
+            "Java not found: Spark needs Java 17 or newer. Install it "
+            "(Debian/Ubuntu: `sudo apt-get install openjdk-17-jre-headless`, macOS: "
+            "`brew install openjdk@17`) or set JAVA_HOME to a JDK 17+."
+        )
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60)
+    text = out.stderr + out.stdout
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', text)
+    if not match:
+        raise LabError(f"could not read the Java version from `{java} -version`: {text.strip()!r}")
+    major = int(match.group(1))
+    if major == 1 and match.group(2):  # "1.8.0_292" style
+        major = int(match.group(2))
+    if major < 17:
+        raise LabError(
+            f"Java {major} found at {java}, but Spark 4 needs Java 17 or newer: install "
+            "openjdk-17-jre-headless (or newer) and put it first on PATH, or set JAVA_HOME to it."
+        )
+    return major, java
+
+
+def resolve_host(host: str) -> str:
+    """``auto`` means this machine's own address (containers advertise their IP)."""
+    if host == "auto":
+        return socket.gethostbyname(socket.gethostname())
+    return host
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def http_json(url: str, timeout: float = 3.0, headers: dict[str, str] | None = None):
+    """GET ``url`` and decode JSON; raise OSError/ValueError when it does not answer properly."""
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (http only)
+        return json.loads(response.read().decode())
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.5) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if predicate():
+                return True
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- services
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str  # master, worker-1, ..., history, jupyter
+    role: str
+    index: int = 0
+    ports: tuple[tuple[int, str], ...] = ()
+
+
+def services(cfg: lab_config.LabConfig) -> list[Service]:
+    """The native lab's services in start order."""
+    items = [Service("master", "master", ports=((cfg.master_port, "LAB_MASTER_PORT"),
+                                               (cfg.master_ui_port, "LAB_MASTER_UI_PORT")))]
+    for i in range(1, cfg.workers + 1):
+        ui_port = cfg.worker_ui_port + i - 1
+        items.append(Service(f"worker-{i}", "worker", i, ((ui_port, "LAB_WORKER_UI_PORT"),)))
+    items.append(Service("history", "history", ports=((cfg.history_port, "LAB_HISTORY_PORT"),)))
+    items.append(Service("jupyter", "jupyter", ports=((cfg.jupyter_port, "LAB_JUPYTER_PORT"),)))
+    return items
+
+
+def spark_conf_path(cfg: lab_config.LabConfig) -> Path:
+    return cfg.state_dir / "conf" / "spark-defaults.conf"
+
+
+def write_spark_conf(cfg: lab_config.LabConfig) -> Path:
+    """Write the daemons' properties file (0600: it holds the authentication secret).
+
+    Passing the secret in a file keeps it off command lines (``ps``) and out of launch logs.
+    """
+    if not cfg.auth_secret:
+        raise LabError("SPARK_AUTH_SECRET is not set: run `make env` (or `make lab`) to generate .env")
+    events = cfg.events_dir.as_uri()
+    lines = {
+        "spark.authenticate": "true",
+        "spark.authenticate.secret": cfg.auth_secret,
+        # The REST submission server has no authentication; Spark refuses it with a secret set.
+        "spark.master.rest.enabled": "false",
+        # Apps that do not set spark.cores.max (e.g. a bare spark-submit) get the lab's cap too.
+        "spark.deploy.defaultCores": str(cfg.app_cores_max),
+        "spark.worker.cleanup.enabled": "true",
+        "spark.history.fs.logDirectory": events,
+        "spark.history.fs.update.interval": "5s",
+        "spark.history.ui.port": str(cfg.history_port),
+    }
+    path = spark_conf_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write("# Generated by lab_utils.lab on every start: edit .env, not this file.\n")
+        handle.writelines(f"{key} {value}\n" for key, value in lines.items())
+    os.replace(tmp, path)
+    return path
+
+
+def service_env(cfg: lab_config.LabConfig) -> dict[str, str]:
+    """Environment shared by every service and, through JupyterLab, by every notebook kernel."""
+    env = dict(os.environ)
+    host = resolve_host(cfg.host)
+    env.update(
+        SPARK_HOME=str(spark_home()),
+        # Driver and executors run the very same interpreter (and so the same libraries).
+        PYSPARK_PYTHON=sys.executable,
+        PYSPARK_DRIVER_PYTHON=sys.executable,
+        LAB_ROOT=str(cfg.root),
+        LAB_SHARE_DIR=str(cfg.share_dir),
+        LAB_STATE_DIR=str(cfg.state_dir),
+        SPARK_MASTER_URL=cfg.master_url or f"spark://{host}:{cfg.master_port}",
+        # Marks every process of this lab (inherited by executors and kernels) for `lab stop`.
+        LAB_INSTANCE=str(cfg.state_dir),
+        IPYTHONDIR=str(cfg.state_dir / "ipython"),
+        JUPYTER_RUNTIME_DIR=str(cfg.state_dir / "jupyter-runtime"),
+    )
+    if host not in {"0.0.0.0", "::"}:
+        # Web UIs bind to all interfaces unless told otherwise; keep them on LAB_HOST.
+        env["SPARK_LOCAL_IP"] = host
+    return env
+
+
+def service_command(service: Service, cfg: lab_config.LabConfig) -> list[str]:
+    """The argv that runs ``service``; native mode and containers both use it."""
+    host = resolve_host(cfg.host)
+    spark_class = str(spark_home() / "bin" / "spark-class")
+    props = ["--properties-file", str(spark_conf_path(cfg))]
+    if service.role == "master":
+        return [spark_class, "org.apache.spark.deploy.master.Master", "--host", host,
+                "--port", str(cfg.master_port), "--webui-port", str(cfg.master_ui_port), *props]
+    if service.role == "worker":
+        ui_port = cfg.worker_ui_port + max(service.index, 1) - 1
+        work_dir = cfg.state_dir / "work" / service.name
+        master = cfg.master_url or f"spark://{host}:{cfg.master_port}"
+        return [spark_class, "org.apache.spark.deploy.worker.Worker", master, "--host", host,
+                "--cores", str(cfg.worker_cores), "--memory", cfg.worker_memory,
+                "--webui-port", str(ui_port), "--work-dir", str(work_dir), *props]
+    if service.role == "history":
+        return [spark_class, "org.apache.spark.deploy.history.HistoryServer", *props]
+    if service.role == "jupyter":
+        # The token comes from JUPYTER_TOKEN in the environment, never from the command line.
+        argv = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ip={host}",
+                f"--port={cfg.jupyter_port}", f"--ServerApp.root_dir={cfg.notebooks_dir}",
+                "--ServerApp.port_retries=0"]
+        if host in {"0.0.0.0", "::"}:
+            argv.append("--ServerApp.allow_remote_access=True")  # container: reached via Docker
+        if os.geteuid() == 0:
+            # CI and some native setups run as root; the images never do (they run as `lab`).
+            argv.append("--allow-root")
+        return argv
+    raise LabError(f"unknown role {service.role!r}: expected one of {', '.join(ROLES)}")
+
+
+def prepare(cfg: lab_config.LabConfig) -> None:
+    """Create the folders and generated files every service expects (idempotent)."""
+    if not cfg.jupyter_token:
+        raise LabError("JUPYTER_TOKEN is not set: run `make env` (or `make lab`) to generate .env")
+    for sub in SHARE_SUBDIRS:
+        (cfg.share_dir / sub).mkdir(parents=True, exist_ok=True)
+    (cfg.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+    (cfg.state_dir / "pids").mkdir(parents=True, exist_ok=True)
+    write_spark_conf(cfg)
+    # Load sparkmonitor's kernel extension in every kernel, so its live job view is ready
+    # before the first cell runs; lab_utils.session then attaches the listener.
+    profile = cfg.state_dir / "ipython" / "profile_default"
+    profile.mkdir(parents=True, exist_ok=True)
+    (profile / "ipython_kernel_config.py").write_text(SPARKMONITOR_KERNEL_CONFIG)
+
+
+# --------------------------------------------------------------------------- health probes
+
+
+def master_state(cfg: lab_config.LabConfig) -> dict:
+    """The master's JSON status page (workers, cores, running applications)."""
+    return http_json(f"http://{resolve_host(cfg.host)}:{cfg.master_ui_port}/json/")
+
+
+def alive_workers(cfg: lab_config.LabConfig) -> int:
+    state = master_state(cfg)
+    return sum(1 for worker in state.get("workers", []) if worker.get("state") == "ALIVE")
+
+
+def healthy(service: Service, cfg: lab_config.LabConfig) -> bool:
+    """True when ``service`` answers on its port the way a ready service does."""
+    host = resolve_host(cfg.host)
+    probe = "127.0.0.1" if host in {"0.0.0.0", "::"} else host
+    try:
+        if service.role == "master":
+            return master_state(cfg).get("status") == "ALIVE"
+        if service.role == "worker":
+            port = cfg.worker_ui_port + max(service.index, 1) - 1
+            worker = http_json(f"http://{probe}:{port}/json/")
+            return bool(worker.get("masterurl")) and worker.get("cores", 0) > 0
+        if service.role == "history":
+            http_json(f"http://{probe}:{cfg.history_port}/api/v1/applications")
+            return True
+        if service.role == "jupyter":
+            return "version" in http_json(f"http://{probe}:{cfg.jupyter_port}/api")
+    except (OSError, ValueError):
+        return False
+    return False
+
+
+# --------------------------------------------------------------------------- pid files
+
+
+def _start_time(pid: int) -> str | None:
+    """Kernel start time of ``pid`` (clock ticks since boot), or None if it is not running."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields counted after the ")" that ends the command name (which may contain spaces):
+    # state is field 3, start time field 22. A zombie has exited, it only awaits reaping.
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in {"Z", "X"} else fields[19]
+
+
+def _pid_file(cfg: lab_config.LabConfig, name: str) -> Path:
+    return cfg.state_dir / "pids" / f"{name}.pid"
+
+
+def running_pid(cfg: lab_config.LabConfig, name: str) -> int | None:
+    """The pid of a running service, or None; a stale pid file (dead or reused pid) is removed."""
+    path = _pid_file(cfg, name)
+    try:
+        pid_text, started = path.read_text().split()
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        path.unlink(missing_ok=True)
+        return None
+    if _start_time(pid) != started:
+        path.unlink(missing_ok=True)  # stale: the process died or the pid now belongs to another
+        return None
+    return pid
+
+
+def _spawn(service: Service, cfg: lab_config.LabConfig, env: dict[str, str]) -> int:
+    log = cfg.state_dir / "logs" / f"{service.name}.log"
+    with open(log, "ab") as handle:
+        handle.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {service.name}\n".encode())
+        handle.flush()
+        proc = subprocess.Popen(
+            service_command(service, cfg), stdin=subprocess.DEVNULL, stdout=handle,
+            stderr=subprocess.STDOUT, env=env, cwd=cfg.root, start_new_session=True,
+        )
+    _pid_file(cfg, service.name).write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
+    return proc.pid
+
+
+def _log_tail(cfg: lab_config.LabConfig, name: str, lines: int = 15) -> str:
+    path = cfg.state_dir / "logs" / f"{name}.log"
+    try:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "\n".join("    " + line for line in text)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def start(cfg: lab_config.LabConfig, *, jupyter: bool = True, out=print) -> dict[str, str]:
+    """Start the native lab and wait until it is healthy; return its URLs.
+
+    Raises
+    ------
+    LabError
+        Java missing or too old, a port taken, or a service that did not become healthy in time
+        (the message names the log to read and what to change).
+    """
+    java_version()
+    wanted = [s for s in services(cfg) if jupyter or s.role != "jupyter"]
+    alive = [s.name for s in wanted if running_pid(cfg, s.name)]
+    if alive and len(alive) == len(wanted):
+        out("The lab is already running.")
+        return urls(cfg)
+    if alive:
+        raise LabError(f"the lab is partly running ({', '.join(alive)}): run `make stop`, "
+                       "then `make lab`")
+    host = resolve_host(cfg.host)
+    for service in wanted:
+        for port, variable in service.ports:
+            if not port_free(host, port):
+                raise LabError(
+                    f"port {port} on {host} ({service.name}) is already in use by another process:"
+                    f" stop that process, or choose another port with {variable}=... in .env"
+                )
+    prepare(cfg)
+    env = service_env(cfg)
+    timeout = cfg.start_timeout
+
+    def launch(service: Service, check: Callable[[], bool], what: str) -> None:
+        began = time.monotonic()
+        pid = _spawn(service, cfg, env)
+        ok = wait_until(lambda: check() or _start_time(pid) is None, timeout)
+        if not ok or _start_time(pid) is None:
+            state = "exited" if _start_time(pid) is None else f"not {what} after {timeout}s"
+            stop(cfg, out=lambda *_: None)
+            raise LabError(
+                f"{service.name} {state}: read {cfg.state_dir / 'logs' / (service.name + '.log')}"
+                f" (last lines below), fix the cause, then `make lab` again. A slow machine can "
+                f"raise LAB_START_TIMEOUT.\n{_log_tail(cfg, service.name)}"
+            )
+        out(f"  {service.name} ready in {time.monotonic() - began:.1f}s")
+
+    master, *rest = wanted
+    out(f"Starting the Spark master on {host}:{cfg.master_port} ...")
+    launch(master, lambda: healthy(master, cfg), "healthy")
+    workers = [s for s in rest if s.role == "worker"]
+    out(f"Starting {len(workers)} workers ({cfg.worker_cores} cores, {cfg.worker_memory} each) ...")
+    pids = {w.name: _spawn(w, cfg, env) for w in workers}
+    if not wait_until(lambda: alive_workers(cfg) >= len(workers), timeout):
+        dead = [name for name, pid in pids.items() if _start_time(pid) is None]
+        tails = "\n".join(f"  {name}:\n{_log_tail(cfg, name)}" for name in (dead or pids))
+        count = alive_workers(cfg) if healthy(master, cfg) else 0
+        stop(cfg, out=lambda *_: None)
+        raise LabError(
+            f"only {count} of {len(workers)} workers registered with the master within "
+            f"{timeout}s: read the worker logs in {cfg.state_dir / 'logs'} (last lines below). "
+            "Common causes: not enough memory for LAB_WORKER_MEMORY, a firewall on LAB_HOST, "
+            f"a slow machine (raise LAB_START_TIMEOUT).\n{tails}"
+        )
+    for service in rest:
+        if service.role == "history":
+            out(f"Starting the Spark History Server on {host}:{cfg.history_port} ...")
+            launch(service, lambda s=service: healthy(s, cfg), "healthy")
+        elif service.role == "jupyter":
+            out(f"Starting JupyterLab on {host}:{cfg.jupyter_port} ...")
+            launch(service, lambda s=service: healthy(s, cfg), "answering on /api")
+    found = urls(cfg)
+    (cfg.state_dir / "lab.json").write_text(json.dumps({k: v for k, v in found.items()
+                                                        if k != "jupyter"}, indent=2))
+    return found
+
+
+def urls(cfg: lab_config.LabConfig) -> dict[str, str]:
+    host = resolve_host(cfg.host)
+    return {
+        "jupyter": f"http://{host}:{cfg.jupyter_port}/lab?token={cfg.jupyter_token}",
+        "master": f"spark://{host}:{cfg.master_port}",
+        "master_ui": f"http://{host}:{cfg.master_ui_port}",
+        "history": f"http://{host}:{cfg.history_port}",
+    }
+
+
+def _lab_processes(cfg: lab_config.LabConfig) -> list[int]:
+    """Pids of every process that carries this lab's LAB_INSTANCE marker (kernels, executors…)."""
+    marker = f"LAB_INSTANCE={cfg.state_dir}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker in environ:
+            found.append(int(entry.name))
+    return found
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(os.getpgid(pid), sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def stop(cfg: lab_config.LabConfig, *, out=print, grace: float = 15.0) -> list[str]:
+    """Stop every service (JupyterLab first, master last) and sweep up leftover children."""
+    stopped = []
+    for service in reversed(services(cfg)):
+        pid = running_pid(cfg, service.name)
+        if pid is None:
+            continue
+        _signal_group(pid, signal.SIGTERM)
+        if not wait_until(lambda p=pid: _start_time(p) is None, grace, 0.2):
+            _signal_group(pid, signal.SIGKILL)
+            wait_until(lambda p=pid: _start_time(p) is None, 5, 0.1)
+        _pid_file(cfg, service.name).unlink(missing_ok=True)
+        stopped.append(service.name)
+        out(f"stopped {service.name} (pid {pid})")
+    # Kernels run in their own sessions and executors may outlive a killed worker: sweep them.
+    leftovers = _lab_processes(cfg)
+    for pid in leftovers:
+        _signal_group(pid, signal.SIGTERM)
+    if leftovers and not wait_until(lambda: not _lab_processes(cfg), grace, 0.2):
+        for pid in _lab_processes(cfg):
+            _signal_group(pid, signal.SIGKILL)
+        wait_until(lambda: not _lab_processes(cfg), 5, 0.1)
+    if leftovers:
+        out(f"stopped {len(leftovers)} leftover lab processes (kernels, drivers, executors)")
+    if not stopped and not leftovers:
+        out("The lab is not running.")
+    return stopped
+
+
+def status(cfg: lab_config.LabConfig) -> dict[str, dict]:
+    """State of each service: pid (or None) and whether it answers its health probe."""
+    report = {}
+    for service in services(cfg):
+        pid = running_pid(cfg, service.name)
+        report[service.name] = {"pid": pid, "healthy": bool(pid) and healthy(service, cfg)}
+    return report
+
+
+def run(role: str, cfg: lab_config.LabConfig) -> None:
+    """Replace this process with one service in the foreground (a container's command)."""
+    if role not in ROLES:
+        raise LabError(f"unknown role {role!r}: expected one of {', '.join(ROLES)}")
+    if role != "jupyter":
+        java_version()
+    prepare(cfg)
+    service = Service(role, role, index=1)
+    argv = service_command(service, cfg)
+    sys.stdout.flush()
+    os.execvpe(argv[0], argv, service_env(cfg))
+
+
+def _print_urls(found: dict[str, str]) -> None:
+    print()
+    print("The lab is up.")
+    print(f"  JupyterLab      {found['jupyter']}")
+    print(f"  Spark master    {found['master']}  (UI {found['master_ui']})")
+    print(f"  History server  {found['history']}")
+    print("Stop it with `make stop`; logs are in .lab/logs/.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("start", help="start the native lab and wait until it is healthy")
+    sub.add_parser("stop", help="stop the native lab, leaving no process behind")
+    sub.add_parser("status", help="show each service's pid and health")
+    sub.add_parser("env", help="create .env with a Jupyter token and a Spark secret if missing")
+    run_parser = sub.add_parser("run", help="run one service in the foreground (containers)")
+    run_parser.add_argument("role", choices=ROLES)
+    health_parser = sub.add_parser("health", help="exit 0 if a service is healthy (healthchecks)")
+    health_parser.add_argument("role", choices=ROLES)
+    args = parser.parse_args(argv)
+
+    env_path = lab_config.load().root / ".env"
+    try:
+        if args.command in {"start", "env", "run"}:
+            envfile.export(envfile.ensure(env_path) if args.command != "run"
+                           else envfile.read(env_path))
+            if args.command == "env":
+                print(f"{env_path} holds the Jupyter token and the Spark secret (mode 0600).")
+                return 0
+        else:
+            envfile.export(envfile.read(env_path))
+        cfg = lab_config.load()
+        if args.command == "start":
+            _print_urls(start(cfg))
+        elif args.command == "stop":
+            stop(cfg)
+        elif args.command == "status":
+            report = status(cfg)
+            for name, item in report.items():
+                state = "healthy" if item["healthy"] else ("running" if item["pid"] else "stopped")
+                print(f"{name:10s} {state:8s} {item['pid'] or ''}")
+            if any(item["pid"] for item in report.values()):
+                _print_urls(urls(cfg))
+            return 0 if all(item["healthy"] for item in report.values()) else 3
+        elif args.command == "run":
+            run(args.role, cfg)
+        elif args.command == "health":
+            return 0 if healthy(Service(args.role, args.role, index=1), cfg) else 1
+    except LabError as exc:
+        print(f"lab: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
