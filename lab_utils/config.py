@@ -39,6 +39,10 @@ VARIABLES: dict[str, str] = {
     "LAB_APP_CORES_MAX": "spark.cores.max per application (default: this machine's cores)",
     "LAB_EXECUTOR_MEMORY": "spark.executor.memory per application (1g)",
     "LAB_ARROW_BATCH": "spark.sql.execution.arrow.maxRecordsPerBatch (1024)",
+    "LAB_MASTER_UI_URL": "master web UI as this process reaches it (default http://LAB_HOST:"
+    "LAB_MASTER_UI_PORT; containers: http://spark-master:8080)",
+    "LAB_HISTORY_URL": "history server as this process reaches it (default http://LAB_HOST:"
+    "LAB_HISTORY_PORT)",
     "LAB_DRIVER_HOST": "address executors use to reach the driver (containers: jupyterlab)",
     "LAB_START_TIMEOUT": "seconds `make lab` waits for each service to become healthy (120)",
     "LAB_SMOKE": "1 = notebooks use smoke-sized data (CI)",
@@ -86,6 +90,8 @@ class LabConfig:
     executor_memory: str
     arrow_batch: int
     driver_host: str | None
+    master_ui_url_override: str | None
+    history_url_override: str | None
     start_timeout: int
     smoke: bool
 
@@ -105,11 +111,11 @@ class LabConfig:
 
     @property
     def master_ui_url(self) -> str:
-        return f"http://{self.host}:{self.master_ui_port}"
+        return self.master_ui_url_override or f"http://{self.host}:{self.master_ui_port}"
 
     @property
     def history_url(self) -> str:
-        return f"http://{self.host}:{self.history_port}"
+        return self.history_url_override or f"http://{self.host}:{self.history_port}"
 
     @property
     def jupyter_url(self) -> str:
@@ -156,6 +162,42 @@ def load(env: Mapping[str, str] | None = None) -> LabConfig:
         executor_memory=env.get("LAB_EXECUTOR_MEMORY") or "1g",
         arrow_batch=_int(env, "LAB_ARROW_BATCH", 1024),
         driver_host=env.get("LAB_DRIVER_HOST") or None,
+        master_ui_url_override=env.get("LAB_MASTER_UI_URL") or None,
+        history_url_override=env.get("LAB_HISTORY_URL") or None,
         start_timeout=_int(env, "LAB_START_TIMEOUT", 120),
         smoke=env.get("LAB_SMOKE", "").strip().lower() in {"1", "true", "yes", "on"},
     )
+
+
+def to_env(cfg: LabConfig) -> dict[str, str]:
+    """The variables that reproduce ``cfg`` (``load(to_env(cfg)) == cfg``).
+
+    The native launcher hands them to every service, so notebook kernels started by JupyterLab
+    see the very lab that started them.
+    """
+    values = {
+        "LAB_ROOT": str(cfg.root),
+        "LAB_SHARE_DIR": str(cfg.share_dir),
+        "LAB_STATE_DIR": str(cfg.state_dir),
+        "SPARK_MASTER_URL": cfg.master_url,
+        "SPARK_AUTH_SECRET": cfg.auth_secret,
+        "JUPYTER_TOKEN": cfg.jupyter_token,
+        "LAB_HOST": cfg.host,
+        "LAB_MASTER_PORT": cfg.master_port,
+        "LAB_MASTER_UI_PORT": cfg.master_ui_port,
+        "LAB_WORKERS": cfg.workers,
+        "LAB_WORKER_CORES": cfg.worker_cores,
+        "LAB_WORKER_MEMORY": cfg.worker_memory,
+        "LAB_WORKER_UI_PORT": cfg.worker_ui_port,
+        "LAB_HISTORY_PORT": cfg.history_port,
+        "LAB_JUPYTER_PORT": cfg.jupyter_port,
+        "LAB_APP_CORES_MAX": cfg.app_cores_max,
+        "LAB_EXECUTOR_MEMORY": cfg.executor_memory,
+        "LAB_ARROW_BATCH": cfg.arrow_batch,
+        "LAB_DRIVER_HOST": cfg.driver_host,
+        "LAB_MASTER_UI_URL": cfg.master_ui_url_override,
+        "LAB_HISTORY_URL": cfg.history_url_override,
+        "LAB_START_TIMEOUT": cfg.start_timeout,
+        "LAB_SMOKE": "1" if cfg.smoke else "",
+    }
+    return {key: str(value) for key, value in values.items() if value not in (None, "")}

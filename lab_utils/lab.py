@@ -182,21 +182,21 @@ def write_spark_conf(cfg: lab_config.LabConfig) -> Path:
 def service_env(cfg: lab_config.LabConfig) -> dict[str, str]:
     """Environment shared by every service and, through JupyterLab, by every notebook kernel."""
     env = dict(os.environ)
+    env.update(lab_config.to_env(cfg))
     host = resolve_host(cfg.host)
     env.update(
         SPARK_HOME=str(spark_home()),
         # Driver and executors run the very same interpreter (and so the same libraries).
         PYSPARK_PYTHON=sys.executable,
         PYSPARK_DRIVER_PYTHON=sys.executable,
-        LAB_ROOT=str(cfg.root),
-        LAB_SHARE_DIR=str(cfg.share_dir),
-        LAB_STATE_DIR=str(cfg.state_dir),
         SPARK_MASTER_URL=cfg.master_url or f"spark://{host}:{cfg.master_port}",
         # Marks every process of this lab (inherited by executors and kernels) for `lab stop`.
         LAB_INSTANCE=str(cfg.state_dir),
         IPYTHONDIR=str(cfg.state_dir / "ipython"),
         JUPYTER_RUNTIME_DIR=str(cfg.state_dir / "jupyter-runtime"),
     )
+    # TensorFlow's INFO lines (oneDNN, CUDA probing) flood executor logs and notebook output.
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     if host not in {"0.0.0.0", "::"}:
         # Web UIs bind to all interfaces unless told otherwise; keep them on LAB_HOST.
         env["SPARK_LOCAL_IP"] = host

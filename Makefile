@@ -1,0 +1,73 @@
+# Spark DL Lab: the front door. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV ?= .venv
+TOOLS ?= .tools
+# The uv version is written once, in pyproject.toml ([tool.uv] required-version).
+UV_VERSION := $(shell sed -n 's/^required-version = "==\(.*\)"/\1/p' pyproject.toml)
+UV := $(TOOLS)/bin/uv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: help venv env lab stop status test test-unit test-cluster test-notebooks test-packaging \
+        lint format strip-notebooks docker-config clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+$(UV):
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 (e.g. apt-get install python3.11 python3.11-venv) or run make PYTHON=/path/to/python3.11"; exit 1; }
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+$(VENV)/.synced: $(UV) uv.lock pyproject.toml
+	$(UV) sync --frozen --python $(PYTHON)
+	@touch $@
+
+venv: $(VENV)/.synced ## Create/refresh the virtualenv from uv.lock (the lab's one lock file)
+
+env: ## Create .env with a Jupyter token and a Spark secret (needed before `docker compose up`)
+	python3 -m lab_utils.lab env
+
+lab: venv ## Start the native lab (master, workers, history server, JupyterLab) and print its URLs
+	$(BIN)/lab start
+
+stop: ## Stop the native lab, leaving no process behind
+	@if [ -x $(BIN)/lab ]; then $(BIN)/lab stop; else echo "no virtualenv: nothing to stop"; fi
+
+status: venv ## Show the native lab's services and URLs
+	$(BIN)/lab status
+
+test: venv ## Run every test: unit, cluster, notebooks, packaging (what CI runs)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: venv ## Unit tests only (no cluster)
+	$(BIN)/pytest -m unit $(PYTEST_ARGS)
+
+test-cluster: venv ## Tests against a real native standalone cluster
+	$(BIN)/pytest -m cluster $(PYTEST_ARGS)
+
+test-notebooks: venv ## Execute every notebook against the cluster at smoke size
+	$(BIN)/pytest -m notebooks $(PYTEST_ARGS)
+
+test-packaging: venv ## Validate the compose file and lint the Dockerfiles
+	$(BIN)/pytest -m packaging $(PYTEST_ARGS)
+
+lint: venv ## Lint the package, tests and notebooks with ruff
+	$(BIN)/ruff check lab_utils tests notebooks
+
+format: venv ## Format the code with ruff
+	$(BIN)/ruff format lab_utils tests
+
+strip-notebooks: venv ## Strip outputs and execution counts from every notebook
+	$(BIN)/python -m lab_utils.notebooks strip notebooks/*.ipynb
+
+docker-config: ## Validate docker-compose.yaml offline
+	docker-compose config --quiet
+
+clean: stop ## Remove the virtualenv, tools and the lab's local state (keeps share_storages/)
+	rm -rf $(VENV) $(TOOLS) .lab .pytest_cache .ruff_cache

@@ -1,0 +1,86 @@
+"""Look at the cluster: its workers, and whether executors run the driver's environment."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import socket
+import urllib.request
+from typing import TYPE_CHECKING
+
+from lab_utils import config as lab_config
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from pyspark.sql import SparkSession
+
+#: Libraries whose versions must agree between the driver and every executor.
+PARITY_MODULES = ("pyspark", "pandas", "pyarrow", "numpy", "tensorflow")
+
+
+def library_versions(modules: tuple[str, ...] = PARITY_MODULES) -> dict[str, str]:
+    """Python's and each module's version, read by importing the module (proves it loads)."""
+    versions = {"python": platform.python_version()}
+    for name in modules:
+        try:
+            versions[name] = str(importlib.import_module(name).__version__)
+        except ImportError as exc:
+            versions[name] = f"missing ({exc.name})"
+    return versions
+
+
+def _partition_report(modules: tuple[str, ...]):
+    def report(index, rows):
+        for _ in rows:
+            pass
+        # A Python worker's cwd is its executor's work dir (.../app-id/executor-id): it tells
+        # which worker and executor answered, in standalone mode.
+        yield {"partition": index, "host": socket.gethostname(), "pid": os.getpid(),
+               "executor_dir": os.getcwd(), **library_versions(modules)}
+    return report
+
+
+def executor_versions(
+    spark: SparkSession, partitions: int | None = None, modules: tuple[str, ...] = PARITY_MODULES
+) -> pd.DataFrame:
+    """Ask the executors for their library versions, one row per partition.
+
+    ``partitions`` defaults to twice the default parallelism so every executor gets a task.
+    """
+    import pandas as pd
+
+    sc = spark.sparkContext
+    n = partitions or max(2 * sc.defaultParallelism, 2)
+    rows = sc.parallelize(range(n), n).mapPartitionsWithIndex(_partition_report(modules)).collect()
+    return pd.DataFrame(rows)
+
+
+def version_mismatches(driver: dict[str, str], executors: pd.DataFrame) -> list[str]:
+    """Human-readable differences between the driver's versions and any executor's."""
+    problems = []
+    for key, expected in driver.items():
+        if key not in executors:
+            problems.append(f"{key}: executors did not report it")
+            continue
+        for found in sorted(set(executors[key]) - {expected}):
+            problems.append(f"{key}: driver has {expected}, an executor has {found}")
+    return problems
+
+
+def master_json(cfg: lab_config.LabConfig | None = None, url: str | None = None) -> dict:
+    """The standalone master's JSON status (``/json/`` on its web UI)."""
+    cfg = cfg or lab_config.load()
+    url = url or cfg.master_ui_url
+    with urllib.request.urlopen(f"{url.rstrip('/')}/json/", timeout=5) as response:  # noqa: S310
+        return json.loads(response.read().decode())
+
+
+def workers_table(state: dict) -> pd.DataFrame:
+    """The master's workers as a table: id, host, state, cores (used) and memory (MiB)."""
+    import pandas as pd
+
+    columns = ["id", "host", "state", "cores", "coresused", "memory", "memoryused"]
+    return pd.DataFrame([{c: w.get(c) for c in columns} for w in state.get("workers", [])],
+                        columns=columns)

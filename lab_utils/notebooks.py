@@ -1,0 +1,69 @@
+"""Notebook plumbing: the figures a notebook hands to its test, and output stripping for git.
+
+Each notebook ends by calling :func:`record_results` with the figures it computed (row counts,
+accuracies, coefficients). They are written as JSON under ``share_storages/output/notebooks/``
+where ``make test`` reads them back and asserts them: the notebook's own numbers, not "it ran".
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from lab_utils import config as lab_config
+
+
+def results_path(notebook: str, cfg: lab_config.LabConfig | None = None) -> Path:
+    cfg = cfg or lab_config.load()
+    return cfg.share_dir / "output" / "notebooks" / f"{notebook}.json"
+
+
+def record_results(notebook: str, results: dict[str, Any]) -> dict[str, Any]:
+    """Write ``results`` (JSON-serialisable figures) for the notebook's test and return them."""
+    path = results_path(notebook)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=True, default=str))
+    tmp.replace(path)
+    return results
+
+
+def load_results(notebook: str, cfg: lab_config.LabConfig | None = None) -> dict[str, Any]:
+    path = results_path(notebook, cfg)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run notebook {notebook} first")
+    return json.loads(path.read_text())
+
+
+def strip(path: Path) -> bool:
+    """Remove outputs and execution counts from one notebook; return True if it changed."""
+    text = path.read_text()
+    nb = json.loads(text)
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = []
+            cell["execution_count"] = None
+        cell.get("metadata", {}).pop("execution", None)
+    nb.get("metadata", {}).pop("widgets", None)
+    new = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+    if new != text:
+        path.write_text(new)
+        return True
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] != "strip":
+        print("usage: python -m lab_utils.notebooks strip NOTEBOOK...", file=sys.stderr)
+        return 2
+    for name in args[1:]:
+        if strip(Path(name)):
+            print(f"stripped {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

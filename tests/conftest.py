@@ -1,0 +1,120 @@
+"""Shared fixtures. The layout says what each test needs:
+
+* ``unit/``       pure Python, no cluster, no JVM;
+* ``cluster/``    a real native standalone cluster (master + 2 workers + history + JupyterLab,
+                  authentication on), started once per session by ``lab_cluster``;
+* ``notebooks/``  every notebook executed against that cluster at smoke size;
+* ``packaging/``  the compose file and the Dockerfiles, checked statically.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lab_utils import config as lab_config
+from lab_utils import lab
+
+ROOT = Path(__file__).resolve().parent.parent
+
+_DIR_MARKERS = {"unit": "unit", "cluster": "cluster", "notebooks": "notebooks",
+                "packaging": "packaging"}
+
+
+def pytest_collection_modifyitems(items):
+    # The folder decides the marker, so `-m unit` and friends select exactly one layer.
+    for item in items:
+        layer = Path(str(item.fspath)).relative_to(ROOT / "tests").parts[0]
+        if layer in _DIR_MARKERS:
+            item.add_marker(getattr(pytest.mark, _DIR_MARKERS[layer]))
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct ports free on 127.0.0.1 right now (held open together so none repeats)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def lab_env(tmp: Path, workers: int = 2, **extra: str) -> dict[str, str]:
+    """Environment for a private native lab: own state, own share folder, own ports and secrets.
+
+    It never touches a lab the developer may have running with `make lab`.
+    """
+    ports = free_ports(4 + workers)
+    env = {k: v for k, v in os.environ.items()
+           if not (k.startswith("LAB_") or k in {"SPARK_MASTER_URL", "SPARK_AUTH_SECRET",
+                                                 "JUPYTER_TOKEN", "SPARK_LOCAL_IP"})}
+    env.update(
+        LAB_ROOT=str(ROOT),
+        LAB_STATE_DIR=str(tmp / "state"),
+        LAB_SHARE_DIR=str(tmp / "share_storages"),
+        LAB_MASTER_PORT=str(ports[0]),
+        LAB_MASTER_UI_PORT=str(ports[1]),
+        LAB_HISTORY_PORT=str(ports[2]),
+        LAB_JUPYTER_PORT=str(ports[3]),
+        LAB_WORKER_UI_PORT=str(ports[4]),
+        LAB_WORKERS=str(workers),
+        LAB_WORKER_MEMORY="2g",
+        LAB_START_TIMEOUT="120",
+        LAB_SMOKE="1",
+        SPARK_AUTH_SECRET=secrets.token_urlsafe(24),
+        JUPYTER_TOKEN=secrets.token_urlsafe(24),
+    )
+    env.update(extra)
+    if workers > 1:
+        # Worker UI ports count up from LAB_WORKER_UI_PORT: make sure the next ones are free too.
+        base = int(env["LAB_WORKER_UI_PORT"])
+        if not all(lab.port_free("127.0.0.1", base + i) for i in range(workers)):
+            env["LAB_WORKER_UI_PORT"] = str(free_ports(1)[0])
+    return env
+
+
+class LabCluster:
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+        self.cfg = lab_config.load(env)
+        self.urls: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session")
+def lab_cluster(tmp_path_factory) -> Iterator[LabCluster]:
+    """The real native lab (as `make lab` starts it), private to this test session.
+
+    The process environment points at it while tests run, like a notebook kernel's does.
+    """
+    env = lab_env(tmp_path_factory.mktemp("lab"))
+    cluster = LabCluster(env)
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        cluster.urls = lab.start(cluster.cfg, out=lambda *_: None)
+        os.environ.update(lab.service_env(cluster.cfg))
+        yield cluster
+    finally:
+        lab.stop(cluster.cfg, out=lambda *_: None)
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def spark(lab_cluster):
+    """A SparkSession on the test cluster, made by the lab's own session helper."""
+    from lab_utils.session import get_spark
+
+    session = get_spark("pytest", quiet=True)
+    yield session
+    session.stop()

@@ -1,0 +1,120 @@
+"""The native launcher's logic, without starting Java."""
+
+import os
+import socket
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from lab_utils import config, lab
+
+
+def fake_java(tmp_path, version_line: str) -> str:
+    path = tmp_path / "java"
+    path.write_text(f"#!/bin/sh\necho '{version_line}' >&2\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_java_17_and_newer_accepted(tmp_path):
+    assert lab.java_version(fake_java(tmp_path, 'openjdk version "17.0.15" 2025-04-15'))[0] == 17
+    assert lab.java_version(fake_java(tmp_path, 'openjdk version "21" 2023-09-19'))[0] == 21
+
+
+@pytest.mark.parametrize("line, found", [('openjdk version "11.0.2" 2019-01-15', "Java 11"),
+                                         ('java version "1.8.0_292"', "Java 8")])
+def test_old_java_names_the_fix(tmp_path, line, found):
+    with pytest.raises(lab.LabError, match=f"{found} found .* needs Java 17 or newer: install"):
+        lab.java_version(fake_java(tmp_path, line))
+
+
+def test_missing_java_names_the_fix(tmp_path):
+    with pytest.raises(lab.LabError, match="Java not found.*openjdk-17-jre-headless"):
+        lab.java_version(str(tmp_path / "no-java"))
+
+
+def make_cfg(tmp_path, **extra):
+    env = {"LAB_ROOT": str(tmp_path), "SPARK_AUTH_SECRET": "top-secret", "JUPYTER_TOKEN": "tok"}
+    env.update(extra)
+    return config.load(env)
+
+
+def test_port_taken_is_a_clear_error(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = make_cfg(tmp_path, LAB_MASTER_PORT=str(port))  # the first port checked
+        with pytest.raises(lab.LabError, match=f"port {port} on 127.0.0.1 \\(master\\) is already "
+                                               "in use.*LAB_MASTER_PORT"):
+            lab.start(cfg, out=lambda *_: None)
+    assert not (tmp_path / ".lab" / "pids" / "master.pid").exists()  # nothing was started
+
+
+def test_spark_conf_is_private_and_complete(tmp_path):
+    cfg = make_cfg(tmp_path, LAB_APP_CORES_MAX="3")
+    path = lab.write_spark_conf(cfg)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    props = dict(line.split(" ", 1) for line in path.read_text().splitlines()
+                 if line and not line.startswith("#"))
+    assert props["spark.authenticate"] == "true"
+    assert props["spark.authenticate.secret"] == "top-secret"
+    assert props["spark.master.rest.enabled"] == "false"
+    assert props["spark.deploy.defaultCores"] == "3"
+    assert props["spark.history.fs.logDirectory"] == cfg.events_dir.as_uri()
+
+
+def test_secret_never_on_a_command_line(tmp_path):
+    cfg = make_cfg(tmp_path)
+    for service in lab.services(cfg):
+        argv = " ".join(lab.service_command(service, cfg))
+        assert "top-secret" not in argv and "tok" not in argv.split("=")[-1]
+
+
+def test_service_commands(tmp_path):
+    cfg = make_cfg(tmp_path, LAB_WORKERS="3", LAB_WORKER_CORES="2", LAB_WORKER_UI_PORT="9001")
+    named = {s.name: lab.service_command(s, cfg) for s in lab.services(cfg)}
+    assert list(named) == ["master", "worker-1", "worker-2", "worker-3", "history", "jupyter"]
+    master = named["master"]
+    assert master[1] == "org.apache.spark.deploy.master.Master"
+    assert master[master.index("--host") + 1] == "127.0.0.1"
+    worker3 = named["worker-3"]
+    assert worker3[2] == "spark://127.0.0.1:7077"
+    assert worker3[worker3.index("--webui-port") + 1] == "9003"
+    assert worker3[worker3.index("--cores") + 1] == "2"
+    assert "--ip=127.0.0.1" in named["jupyter"]
+    assert f"--ServerApp.root_dir={tmp_path.resolve() / 'notebooks'}" in named["jupyter"]
+
+
+def test_stale_pid_files_are_removed(tmp_path):
+    cfg = make_cfg(tmp_path)
+    pids = cfg.state_dir / "pids"
+    pids.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (pids / "master.pid").write_text(f"{dead.pid} 12345\n")   # process gone
+    (pids / "history.pid").write_text("garbage\n")             # unreadable
+    (pids / "jupyter.pid").write_text(f"{os.getpid()} 1\n")    # pid reused by another process
+    for name in ("master", "history", "jupyter"):
+        assert lab.running_pid(cfg, name) is None
+        assert not (pids / f"{name}.pid").exists()
+
+
+def test_live_pid_file_is_recognised(tmp_path):
+    cfg = make_cfg(tmp_path)
+    (cfg.state_dir / "pids").mkdir(parents=True)
+    (cfg.state_dir / "pids" / "master.pid").write_text(
+        f"{os.getpid()} {lab._start_time(os.getpid())}\n")
+    assert lab.running_pid(cfg, "master") == os.getpid()
+
+
+def test_service_env_shares_one_interpreter(tmp_path):
+    cfg = make_cfg(tmp_path)
+    env = lab.service_env(cfg)
+    assert env["PYSPARK_PYTHON"] == env["PYSPARK_DRIVER_PYTHON"] == sys.executable
+    assert env["SPARK_LOCAL_IP"] == "127.0.0.1"
+    assert env["SPARK_MASTER_URL"] == "spark://127.0.0.1:7077"
+    assert env["LAB_INSTANCE"] == str(cfg.state_dir)
+    assert config.load(env) == cfg
