@@ -1,5 +1,6 @@
 """The native launcher's logic, without starting Java."""
 
+import dataclasses
 import os
 import socket
 import stat
@@ -117,4 +118,5 @@ def test_service_env_shares_one_interpreter(tmp_path):
     assert env["SPARK_LOCAL_IP"] == "127.0.0.1"
     assert env["SPARK_MASTER_URL"] == "spark://127.0.0.1:7077"
     assert env["LAB_INSTANCE"] == str(cfg.state_dir)
-    assert config.load(env) == cfg
+    # Kernels see the lab that started them, with its master URL made explicit.
+    assert config.load(env) == dataclasses.replace(cfg, master_url=cfg.lab_master_url)
