@@ -430,9 +430,16 @@ def urls(cfg: lab_config.LabConfig) -> dict[str, str]:
 def _lab_processes(cfg: lab_config.LabConfig) -> list[int]:
     """Pids of every process that carries this lab's LAB_INSTANCE marker (kernels, executors…)."""
     marker = f"LAB_INSTANCE={cfg.state_dir}".encode()
+    own_group = os.getpgrp()
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # Never this process's own group: a test or script that started a driver itself.
+            if os.getpgid(int(entry.name)) == own_group:
+                continue
+        except ProcessLookupError:
             continue
         try:
             environ = (entry / "environ").read_bytes().split(b"\0")
@@ -441,6 +448,13 @@ def _lab_processes(cfg: lab_config.LabConfig) -> list[int]:
         if marker in environ:
             found.append(int(entry.name))
     return found
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -470,10 +484,10 @@ def stop(cfg: lab_config.LabConfig, *, out=print, grace: float = 15.0) -> list[s
     # Kernels run in their own sessions and executors may outlive a killed worker: sweep them.
     leftovers = _lab_processes(cfg)
     for pid in leftovers:
-        _signal_group(pid, signal.SIGTERM)
+        _signal(pid, signal.SIGTERM)
     if leftovers and not wait_until(lambda: not _lab_processes(cfg), grace, 0.2):
         for pid in _lab_processes(cfg):
-            _signal_group(pid, signal.SIGKILL)
+            _signal(pid, signal.SIGKILL)
         wait_until(lambda: not _lab_processes(cfg), 5, 0.1)
     if leftovers:
         out(f"stopped {len(leftovers)} leftover lab processes (kernels, drivers, executors)")

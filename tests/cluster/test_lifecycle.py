@@ -1,0 +1,37 @@
+"""Start and stop private labs: stale pid files, timeouts, and nothing left behind."""
+
+from __future__ import annotations
+
+import pytest
+
+from lab_utils import config as lab_config
+from lab_utils import lab
+from tests.conftest import free_ports, lab_env
+
+
+def test_start_over_stale_pids_then_stop_leaves_nothing(tmp_path):
+    cfg = lab_config.load(lab_env(tmp_path, workers=1))
+    pids = cfg.state_dir / "pids"
+    pids.mkdir(parents=True)
+    (pids / "master.pid").write_text("999999 1\n")  # left by a crashed earlier run
+    try:
+        lab.start(cfg, jupyter=False, out=lambda *_: None)
+        assert lab.alive_workers(cfg) == 1
+        running = lab._lab_processes(cfg)
+        assert len(running) >= 3  # master, worker, history (JVMs and their launchers)
+    finally:
+        stopped = lab.stop(cfg, out=lambda *_: None)
+    assert stopped == ["history", "worker-1", "master"]
+    assert lab._lab_processes(cfg) == []
+    assert list(pids.iterdir()) == []
+    assert all(lab.port_free("127.0.0.1", p) for p in (cfg.master_port, cfg.master_ui_port))
+
+
+def test_worker_that_cannot_register_is_a_clear_error(tmp_path):
+    wrong_master = f"spark://127.0.0.1:{free_ports(1)[0]}"
+    cfg = lab_config.load(lab_env(tmp_path, workers=1, SPARK_MASTER_URL=wrong_master,
+                                  LAB_START_TIMEOUT="8"))
+    with pytest.raises(lab.LabError, match=r"only 0 of 1 workers registered with the master "
+                                           r"within 8s: read the worker logs"):
+        lab.start(cfg, jupyter=False, out=lambda *_: None)
+    assert lab._lab_processes(cfg) == []  # the failed start cleaned up after itself
