@@ -94,7 +94,9 @@ def sparkmonitor_conf(shell) -> dict[str, str]:
     except ImportError:
         return {}
     monitor = getattr(kernelextension, "monitor", None)
-    if monitor is None:
+    if monitor is None or not hasattr(monitor, "comm"):
+        # No JupyterLab frontend opened the monitor's channel (e.g. a headless nbclient run):
+        # the listener's messages would have nowhere to go.
         return {}
     # The listener, running in the driver JVM started below, reads the port from its environment.
     os.environ["SPARKMONITOR_KERNEL_PORT"] = str(monitor.getPort())

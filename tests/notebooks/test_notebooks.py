@@ -1,0 +1,65 @@
+"""Every notebook, executed top to bottom on the test cluster at smoke size (LAB_SMOKE=1).
+
+Each notebook records the figures it computed (lab_utils.notebooks.record_results); the checks
+below assert them. A notebook without a check fails: running is not passing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from lab_utils import notebooks
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def check_00_getting_started(r: dict) -> None:
+    assert r["master"].startswith("spark://127.0.0.1:")
+    assert r["alive_workers"] == 2
+    assert r["cluster_cores"] >= 2
+    assert r["executors_seen"] == 2
+    assert r["mismatches"] == []
+    assert r["driver_versions"]["pyspark"].startswith("4.3.")
+    n = r["n_rows"]
+    assert n == 20_000  # the smoke size
+    assert r["expected_sum"] == n * (n + 1) // 2
+    assert r["udf_sums"] == {style: r["expected_sum"] for style in
+                             ("python UDF (pickled)", "python UDF (Arrow)", "pandas UDF")}
+    assert (r["bucket_rows"], r["bucket_total"]) == (n, n * (n - 1) // 2)
+    assert all(t["seconds"] > 0 for t in r["timings"])
+
+
+CHECKS = {"00_getting_started": check_00_getting_started}
+
+
+def test_every_notebook_has_a_check():
+    assert NOTEBOOKS, "no notebooks found"
+    assert {nb.stem for nb in NOTEBOOKS} <= set(CHECKS), "add a check for each new notebook"
+
+
+def test_notebooks_are_stripped():
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        dirty = [c for c in nb.cells if c.cell_type == "code" and (c.outputs or c.execution_count)]
+        assert not dirty, f"{path.name} has outputs: run `make strip-notebooks`"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_on_the_cluster(path, lab_cluster):
+    assert os.environ["LAB_SMOKE"] == "1"
+    results = notebooks.results_path(path.stem, lab_cluster.cfg)
+    results.unlink(missing_ok=True)
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=900, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    client.execute()  # raises CellExecutionError, with the failing cell, if any cell fails
+    out = lab_cluster.cfg.share_dir / "output" / "executed"
+    out.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, out / path.name)  # kept for a human to read when a check fails
+    CHECKS[path.stem](notebooks.load_results(path.stem, lab_cluster.cfg))
