@@ -14,7 +14,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 .PHONY: help venv env lab stop status test test-unit test-cluster test-notebooks test-packaging \
-        lint format strip-notebooks docker-config clean
+        lint format strip-notebooks docker-config docker-up docker-down clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -68,6 +68,13 @@ strip-notebooks: venv ## Strip outputs and execution counts from every notebook
 
 docker-config: ## Validate docker-compose.yaml offline
 	docker-compose config --quiet
+
+docker-up: env ## Build both images (Spark first: JupyterLab builds FROM it) and start the lab in Docker
+	docker compose build spark-master
+	docker compose up --build --detach --wait
+
+docker-down: ## Stop the Docker lab
+	docker compose down
 
 clean: stop ## Remove the virtualenv, tools and the lab's local state (keeps share_storages/)
 	rm -rf $(VENV) $(TOOLS) .lab .pytest_cache .ruff_cache

@@ -64,7 +64,9 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise ValueError(f"{name}={raw!r} is not an integer: fix it in .env or the environment")
+        raise ValueError(
+            f"{name}={raw!r} is not an integer: fix it in .env or the environment"
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ the tests that start the native lab exercise the code containers run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -33,7 +34,9 @@ from lab_utils import envfile
 
 ROLES = ("master", "worker", "history", "jupyter")
 SHARE_SUBDIRS = ("data", "models", "output", "spark-events")
-SPARKMONITOR_KERNEL_CONFIG = "c.InteractiveShellApp.extensions.append('sparkmonitor.kernelextension')\n"
+SPARKMONITOR_KERNEL_CONFIG = (
+    "c.InteractiveShellApp.extensions.append('sparkmonitor.kernelextension')\n"
+)
 
 
 class LabError(RuntimeError):
@@ -154,7 +157,9 @@ def write_spark_conf(cfg: lab_config.LabConfig) -> Path:
     Passing the secret in a file keeps it off command lines (``ps``) and out of launch logs.
     """
     if not cfg.auth_secret:
-        raise LabError("SPARK_AUTH_SECRET is not set: run `make env` (or `make lab`) to generate .env")
+        raise LabError(
+            "SPARK_AUTH_SECRET is not set: run `make env` (or `make lab`) to generate .env"
+        )
     events = cfg.events_dir.as_uri()
     lines = {
         "spark.authenticate": "true",
@@ -321,7 +326,8 @@ def running_pid(cfg: lab_config.LabConfig, name: str) -> int | None:
 def _spawn(service: Service, cfg: lab_config.LabConfig, env: dict[str, str]) -> int:
     log = cfg.state_dir / "logs" / f"{service.name}.log"
     with open(log, "ab") as handle:
-        handle.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {service.name}\n".encode())
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        handle.write(f"\n==== {stamp} starting {service.name}\n".encode())
         handle.flush()
         proc = subprocess.Popen(
             service_command(service, cfg), stdin=subprocess.DEVNULL, stdout=handle,
@@ -451,20 +457,16 @@ def _lab_processes(cfg: lab_config.LabConfig) -> list[int]:
 
 
 def _signal(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _signal_group(pid: int, sig: int) -> None:
     try:
         os.killpg(os.getpgid(pid), sig)
     except (ProcessLookupError, PermissionError):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def stop(cfg: lab_config.LabConfig, *, out=print, grace: float = 15.0) -> list[str]:
@@ -512,6 +514,8 @@ def run(role: str, cfg: lab_config.LabConfig) -> None:
     if role != "jupyter":
         java_version()
     prepare(cfg)
+    # `lab health` (the image's HEALTHCHECK) reads which role this container runs.
+    (cfg.state_dir / "role").write_text(role)
     service = Service(role, role, index=1)
     argv = service_command(service, cfg)
     sys.stdout.flush()
@@ -537,7 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     run_parser = sub.add_parser("run", help="run one service in the foreground (containers)")
     run_parser.add_argument("role", choices=ROLES)
     health_parser = sub.add_parser("health", help="exit 0 if a service is healthy (healthchecks)")
-    health_parser.add_argument("role", choices=ROLES)
+    health_parser.add_argument("role", nargs="?", choices=ROLES,
+                               help="default: the role `lab run` started here")
     args = parser.parse_args(argv)
 
     env_path = lab_config.load().root / ".env"
@@ -566,7 +571,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "run":
             run(args.role, cfg)
         elif args.command == "health":
-            return 0 if healthy(Service(args.role, args.role, index=1), cfg) else 1
+            role_file = cfg.state_dir / "role"
+            role = args.role or (role_file.read_text().strip() if role_file.is_file() else "")
+            if role not in ROLES:
+                print("lab: no role given and none recorded by `lab run`", file=sys.stderr)
+                return 1
+            return 0 if healthy(Service(role, role, index=1), cfg) else 1
     except LabError as exc:
         print(f"lab: error: {exc}", file=sys.stderr)
         return 2

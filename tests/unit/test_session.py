@@ -24,7 +24,8 @@ def test_session_conf_for_the_lab(tmp_path):
     assert conf["spark.cores.max"] == "2"
     assert conf["spark.sql.execution.arrow.maxRecordsPerBatch"] == "256"
     assert conf["spark.eventLog.enabled"] == "true"
-    assert conf["spark.eventLog.dir"] == (tmp_path.resolve() / "share_storages" / "spark-events").as_uri()
+    events = tmp_path.resolve() / "share_storages" / "spark-events"
+    assert conf["spark.eventLog.dir"] == events.as_uri()
     assert conf["spark.driver.bindAddress"] == "127.0.0.1"
 
 

@@ -1,0 +1,121 @@
+"""The Docker path, checked statically: no Docker engine runs here, so compose is validated with
+Debian's docker-compose (offline) and both Dockerfiles are linted with hadolint and read."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILES = [ROOT / "spark" / "Dockerfile", ROOT / "jupyterlab" / "Dockerfile"]
+SECRETS = {"SPARK_AUTH_SECRET": "test-secret", "JUPYTER_TOKEN": "test-token"}
+
+
+def compose(project: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    binary = shutil.which("docker-compose")
+    assert binary, "docker-compose not found: `.ci/run` installs it (apt-get docker-compose)"
+    return subprocess.run([binary, "--project-directory", str(project), "-f",
+                           str(project / "docker-compose.yaml"), "config"],
+                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **env})
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A copy of the compose file in a folder with no .env, so only the test's env counts."""
+    folder = tmp_path_factory.mktemp("compose")
+    shutil.copy(ROOT / "docker-compose.yaml", folder / "docker-compose.yaml")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def resolved(project) -> dict:
+    result = compose(project, SECRETS)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def test_compose_without_secrets_asks_for_make_env(project):
+    result = compose(project, {})
+    assert result.returncode != 0
+    assert "run make env" in result.stderr
+
+
+def test_compose_has_the_four_services(resolved):
+    services = resolved["services"]
+    assert set(services) == {"spark-master", "spark-worker", "spark-history", "jupyterlab"}
+    assert services["spark-worker"]["deploy"]["replicas"] == 2
+    for name, service in services.items():
+        assert "container_name" not in service, f"{name}: container_name blocks --scale"
+        assert service["healthcheck"]["test"][:3] == ["CMD", "lab", "health"], name
+        assert service["command"][:2] == ["lab", "run"], name
+        for dependency in service.get("depends_on", {}).values():
+            assert dependency["condition"] == "service_healthy", name
+
+
+def test_one_spark_image_for_every_role(resolved):
+    services = resolved["services"]
+    spark = {services[n]["image"] for n in ("spark-master", "spark-worker", "spark-history")}
+    assert spark == {"spark-dl-lab/spark:latest"}
+    assert services["jupyterlab"]["build"]["args"]["spark_image"] == "spark-dl-lab/spark:latest"
+    roles = {n: services[n]["command"][2] for n in services}
+    assert roles == {"spark-master": "master", "spark-worker": "worker",
+                     "spark-history": "history", "jupyterlab": "jupyter"}
+
+
+def test_ports_bound_to_loopback_and_rpc_not_published(resolved):
+    published = []
+    for name, service in resolved["services"].items():
+        for port in service.get("ports", []):
+            text = port if isinstance(port, str) else f"{port['host_ip']}:{port['published']}:" \
+                                                      f"{port['target']}"
+            assert text.startswith("127.0.0.1:"), f"{name} publishes {text} beyond loopback"
+            published.append(int(text.split(":")[2].split("/")[0]))
+    assert sorted(published) == [4040, 8080, 8888, 18080]
+    assert 7077 not in published and 6066 not in published
+
+
+def test_secrets_and_shared_storage(resolved):
+    services = resolved["services"]
+    for name, service in services.items():
+        assert service["environment"]["SPARK_AUTH_SECRET"] == "test-secret", name
+        mounts = {v.split(":")[1] for v in service["volumes"]} if isinstance(
+            service["volumes"][0], str) else {v["target"] for v in service["volumes"]}
+        assert "/lab/share_storages" in mounts, name
+    assert services["jupyterlab"]["environment"]["JUPYTER_TOKEN"] == "test-token"
+    assert services["jupyterlab"]["environment"]["LAB_DRIVER_HOST"] == "jupyterlab"
+    text = (ROOT / "docker-compose.yaml").read_text()
+    assert "test-secret" not in text and "JUPYTER_TOKEN: \"${JUPYTER_TOKEN" in text
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_hadolint_clean(dockerfile):
+    hadolint = Path(sys.executable).with_name("hadolint")
+    result = subprocess.run([str(hadolint), str(dockerfile)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_images_run_as_non_root(dockerfile):
+    users = re.findall(r"^USER\s+(\S+)", dockerfile.read_text(), re.MULTILINE)
+    assert users, f"{dockerfile} sets no USER"
+    assert users[-1] == "${lab_uid}:${lab_gid}"
+    assert 'ARG lab_uid=1000' in dockerfile.read_text()
+
+
+def test_images_install_from_the_lock_through_one_script():
+    spark, jupyter = (p.read_text() for p in DOCKERFILES)
+    assert "COPY pyproject.toml uv.lock" in spark and "install-env.sh" in spark
+    assert "FROM ${spark_image}" in jupyter and "install-env.sh --group jupyter" in jupyter
+    script = (ROOT / "spark" / "install-env.sh").read_text()
+    assert "uv sync --frozen" in script
+    # No package version is typed into the images: they all come from uv.lock.
+    for text in (spark, jupyter, script):
+        assert not re.search(r"(pyspark|tensorflow|pandas|jupyterlab)\s*==", text)
+    assert re.search(r'CMD \["lab", "run", "master"\]', spark)
+    assert re.search(r'CMD \["lab", "run", "jupyter"\]', jupyter)
