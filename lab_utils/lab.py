@@ -239,10 +239,14 @@ def service_command(service: Service, cfg: lab_config.LabConfig) -> list[str]:
     raise LabError(f"unknown role {service.role!r}: expected one of {', '.join(ROLES)}")
 
 
-def prepare(cfg: lab_config.LabConfig) -> None:
-    """Create the folders and generated files every service expects (idempotent)."""
+def require_token(cfg: lab_config.LabConfig) -> None:
+    """JupyterLab never starts without a token."""
     if not cfg.jupyter_token:
         raise LabError("JUPYTER_TOKEN is not set: run `make env` (or `make lab`) to generate .env")
+
+
+def prepare(cfg: lab_config.LabConfig) -> None:
+    """Create the folders and generated files every service expects (idempotent)."""
     for sub in SHARE_SUBDIRS:
         (cfg.share_dir / sub).mkdir(parents=True, exist_ok=True)
     (cfg.state_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -359,6 +363,8 @@ def start(cfg: lab_config.LabConfig, *, jupyter: bool = True, out=print) -> dict
         (the message names the log to read and what to change).
     """
     java_version()
+    if jupyter:
+        require_token(cfg)
     wanted = [s for s in services(cfg) if jupyter or s.role != "jupyter"]
     alive = [s.name for s in wanted if running_pid(cfg, s.name)]
     if alive and len(alive) == len(wanted):
@@ -511,7 +517,9 @@ def run(role: str, cfg: lab_config.LabConfig) -> None:
     """Replace this process with one service in the foreground (a container's command)."""
     if role not in ROLES:
         raise LabError(f"unknown role {role!r}: expected one of {', '.join(ROLES)}")
-    if role != "jupyter":
+    if role == "jupyter":
+        require_token(cfg)
+    else:
         java_version()
     prepare(cfg)
     # `lab health` (the image's HEALTHCHECK) reads which role this container runs.

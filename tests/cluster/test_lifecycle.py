@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from lab_utils import config as lab_config
@@ -35,3 +37,30 @@ def test_worker_that_cannot_register_is_a_clear_error(tmp_path):
                                            r"within 8s: read the worker logs"):
         lab.start(cfg, jupyter=False, out=lambda *_: None)
     assert lab._lab_processes(cfg) == []  # the failed start cleaned up after itself
+
+
+def test_container_entrypoint_runs_a_service_in_the_foreground(tmp_path):
+    """`lab run master` + `lab health` are what each container runs; exercise them natively."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = lab_env(tmp_path, workers=1)
+    lab_cli = str(Path(sys.executable).with_name("lab"))
+    proc = subprocess.Popen([lab_cli, "run", "master"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        def health() -> bool:
+            return subprocess.run([lab_cli, "health"], env=env).returncode == 0
+
+        assert lab.wait_until(health, timeout=90)
+        cfg = lab_config.load(env)
+        assert (cfg.state_dir / "role").read_text() == "master"
+        assert lab.master_state(cfg)["status"] == "ALIVE"
+        # exec: the pid that `lab run` got is now the JVM itself, as PID 1 would be in a container.
+        assert "java" in Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert subprocess.run([lab_cli, "health"], env=env).returncode == 1

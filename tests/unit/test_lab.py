@@ -120,3 +120,12 @@ def test_service_env_shares_one_interpreter(tmp_path):
     assert env["LAB_INSTANCE"] == str(cfg.state_dir)
     # Kernels see the lab that started them, with its master URL made explicit.
     assert config.load(env) == dataclasses.replace(cfg, master_url=cfg.lab_master_url)
+
+
+def test_jupyter_never_starts_without_a_token(tmp_path):
+    cfg = config.load({"LAB_ROOT": str(tmp_path), "SPARK_AUTH_SECRET": "s"})
+    with pytest.raises(lab.LabError, match="JUPYTER_TOKEN is not set: run `make env`"):
+        lab.run("jupyter", cfg)
+    # Spark roles do not need it (the compose file gives it to JupyterLab only).
+    lab.prepare(cfg)
+    assert (cfg.state_dir / "conf" / "spark-defaults.conf").is_file()
