@@ -186,7 +186,8 @@ def write_spark_conf(cfg: lab_config.LabConfig) -> Path:
 
 def service_env(cfg: lab_config.LabConfig) -> dict[str, str]:
     """Environment shared by every service and, through JupyterLab, by every notebook kernel."""
-    env = dict(os.environ)
+    # The lab's own variables come from cfg alone, never half from a stale environment.
+    env = {k: v for k, v in os.environ.items() if k not in lab_config.VARIABLES}
     env.update(lab_config.to_env(cfg))
     host = resolve_host(cfg.host)
     env.update(

@@ -129,3 +129,12 @@ def test_jupyter_never_starts_without_a_token(tmp_path):
     # Spark roles do not need it (the compose file gives it to JupyterLab only).
     lab.prepare(cfg)
     assert (cfg.state_dir / "conf" / "spark-defaults.conf").is_file()
+
+
+def test_service_env_ignores_stale_lab_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAB_SMOKE", "1")
+    monkeypatch.setenv("SPARK_AUTH_SECRET", "from-another-lab")
+    cfg = make_cfg(tmp_path)  # its own secret, no smoke
+    env = lab.service_env(cfg)
+    assert env["SPARK_AUTH_SECRET"] == "top-secret"
+    assert "LAB_SMOKE" not in env
