@@ -184,6 +184,8 @@ def get_spark(
     # Executors must run this very interpreter (same Python, same libraries).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if _is_loopback(url) and not cfg.driver_host:
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # keep the driver on loopback
     cfg.events_dir.mkdir(parents=True, exist_ok=True)
 
     from pyspark.sql import SparkSession

@@ -1,0 +1,495 @@
+"""Batch image inference on Spark, one factory per UDF style, all shaped like Spark's own
+``pyspark.ml.functions.predict_batch_udf``.
+
+Every style reads ``binaryFile`` rows (``path``, ``content``), decodes and resizes the image in
+the Python worker (JPEG/PNG bytes cross Arrow, never float tensors), and returns the struct
+``prediction`` (class name), ``confidence`` (its probability) and ``error`` (null, or why this
+row could not be scored). A bad file is one row's error, not a dead job; ``fail_fast=True``
+raises instead, naming the file.
+
+The model comes from ``make_predict_fn``: a zero-argument function returning
+``predict(pixels: uint8[N, H, W, 3]) -> float[N, classes]``. It is called once per Python
+worker and cached (:func:`cached_predict_fn`), never once per batch; with the default
+:func:`keras_predict_fn` TensorFlow is imported only there, and its thread pools are sized to
+the cores Spark gave the task before TensorFlow runs its first op.
+
+Styles:
+
+* :func:`row_udf` - row-at-a-time Python UDF, pickled (``use_arrow=False``) or Arrow-optimised;
+* :func:`pandas_udf_series` - Series -> Series pandas UDF, one call per Arrow batch;
+* :func:`iterator_udf` - Iterator[Series] pandas UDF, one call per partition;
+* :func:`spark_predict_batch_udf` - Spark's ``predict_batch_udf`` around the same predict fn;
+* :func:`map_in_pandas` - ``DataFrame.mapInPandas`` over whole partitions;
+* :class:`PartitionPredictor` - the seed's ``mapPartitionsWithIndex`` design with a pluggable
+  model loader, row pre/post-processors, batch size and GPU placement.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd  # at module level: pandas UDF type hints are resolved from these globals
+
+from lab_utils import images
+from lab_utils.models import ModelSpec, load_spec
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
+
+PredictFn = Callable[[np.ndarray], np.ndarray]
+MakePredictFn = Callable[[], PredictFn]
+
+RESULT_DDL = "prediction string, confidence float, error string"
+RESULT_FIELDS = ("prediction", "confidence", "error")
+DEFAULT_BATCH_SIZE = 256
+
+
+class InferenceError(RuntimeError):
+    """Raised with ``fail_fast=True``: names the file that could not be scored."""
+
+
+# --------------------------------------------------------------------------- per-worker state
+
+_CACHE: dict[Any, PredictFn] = {}
+_CACHE_LOCK = threading.Lock()
+#: How many times each key was loaded in this process (tests read it to prove "once per worker").
+LOAD_COUNTS: dict[Any, int] = {}
+
+
+def cached_predict_fn(key: Any, make_predict_fn: MakePredictFn) -> PredictFn:
+    """Return this Python worker's predict function for ``key``, creating it on first use.
+
+    Python workers are reused across tasks (``spark.python.worker.reuse``, on by default), so a
+    model is loaded once per worker process, not per task or per batch.
+    """
+    with _CACHE_LOCK:
+        fn = _CACHE.get(key)
+        if fn is None:
+            fn = make_predict_fn()
+            _CACHE[key] = fn
+            LOAD_COUNTS[key] = LOAD_COUNTS.get(key, 0) + 1
+        return fn
+
+
+def task_cpus(default: int | None = None) -> int:
+    """Cores Spark gave the running task (``spark.task.cpus``); outside a task: ``default``."""
+    try:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+    except ImportError:
+        ctx = None
+    if ctx is not None:
+        return max(int(ctx.cpus()), 1)
+    return default or int(os.environ.get("OMP_NUM_THREADS", 0)) or (os.cpu_count() or 1)
+
+
+_TF_CONFIGURED = False
+
+
+def configure_tensorflow(threads: int | None = None) -> None:
+    """Size TensorFlow's thread pools to the task's cores, once, before TF runs any op.
+
+    TensorFlow ignores ``OMP_NUM_THREADS``; left alone, every Python worker starts pools as
+    large as the machine, and several tasks per machine oversubscribe the cores.
+    """
+    global _TF_CONFIGURED
+    if _TF_CONFIGURED:
+        return
+    import tensorflow as tf
+
+    n = threads or task_cpus()
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass  # TF already ran an op in this process: its pools are fixed, keep them
+    _TF_CONFIGURED = True
+
+
+def keras_predict_fn(model_file: Path | str, *, threads: int | None = None) -> MakePredictFn:
+    """``make_predict_fn`` for a saved Keras model: load once, call ``model(x)`` per batch."""
+    model_file = str(model_file)
+
+    def make() -> PredictFn:
+        configure_tensorflow(threads)
+        import keras
+
+        model = keras.saving.load_model(model_file, compile=False)
+
+        def predict(pixels: np.ndarray) -> np.ndarray:
+            # model(x) skips predict()'s per-call dataset setup and progress bar.
+            return np.asarray(model(pixels.astype(np.float32), training=False))
+
+        return predict
+
+    return make
+
+
+# --------------------------------------------------------------------------- the pure core
+
+
+def score_images(
+    paths: Iterable[str | None],
+    contents: Iterable[bytes | None],
+    predict: PredictFn,
+    class_names: tuple[str, ...],
+    image_size: tuple[int, int],
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    fail_fast: bool = False,
+    max_pixels: int = images.DEFAULT_MAX_PIXELS,
+) -> pd.DataFrame:
+    """Decode, batch and predict; one output row per input row, in order.
+
+    Pure Python (no Spark): every UDF style calls it, and unit tests call it with fake models.
+    """
+    paths = list(paths)
+    contents = list(contents)
+    n = len(contents)
+    prediction: list[str | None] = [None] * n
+    confidence: list[float | None] = [None] * n
+    error: list[str | None] = [None] * n
+    good: list[int] = []
+    pixels: list[np.ndarray] = []
+    for i, data in enumerate(contents):
+        try:
+            pixels.append(images.decode_image(data, image_size, max_pixels=max_pixels))
+            good.append(i)
+        except images.ImageError as exc:
+            if fail_fast:
+                raise InferenceError(f"{paths[i]}: {exc}") from None
+            error[i] = str(exc)
+    for start in range(0, len(good), batch_size):
+        rows = good[start:start + batch_size]
+        batch = np.stack(pixels[start:start + batch_size])
+        probabilities = np.asarray(predict(batch))
+        if probabilities.shape != (len(rows), len(class_names)):
+            raise InferenceError(
+                f"the model returned shape {probabilities.shape} for {len(rows)} images; "
+                f"expected ({len(rows)}, {len(class_names)}) probabilities for {class_names}")
+        best = probabilities.argmax(axis=1)
+        for row, k, p in zip(rows, best, probabilities[np.arange(len(rows)), best], strict=True):
+            prediction[row] = class_names[int(k)]
+            confidence[row] = float(p)
+    return pd.DataFrame({"prediction": pd.Series(prediction, dtype=object),
+                         "confidence": pd.Series(confidence, dtype="float32"),
+                         "error": pd.Series(error, dtype=object)})
+
+
+# --------------------------------------------------------------------------- factories
+
+
+def _resolve(model: ModelSpec | Path | str, make_predict_fn: MakePredictFn | None):
+    """Check the model on the driver (before any job) and pick the predict function maker."""
+    spec = model if isinstance(model, ModelSpec) else load_spec(model)
+    make = make_predict_fn or keras_predict_fn(spec.model_file)
+    # One cache entry per model file version: a retrained model is loaded afresh.
+    key = (str(spec.model_file), spec.model_file.stat().st_mtime_ns
+           if spec.model_file.exists() else 0, id(make_predict_fn) if make_predict_fn else 0)
+    return spec, make, key
+
+
+def _scorer(spec: ModelSpec, make: MakePredictFn, key: Any, batch_size: int, fail_fast: bool):
+    names, size = spec.class_names, spec.image_size
+
+    def score(paths, contents) -> pd.DataFrame:
+        predict = cached_predict_fn(key, make)
+        return score_images(paths, contents, predict, names, size, batch_size=batch_size,
+                            fail_fast=fail_fast)
+
+    return score
+
+
+def row_udf(
+    model: ModelSpec | Path | str,
+    make_predict_fn: MakePredictFn | None = None,
+    *,
+    use_arrow: bool,
+    fail_fast: bool = False,
+) -> Callable[[Column, Column], Column]:
+    """Row-at-a-time Python UDF ``f(path, content)``: one Python call and one model call per row.
+
+    Kept for comparison: ``use_arrow=False`` is the classic pickled UDF, ``use_arrow=True`` the
+    Arrow-optimised one (Spark's default since 4.2). Both are the slow way.
+    """
+    from pyspark.sql.functions import udf
+
+    spec, make, key = _resolve(model, make_predict_fn)
+    score = _scorer(spec, make, key, 1, fail_fast)
+
+    def predict_row(path, content):
+        row = score([path], [content]).iloc[0]
+        return (row["prediction"], None if row["confidence"] != row["confidence"]
+                else float(row["confidence"]), row["error"])
+
+    return udf(predict_row, RESULT_DDL, useArrow=use_arrow)
+
+
+def pandas_udf_series(
+    model: ModelSpec | Path | str,
+    make_predict_fn: MakePredictFn | None = None,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    fail_fast: bool = False,
+) -> Callable[[Column, Column], Column]:
+    """Series -> Series pandas UDF ``f(path, content)``: one call per Arrow batch.
+
+    The model still loads once per worker (cached), unlike the field's version that loads it
+    in the UDF body on every batch.
+    """
+    from pyspark.sql.functions import pandas_udf
+
+    spec, make, key = _resolve(model, make_predict_fn)
+    score = _scorer(spec, make, key, batch_size, fail_fast)
+
+    @pandas_udf(RESULT_DDL)
+    def predict_series(paths: pd.Series, contents: pd.Series) -> pd.DataFrame:
+        return score(paths, contents)
+
+    return predict_series
+
+
+def iterator_udf(
+    model: ModelSpec | Path | str,
+    make_predict_fn: MakePredictFn | None = None,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    fail_fast: bool = False,
+) -> Callable[[Column, Column], Column]:
+    """Iterator pandas UDF ``f(path, content)``: one call per partition, batches streamed."""
+    from pyspark.sql.functions import pandas_udf
+
+    spec, make, key = _resolve(model, make_predict_fn)
+    score = _scorer(spec, make, key, batch_size, fail_fast)
+
+    @pandas_udf(RESULT_DDL)
+    def predict_iter(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+        for paths, contents in batches:
+            yield score(paths, contents)
+
+    return predict_iter
+
+
+def spark_predict_batch_udf(
+    model: ModelSpec | Path | str,
+    make_predict_fn: MakePredictFn | None = None,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    fail_fast: bool = False,
+) -> Callable[[Column, Column], Column]:
+    """Spark's own ``predict_batch_udf`` around the same decode + predict core.
+
+    Spark caches the predict function per Python worker itself (an LRU of 3 models).
+    """
+    from pyspark.ml.functions import predict_batch_udf
+    from pyspark.sql.types import StructType, _parse_datatype_string
+
+    spec, make, key = _resolve(model, make_predict_fn)
+    names, size = spec.class_names, spec.image_size
+
+    def make_predict_fn_for_spark():
+        predict = cached_predict_fn(key, make)
+
+        def predict_columns(paths: np.ndarray, contents: np.ndarray) -> dict[str, np.ndarray]:
+            frame = score_images(paths, contents, predict, names, size, batch_size=batch_size,
+                                 fail_fast=fail_fast)
+            return {"prediction": frame["prediction"].to_numpy(),
+                    "confidence": frame["confidence"].to_numpy(),
+                    "error": frame["error"].to_numpy()}
+
+        return predict_columns
+
+    return_type: StructType = _parse_datatype_string(RESULT_DDL)
+    return predict_batch_udf(make_predict_fn_for_spark, return_type=return_type,
+                             batch_size=batch_size)
+
+
+def map_in_pandas(
+    df: DataFrame,
+    model: ModelSpec | Path | str,
+    make_predict_fn: MakePredictFn | None = None,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    fail_fast: bool = False,
+    keep: tuple[str, ...] = ("path",),
+) -> DataFrame:
+    """Score ``df`` (``path``, ``content``) with ``mapInPandas``: whole partitions, no UDF column.
+
+    Returns the ``keep`` columns plus ``prediction``, ``confidence``, ``error``.
+    """
+    spec, make, key = _resolve(model, make_predict_fn)
+    score = _scorer(spec, make, key, batch_size, fail_fast)
+    schema = ", ".join(f"{df.schema[c].simpleString().replace(':', ' ', 1)}" for c in keep)
+    schema = f"{schema}, {RESULT_DDL}" if schema else RESULT_DDL
+
+    def predict_partition(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for frame in frames:
+            scored = score(frame["path"], frame["content"])
+            yield pd.concat([frame[list(keep)].reset_index(drop=True), scored], axis=1)
+
+    return df.select(*dict.fromkeys([*keep, "path", "content"])).mapInPandas(
+        predict_partition, schema)
+
+
+# --------------------------------------------------------------------------- partition predictor
+
+
+def select_device(partition_index: int, gpu_count: int | None = None) -> str:
+    """Where a partition runs: Spark's GPU assignment, else index mod GPUs, else the CPU.
+
+    1. When Spark schedules GPUs (``spark.task.resource.gpu.amount``), the task's own
+       ``TaskContext.resources()["gpu"]`` address: Spark guarantees no two tasks share it.
+    2. Otherwise, with ``gpu_count`` GPUs visible, ``partition_index % gpu_count`` (the seed's
+       rule: fine for one executor per machine, racy when several share the GPUs).
+    3. Otherwise the CPU.
+    Returns a TensorFlow device string: ``/GPU:<n>`` or ``/CPU:0``.
+    """
+    try:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        resources = ctx.resources() if ctx is not None else {}
+    except ImportError:
+        resources = {}
+    if "gpu" in resources and resources["gpu"].addresses:
+        return f"/GPU:{int(resources['gpu'].addresses[0])}"
+    if gpu_count is None:
+        import tensorflow as tf
+
+        gpu_count = len(tf.config.list_physical_devices("GPU"))
+    if gpu_count > 0:
+        return f"/GPU:{partition_index % gpu_count}"
+    return "/CPU:0"
+
+
+class PartitionPredictor:
+    """The seed's partition-level predictor, on ``mapPartitionsWithIndex``.
+
+    Parameters
+    ----------
+    model_loader : Callable[[str], PredictFn]
+        Given a device string (``/GPU:0``, ``/CPU:0``), returns ``predict(batch) -> outputs``.
+        Called once per Python worker and device (cached).
+    preprocess : Callable[[Row], np.ndarray]
+        Row -> model input for that row; raise to mark the row as an error.
+    postprocess : Callable[[Row, np.ndarray | None, str | None], dict]
+        (row, model output or None, error or None) -> output fields matching ``schema``.
+    schema : str
+        DDL of the output rows.
+    batch_size : int
+    gpu_count : int, optional
+        Visible GPUs for the modulo rule; default: ask TensorFlow.
+    """
+
+    def __init__(self, model_loader: Callable[[str], PredictFn],
+                 preprocess: Callable[[Any], np.ndarray],
+                 postprocess: Callable[[Any, np.ndarray | None, str | None], dict],
+                 schema: str, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                 gpu_count: int | None = None):
+        self.model_loader = model_loader
+        self.preprocess = preprocess
+        self.postprocess = postprocess
+        self.schema = schema
+        self.batch_size = batch_size
+        self.gpu_count = gpu_count
+
+    def _predict_partition(self, index: int, rows: Iterator[Any]) -> Iterator[tuple]:
+        device = select_device(index, self.gpu_count)
+        predict = cached_predict_fn(("partition", id(self.model_loader), device),
+                                    lambda: self.model_loader(device))
+        fields = [f.strip().split(" ")[0] for f in self.schema.split(",")]
+        batch_rows, batch_inputs = [], []
+
+        def flush() -> Iterator[tuple]:
+            if batch_rows:
+                outputs = predict(np.stack(batch_inputs))
+                for row, out in zip(batch_rows, outputs, strict=True):
+                    record = self.postprocess(row, out, None)
+                    yield tuple(record[f] for f in fields)
+                batch_rows.clear()
+                batch_inputs.clear()
+
+        for row in rows:
+            try:
+                value = self.preprocess(row)
+            except Exception as exc:  # noqa: BLE001 - any bad row becomes that row's error
+                record = self.postprocess(row, None, f"{type(exc).__name__}: {exc}")
+                yield tuple(record[f] for f in fields)
+                continue
+            batch_rows.append(row)
+            batch_inputs.append(value)
+            if len(batch_rows) >= self.batch_size:
+                yield from flush()
+        yield from flush()
+
+    def transform(self, df: DataFrame) -> DataFrame:
+        """Score every row of ``df``; the result has ``schema``."""
+        rdd = df.rdd.mapPartitionsWithIndex(self._predict_partition)
+        return df.sparkSession.createDataFrame(rdd, self.schema)
+
+
+def image_partition_predictor(
+    model: ModelSpec | Path | str,
+    model_loader: Callable[[str], PredictFn] | None = None,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    gpu_count: int | None = None,
+) -> PartitionPredictor:
+    """A :class:`PartitionPredictor` for ``binaryFile`` image rows and a saved Keras model."""
+    spec = model if isinstance(model, ModelSpec) else load_spec(model)
+    names, size, model_file = spec.class_names, spec.image_size, str(spec.model_file)
+
+    def keras_on_device(device: str) -> PredictFn:
+        configure_tensorflow()
+        import keras
+        import tensorflow as tf
+
+        with tf.device(device):
+            net = keras.saving.load_model(model_file, compile=False)
+
+        def predict(pixels: np.ndarray) -> np.ndarray:
+            with tf.device(device):
+                return np.asarray(net(pixels.astype(np.float32), training=False))
+
+        return predict
+
+    def preprocess(row) -> np.ndarray:
+        return images.decode_image(row["content"], size)
+
+    def postprocess(row, output, error) -> dict:
+        if error is not None:
+            return {"path": row["path"], "prediction": None, "confidence": None, "error": error}
+        k = int(np.argmax(output))
+        return {"path": row["path"], "prediction": names[k], "confidence": float(output[k]),
+                "error": None}
+
+    return PartitionPredictor(model_loader or keras_on_device, preprocess, postprocess,
+                              f"path string, {RESULT_DDL}", batch_size=batch_size,
+                              gpu_count=gpu_count)
+
+
+# --------------------------------------------------------------------------- Spark helpers
+
+
+def read_images(spark, folder: Path | str, *, partitions: int | None = None) -> DataFrame:
+    """All files under ``folder`` (recursively) as ``path``, ``label``, ``content`` rows.
+
+    Every file is read, not only ``*.png``/``*.jpg``: a stray non-image becomes a row with an
+    error rather than a silently skipped file. ``label`` is the parent folder's name (the true
+    class in the lab's layout).
+    """
+    from pyspark.sql import functions as F
+
+    df = (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
+          .load(str(folder)))
+    df = df.filter(~F.element_at(F.split("path", "/"), -1).startswith("."))
+    df = df.select("path", F.element_at(F.split("path", "/"), -2).alias("label"), "content")
+    if partitions:
+        df = df.repartition(partitions)
+    return df
