@@ -115,7 +115,8 @@ def build_image_dataset(
             Image.fromarray(pixels).save(buffer, format=image_format.upper(), quality=95)
             path.write_bytes(buffer.getvalue())
             counts[label] = counts.get(label, 0) + 1
-    summary = DatasetSummary(dest, sorted(counts), sum(counts.values()), dict(sorted(counts.items())))
+    summary = DatasetSummary(dest, sorted(counts), sum(counts.values()),
+                             dict(sorted(counts.items())))
     # Hidden, so it is not mistaken for an image (readers skip dot files).
     (dest / ".dataset.json").write_text(json.dumps(
         {"source": "sklearn.datasets.load_digits", "copies": copies, "size": size,
@@ -192,3 +193,46 @@ def decode_image(
     if image.size != (width, height):
         image = image.resize((width, height), Image.BILINEAR)
     return np.asarray(image, dtype=np.uint8)
+
+
+def write_bad_input_corpus(dest: Path, size: int = 32) -> dict[str, str | None]:
+    """Write files that break naive image pipelines; return ``{file name: expected outcome}``.
+
+    The outcome is ``None`` when the file must be scored (a usable image in an unusual format)
+    and otherwise a fragment of the per-row error it must produce.
+    """
+    from PIL import Image
+
+    dest.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    rgb = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+
+    def encoded(image, fmt: str, **kw) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt, **kw)
+        return buffer.getvalue()
+
+    good_png = encoded(Image.fromarray(rgb), "PNG")
+    good_jpeg = encoded(Image.fromarray(rgb), "JPEG", quality=90)
+    files: dict[str, tuple[bytes, str | None]] = {
+        "zero_bytes.png": (b"", "empty file"),
+        "truncated.jpg": (good_jpeg[: len(good_jpeg) // 2], "corrupt or truncated"),
+        "truncated.png": (good_png[: len(good_png) // 2], "corrupt or truncated"),
+        "garbage.jpg": (bytes(rng.integers(0, 256, 2048, dtype=np.uint8)), "not an image"),
+        "notes.txt": (b"not an image, just a stray text file\n", "not an image"),
+        "grayscale.png": (encoded(Image.fromarray(rgb[:, :, 0], mode="L"), "PNG"), None),
+        "rgba.png": (encoded(Image.fromarray(np.dstack([rgb, rgb[:, :, :1]]), mode="RGBA"),
+                             "PNG"), None),
+        "cmyk.jpg": (encoded(Image.fromarray(rgb).convert("CMYK"), "JPEG"), None),
+        "sixteen_bit.png": (encoded(Image.fromarray(
+            rgb[:, :, 0].astype(np.uint16) * 257).convert("I;16"), "PNG"), None),
+        "palette.gif": (encoded(Image.fromarray(rgb).convert("P"), "GIF"), None),
+        "large.jpg": (encoded(Image.new("RGB", (6000, 4000), (200, 120, 40)), "JPEG",
+                              quality=70), None),
+        "file name with spaces ünïcode.png": (good_png, None),
+    }
+    # A decompression bomb: a tiny file that claims 40,000 x 40,000 pixels.
+    files["bomb.png"] = (encoded(Image.new("1", (40_000, 40_000)), "PNG"), "image too large")
+    for name, (data, _) in files.items():
+        (dest / name).write_bytes(data)
+    return {name: outcome for name, (_, outcome) in files.items()}

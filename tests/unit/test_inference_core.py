@@ -1,0 +1,139 @@
+"""The inference core with fake models: batching, caching, errors. No Spark, no TensorFlow."""
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lab_utils import inference, models
+
+CLASSES = ("dark", "light")
+
+
+def png(value: int, size=(4, 4)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (value, value, value)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class BrightnessModel:
+    """Fake model: P(light) = mean brightness; records every batch it sees."""
+
+    def __init__(self):
+        self.batches = []
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        assert pixels.dtype == np.uint8 and pixels.shape[1:] == (8, 8, 3)
+        self.batches.append(len(pixels))
+        light = pixels.reshape(len(pixels), -1).mean(axis=1) / 255
+        return np.stack([1 - light, light], axis=1)
+
+
+def test_scores_in_order_with_per_row_errors():
+    model = BrightnessModel()
+    contents = [png(10), b"", png(250), b"garbage", png(200), None]
+    out = inference.score_images([f"f{i}" for i in range(6)], contents, model, CLASSES, (8, 8),
+                                 batch_size=2)
+    assert list(out["prediction"]) == ["dark", None, "light", None, "light", None]
+    assert out["confidence"][0] == pytest.approx(1 - 10 / 255, abs=1e-3)
+    assert list(out["error"].isna()) == [True, False, True, False, True, False]
+    assert "empty file" in out["error"][1] and "not an image" in out["error"][3]
+    assert model.batches == [2, 1]  # 3 good images in batches of 2: decoded rows only
+
+
+def test_fail_fast_names_the_file():
+    with pytest.raises(inference.InferenceError, match="broken.png: empty file"):
+        inference.score_images(["ok.png", "broken.png"], [png(1), b""], BrightnessModel(),
+                               CLASSES, (8, 8), fail_fast=True)
+
+
+def test_model_with_wrong_output_shape_is_explained():
+    with pytest.raises(inference.InferenceError, match=r"expected \(1, 2\) probabilities"):
+        inference.score_images(["a"], [png(1)], lambda x: np.zeros((1, 3)), CLASSES, (8, 8))
+
+
+def test_model_loaded_once_per_worker_process():
+    loads = []
+
+    def make():
+        loads.append(1)
+        return BrightnessModel()
+
+    key = ("test-once", 1)
+    for _ in range(5):
+        fn = inference.cached_predict_fn(key, make)
+        inference.score_images(["a"], [png(5)], fn, CLASSES, (8, 8))
+    assert len(loads) == 1 and inference.LOAD_COUNTS[key] == 1
+
+
+def test_device_selection_without_spark():
+    assert inference.select_device(3, gpu_count=0) == "/CPU:0"
+    assert inference.select_device(3, gpu_count=2) == "/GPU:1"
+    assert inference.select_device(4, gpu_count=2) == "/GPU:0"
+
+
+def test_partition_predictor_batches_and_marks_bad_rows():
+    seen = []
+
+    def loader(device):
+        seen.append(device)
+        return lambda batch: batch.sum(axis=1, keepdims=True)
+
+    def pre(row):
+        if row["x"] is None:
+            raise ValueError("missing x")
+        return np.array([row["x"], 1.0])
+
+    def post(row, out, err):
+        return {"id": row["id"], "y": None if out is None else float(out[0]), "error": err}
+
+    predictor = inference.PartitionPredictor(loader, pre, post, "id int, y double, error string",
+                                             batch_size=2, gpu_count=0)
+    rows = [{"id": i, "x": None if i == 2 else float(i)} for i in range(5)]
+    out = list(predictor._predict_partition(0, iter(rows)))
+    assert sorted(out) == [(0, 1.0, None), (1, 2.0, None), (2, None, "ValueError: missing x"),
+                           (3, 4.0, None), (4, 5.0, None)]
+    assert seen == ["/CPU:0"]
+
+
+def fake_keras(path, shape=(None, 8, 8, 3), units=2):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", json.dumps({"config": {"layers": [
+            {"class_name": "InputLayer", "config": {"batch_shape": list(shape)}},
+            {"class_name": "Dense", "config": {"units": units}}]}}))
+
+
+def write_model(folder, meta=True, **kw):
+    folder.mkdir(parents=True, exist_ok=True)
+    fake_keras(folder / "model.keras", **kw)
+    if meta:
+        (folder / "metadata.json").write_text(json.dumps(
+            {"class_names": list(CLASSES), "image_size": [8, 8], "channels": 3}))
+    return folder
+
+
+def test_model_spec_read_from_metadata(tmp_path):
+    spec = models.load_spec(write_model(tmp_path / "m"))
+    assert spec.class_names == CLASSES and spec.image_size == (8, 8) and spec.channels == 3
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p, "model not found at .*model.keras: run notebook 01_udf_inference_keras or "
+                  "`make models`"),
+    (lambda p: write_model(p, meta=False), "metadata.json is missing"),
+    (lambda p: write_model(p, shape=(None, 16, 16, 3)), r"takes input \[None, 16, 16, 3\] but"),
+    (lambda p: write_model(p, units=5), "5 outputs for 2 class names"),
+])
+def test_bad_models_fail_with_the_fix(tmp_path, make, message):
+    folder = make(tmp_path / "m")
+    with pytest.raises(models.ModelError, match=message):
+        models.load_spec(folder)
+
+
+def test_factories_check_the_model_before_spark(tmp_path):
+    # No SparkSession exists: the error must come from the model check, before any job.
+    with pytest.raises(models.ModelError, match="model not found"):
+        inference.iterator_udf(tmp_path / "nowhere")
