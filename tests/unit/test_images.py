@@ -14,7 +14,7 @@ def digest(folder):
 def test_dataset_is_real_labelled_and_deterministic(tmp_path):
     a = images.build_image_dataset(tmp_path / "a", per_class=4, copies=3)
     b = images.build_image_dataset(tmp_path / "b", per_class=4, copies=3)
-    assert a.classes == [str(d) for d in range(10)]
+    assert a.classes == b.classes == [str(d) for d in range(10)]
     assert a.files == 10 * 4 * 3 and a.per_class == {str(d): 12 for d in range(10)}
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
     pairs = list(images.list_labelled_images(tmp_path / "a"))
