@@ -488,8 +488,81 @@ def read_images(spark, folder: Path | str, *, partitions: int | None = None) -> 
 
     df = (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
           .load(str(folder)))
-    df = df.filter(~F.element_at(F.split("path", "/"), -1).startswith("."))
+    df = df.select("path", "content")
+    empty = _empty_files(spark, str(folder))
+    if empty:
+        # Spark's file sources skip zero-byte files; add them back so they are reported as
+        # errors instead of vanishing from the output.
+        df = df.unionByName(spark.createDataFrame([(p, bytearray()) for p in empty],
+                                                  "path string, content binary"))
     df = df.select("path", F.element_at(F.split("path", "/"), -2).alias("label"), "content")
     if partitions:
         df = df.repartition(partitions)
     return df
+
+
+def _empty_files(spark, folder: str) -> list[str]:
+    """Zero-byte files under ``folder``, listed through Hadoop's FileSystem like Spark lists."""
+    jvm = spark.sparkContext._jvm
+    root = jvm.org.apache.hadoop.fs.Path(folder)
+    fs = root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    found, files = [], fs.listFiles(root, True)
+    while files.hasNext():
+        status = files.next()
+        name = status.getPath().getName()
+        if status.getLen() == 0 and not name.startswith((".", "_")):  # Spark's hidden files
+            found.append(status.getPath().toString())
+    return found
+
+
+def local_path(uri: str) -> str:
+    """``file:/a/b%20c.png`` -> ``/a/b c.png`` (placing files needs a shared POSIX folder)."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme not in {"", "file"}:
+        raise ValueError(f"{uri}: only local or shared (NFS) folders can be sorted into class "
+                         "folders; copy from other file systems with their own tools")
+    return unquote(parsed.path) if parsed.scheme else uri
+
+
+def place_by_class(predictions: DataFrame, dest: Path | str, *, link: bool = False) -> DataFrame:
+    """Copy every scored file into ``dest/<prediction>/`` (errors into ``dest/_errors/``).
+
+    The copies run on the executors, in parallel, like the classification itself. Each file is
+    written under a temporary name and renamed, so a retried task never leaves a torn file.
+    ``link=True`` makes hard links instead of copies (same file system only).
+    Returns ``path``, ``placed`` (the new path) and ``placed_error`` for each input row.
+    """
+    import shutil
+
+    dest = str(dest)
+
+    def place(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for frame in frames:
+            placed, problems = [], []
+            for path, label, error in zip(frame["path"], frame["prediction"], frame["error"],
+                                          strict=True):
+                folder = Path(dest) / ("_errors" if error is not None or label is None
+                                       else str(label))
+                try:
+                    source = local_path(path)
+                    folder.mkdir(parents=True, exist_ok=True)
+                    target = folder / Path(source).name
+                    tmp = folder / f".{target.name}.{os.getpid()}.tmp"
+                    if link:
+                        tmp.unlink(missing_ok=True)
+                        os.link(source, tmp)
+                    else:
+                        shutil.copyfile(source, tmp)
+                    os.replace(tmp, target)
+                    placed.append(str(target))
+                    problems.append(None)
+                except (OSError, ValueError) as exc:
+                    placed.append(None)
+                    problems.append(f"{type(exc).__name__}: {exc}")
+            yield pd.DataFrame({"path": frame["path"], "placed": placed,
+                                "placed_error": problems})
+
+    return predictions.select("path", "prediction", "error").mapInPandas(
+        place, "path string, placed string, placed_error string")
