@@ -63,3 +63,21 @@ def test_notebook_runs_on_the_cluster(path, lab_cluster):
     out.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out / path.name)  # kept for a human to read when a check fails
     CHECKS[path.stem](notebooks.load_results(path.stem, lab_cluster.cfg))
+
+
+def check_01_udf_inference_keras(r: dict) -> None:
+    assert r["n_images"] == 300  # smoke: 30 scans x 10 classes
+    assert r["classes"] == [str(d) for d in range(10)]
+    assert r["holdout_accuracy"] >= 0.7 and r["baseline_accuracy"] <= 0.2
+    assert r["folder_accuracy"] >= 0.8
+    assert r["styles"] == sorted(["row UDF (pickled)", "row UDF (Arrow)", "pandas UDF",
+                                  "iterator UDF", "predict_batch_udf", "mapInPandas",
+                                  "partition predictor"])
+    assert all(r["styles_agree"].values()), r["styles_agree"]
+    assert set(r["rows_per_style"].values()) == {300}
+    assert r["placed_files"] == r["files_in_class_folders"] == 300
+    assert r["mixed_files"] == r["mixed_expected"] >= 12
+    assert r["bad_files_reported"] == r["bad_files_expected"] >= 5
+
+
+CHECKS["01_udf_inference_keras"] = check_01_udf_inference_keras
