@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help venv env lab stop status test test-unit test-cluster test-notebooks test-packaging \
+.PHONY: help venv env lab stop status models test test-unit test-cluster test-notebooks test-packaging \
         lint format strip-notebooks docker-config docker-up docker-down clean
 
 help: ## List the targets
@@ -56,6 +56,9 @@ test-notebooks: venv ## Execute every notebook against the cluster at smoke size
 
 test-packaging: venv ## Validate the compose file and lint the Dockerfiles
 	$(BIN)/pytest -m packaging $(PYTEST_ARGS)
+
+models: venv ## Build the image data set and train the lab's CNN (if missing) into share_storages/
+	$(BIN)/python -m lab_utils.models
 
 lint: venv ## Lint the package, tests and notebooks with ruff
 	$(BIN)/ruff check lab_utils tests notebooks

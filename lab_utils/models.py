@@ -204,17 +204,34 @@ def save_model(model, meta: dict[str, Any], model_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def main() -> int:
-    """`make models`: build the image set and train the lab's CNN into share_storages."""
+def ensure_model(cfg=None, *, smoke: bool | None = None) -> ModelSpec:
+    """The lab's digits model; build the image set and train it first if it is missing.
+
+    Notebooks after 01 call this so each one also runs on its own. ``smoke`` (default: the
+    ``LAB_SMOKE`` setting) builds a small set.
+    """
     from lab_utils import config
 
-    cfg = config.load()
+    cfg = cfg or config.load()
+    model_dir = cfg.share_dir / "models" / DEFAULT_MODEL_NAME
+    try:
+        return load_spec(model_dir)
+    except ModelError:
+        pass
+    smoke = cfg.smoke if smoke is None else smoke
     data = cfg.share_dir / "data" / "images"
-    summary = images.build_image_dataset(data)
-    print(f"{summary.files} images in {len(summary.classes)} classes under {data}")
-    meta = train_image_classifier(data, cfg.share_dir / "models" / DEFAULT_MODEL_NAME)
-    print(f"held-out accuracy {meta['holdout_accuracy']:.3f} "
+    if not (data.is_dir() and any(images.list_labelled_images(data))):
+        summary = images.build_image_dataset(data, per_class=30 if smoke else None)
+        print(f"built {summary.files} images in {len(summary.classes)} classes under {data}")
+    meta = train_image_classifier(data, model_dir)
+    print(f"trained {model_dir}: held-out accuracy {meta['holdout_accuracy']:.3f} "
           f"(majority baseline {meta['baseline_accuracy']:.3f})")
+    return load_spec(model_dir)
+
+
+def main() -> int:
+    """`make models`: build the image set and train the lab's CNN into share_storages."""
+    ensure_model()
     return 0
 
 

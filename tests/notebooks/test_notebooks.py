@@ -81,3 +81,28 @@ def check_01_udf_inference_keras(r: dict) -> None:
 
 
 CHECKS["01_udf_inference_keras"] = check_01_udf_inference_keras
+
+
+def check_03_resnet50_batch_inference(r: dict) -> None:
+    n = r["n_images"]
+    assert n == 24
+    assert r["rows"] == {"broadcast weights": n, "shared storage": n}
+    assert r["errors"] == {"broadcast weights": 0, "shared storage": 0}
+    assert r["same_predictions"] is True
+    assert r["max_records_per_batch"] == 64
+    assert len(r["timings"]) == 4 and all(t["seconds"] > 0 for t in r["timings"])
+
+
+def check_04_partition_predictor(r: dict) -> None:
+    assert r["rows"] >= 300
+    assert r["top1_accuracy"] >= 0.8 and r["top3_accuracy"] >= r["top1_accuracy"]
+    assert r["top3_accuracy"] >= 0.95
+    assert r["agrees_with_iterator_udf"] is True
+    assert r["errors"] == 0
+    assert r["devices"] == ["/CPU:0"]  # no GPU on the test machines
+    assert r["modulo_devices"] == ["/GPU:0", "/GPU:1"]
+    assert r["partitions"] >= 2
+
+
+CHECKS["03_resnet50_batch_inference"] = check_03_resnet50_batch_inference
+CHECKS["04_partition_predictor"] = check_04_partition_predictor
