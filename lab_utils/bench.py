@@ -1,0 +1,410 @@
+"""`make bench`: every inference style against the physical limit, measured honestly.
+
+For each model (the lab's CNN on 32x32 image files, ResNet-50 at 224x224) and each size N:
+
+* **baseline**: one plain Python process on the same cores, decoding the same bytes and calling
+  the same model in batches: the physical limit of this machine;
+* **transfer only**: an iterator UDF that moves the same rows through Arrow and does no work:
+  the Spark/Arrow ceiling;
+* every Spark style of :mod:`lab_utils.inference`.
+
+Rules: the input bytes are cached in Spark (and in memory for the baseline) so neither side
+times the disk; every timing forces full evaluation (``noop`` sink); a warm-up run on a slice of
+the data starts the Python workers and loads the model, and is reported apart from the
+steady-state run; the Spark and TensorFlow settings in force are stored with every result.
+Output: ``share_storages/output/bench/<timestamp>/results.{csv,json}`` and PNG plots, plus a
+table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lab_utils import config as lab_config
+from lab_utils import images, inference, models
+
+STYLES = ("transfer_only", "row_pickled", "row_arrow", "pandas_series", "iterator",
+          "predict_batch_udf", "map_in_pandas", "partition_predictor")
+ROW_STYLES = {"row_pickled", "row_arrow"}
+FIELD_SIZES = (100, 500, 1000, 1500, 2000, 2500, 3000)
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    name: str
+    spec: models.ModelSpec
+    make_predict_fn: inference.MakePredictFn | None  # None: the factories' Keras default
+    data_dir: Path
+    baseline_kind: str  # "keras" or "resnet50"
+
+
+# --------------------------------------------------------------------------- data and models
+
+
+def prepare_models(
+    cfg: lab_config.LabConfig, which: tuple[str, ...], max_n: int
+) -> list[BenchModel]:
+    """Build the data sets (enough files for ``max_n``) and the models, once."""
+    from lab_utils import resnet
+
+    out = []
+    if "cnn" in which:
+        spec = models.ensure_model(cfg)
+        data = cfg.share_dir / "data" / "bench-images"
+        per_scan = max(1, -(-max_n // 1797))
+        marker = data / ".dataset.json"
+        if not marker.is_file() or json.loads(marker.read_text())["files"] < max_n:
+            images.build_image_dataset(data, copies=per_scan, image_format="jpeg")
+        out.append(BenchModel("cnn", spec, None, data, "keras"))
+    if "resnet50" in which:
+        model_dir = cfg.share_dir / "models" / "resnet50"
+        data = cfg.share_dir / "data" / "bench-photos"
+        if len(list(data.rglob("*.jpg"))) < max_n:
+            resnet.build_photo_dataset(data, max_n)
+        try:
+            spec = models.load_spec(model_dir)
+        except models.ModelError:
+            model, imagenet = resnet.build_model(model_dir)
+            resnet.save_model(model, model_dir, imagenet)
+            spec = models.load_spec(model_dir)
+        out.append(BenchModel("resnet50", spec, resnet.predict_fn_from_path(spec.model_file),
+                              data, "resnet50"))
+    return out
+
+
+def list_files(data_dir: Path, n: int) -> list[Path]:
+    files = sorted(p for p in data_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if len(files) < n:
+        raise ValueError(f"{data_dir} has {len(files)} files, {n} requested")
+    return files[:n]
+
+
+# --------------------------------------------------------------------------- the baseline
+
+
+BASELINE_CODE = r"""
+import json, resource, sys, time
+from pathlib import Path
+import numpy as np
+args = json.loads(sys.argv[1])
+from lab_utils import images, inference
+t0 = time.perf_counter()
+inference.configure_tensorflow(args["threads"])
+if args["kind"] == "resnet50":
+    from lab_utils import resnet
+    predict = resnet.predict_fn_from_path(args["model_file"])()
+else:
+    predict = inference.keras_predict_fn(args["model_file"], threads=args["threads"])()
+contents = [Path(p).read_bytes() for p in args["files"]]
+predict(np.stack([images.decode_image(contents[0], tuple(args["size"]))]))  # first call traces
+load = time.perf_counter() - t0
+t1 = time.perf_counter()
+done = 0
+for start in range(0, len(contents), args["batch"]):
+    chunk = contents[start:start + args["batch"]]
+    x = np.stack([images.decode_image(c, tuple(args["size"])) for c in chunk])
+    done += len(predict(x))
+seconds = time.perf_counter() - t1
+print(json.dumps({"load_s": load, "seconds": seconds, "rows": done,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def run_baseline(model: BenchModel, files: list[Path], threads: int, batch: int) -> dict:
+    """One plain Python process, all cores, same decode and model: the physical limit."""
+    args = {"kind": model.baseline_kind, "model_file": str(model.spec.model_file),
+            "files": [str(f) for f in files], "size": list(model.spec.image_size),
+            "threads": threads, "batch": batch}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, "-c", BASELINE_CODE, json.dumps(args)],
+                          capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"baseline failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- Spark styles
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _rss_recording(make: inference.MakePredictFn, folder: str) -> inference.MakePredictFn:
+    """Wrap a predict fn so each Python worker records the largest RSS it had after a batch
+    of this run in ``folder/<pid>`` (workers are reused across runs, so lifetime peaks would
+    carry one run's memory into the next)."""
+
+    def wrapped() -> inference.PredictFn:
+        predict = make()
+
+        def recording(pixels):
+            out = predict(pixels)
+            mark = Path(folder, str(os.getpid()))
+            seen = float(mark.read_text()) if mark.exists() else 0.0
+            mark.write_text(f"{max(seen, _rss_mb()):.1f}")
+            return out
+
+        return recording
+
+    return wrapped
+
+
+def transfer_only_udf():
+    """Moves rows through Arrow and back with the same output struct, doing no work at all."""
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf(inference.RESULT_DDL)
+    def transfer(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+        for _paths, contents in batches:
+            n = len(contents)
+            yield pd.DataFrame({"prediction": ["x"] * n, "confidence": np.ones(n, "float32"),
+                                "error": [None] * n})
+
+    return transfer
+
+
+def style_builder(style: str, model: BenchModel, make, batch: int) -> Callable:
+    """``df -> scored df`` for ``style``; built once, so warm-up and timed run share the
+    factory and therefore the model cached in each Python worker."""
+    spec = model.spec
+    if style == "transfer_only":
+        udf = transfer_only_udf()
+        return lambda df: df.select(udf("path", "content").alias("r"))
+    if style == "map_in_pandas":
+        return lambda df: inference.map_in_pandas(df, spec, make, batch_size=batch)
+    if style == "partition_predictor":
+        # The CPU here; on a GPU machine the predictor's own loader places the model.
+        predictor = inference.image_partition_predictor(
+            spec, lambda device: make(), batch_size=batch)
+        return predictor.transform
+    factory: Callable = {
+        "row_pickled": lambda: inference.row_udf(spec, make, use_arrow=False),
+        "row_arrow": lambda: inference.row_udf(spec, make, use_arrow=True),
+        "pandas_series": lambda: inference.pandas_udf_series(spec, make, batch_size=batch),
+        "iterator": lambda: inference.iterator_udf(spec, make, batch_size=batch),
+        "predict_batch_udf": lambda: inference.spark_predict_batch_udf(spec, make,
+                                                                      batch_size=batch),
+    }[style]
+    udf = factory()
+    return lambda df: df.select(udf("path", "content").alias("r"))
+
+
+def spark_settings(spark) -> dict[str, str]:
+    keys = ["spark.master", "spark.cores.max", "spark.executor.cores", "spark.task.cpus",
+            "spark.executor.memory", "spark.python.worker.reuse",
+            "spark.sql.execution.arrow.maxRecordsPerBatch",
+            "spark.sql.execution.pythonUDF.arrow.enabled", "spark.sql.shuffle.partitions"]
+    conf = spark.sparkContext.getConf()
+    return {k: spark.conf.get(k, None) or conf.get(k, "default") for k in keys}
+
+
+def driver_rss_mb(spark) -> dict[str, float]:
+    """Peak RSS of this Python process and of the driver JVM (from /proc)."""
+    python = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    jvm = None
+    proc = getattr(spark.sparkContext._gateway, "proc", None)
+    if proc is not None:
+        try:
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    jvm = int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return {"driver_python_peak_rss_mb": round(python, 1),
+            "driver_jvm_peak_rss_mb": None if jvm is None else round(jvm, 1)}
+
+
+def run_style(spark, style: str, model: BenchModel, files: list[Path], *, batch: int,
+              partitions: int, rss_dir: Path) -> dict:
+    """Warm up on a slice, then time the full run; both force every row through the UDF."""
+    paths = [f.as_uri() for f in files]
+    df = (spark.read.format("binaryFile").load(paths).select("path", "content")
+          .repartition(partitions).cache())
+    rows = df.count()
+    rss_dir.mkdir(parents=True, exist_ok=True)
+    make = _rss_recording(model.make_predict_fn or inference.keras_predict_fn(
+        model.spec.model_file), str(rss_dir))
+    build = style_builder(style, model, make, batch)
+    warm = df.limit(max(partitions * 2, 8)).repartition(partitions)
+    start = time.perf_counter()
+    build(warm).write.format("noop").mode("overwrite").save()
+    warmup = time.perf_counter() - start
+    start = time.perf_counter()
+    build(df).write.format("noop").mode("overwrite").save()
+    seconds = time.perf_counter() - start
+    df.unpersist()
+    rss = [float(p.read_text()) for p in rss_dir.iterdir()] if rss_dir.is_dir() else []
+    return {"rows": rows, "warmup_s": warmup, "seconds": seconds,
+            "worker_peak_rss_mb": max(rss) if rss else None, "python_workers": len(rss)}
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run(
+    spark,
+    *,
+    sizes: dict[str, tuple[int, ...]],
+    styles: tuple[str, ...] = STYLES,
+    batch: dict[str, int] | None = None,
+    row_style_max_n: dict[str, int] | None = None,
+    out_dir: Path | None = None,
+    progress: Callable[[str], None] = print,
+) -> pd.DataFrame:
+    """Run the benchmark; return one row per (model, style, N) and write CSV/JSON/PNG."""
+    cfg = lab_config.load()
+    batch = {"cnn": 256, "resnet50": 16, **(batch or {})}
+    # Row-at-a-time styles call the model once per row: cap N so a run ends (reported as such).
+    row_cap = {"cnn": 3000, "resnet50": 200, **(row_style_max_n or {})}
+    out_dir = out_dir or cfg.share_dir / "output" / "bench" / time.strftime("%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sc = spark.sparkContext
+    cores = int(spark.conf.get("spark.cores.max", None) or sc.defaultParallelism)
+    partitions = max(cores, sc.defaultParallelism)
+    machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+               "python": platform.python_version(), "spark": spark.version}
+    settings = spark_settings(spark)
+    records: list[dict[str, Any]] = []
+    bench_models = [m for name, n in sizes.items() for m in prepare_models(cfg, (name,), max(n))]
+    total = sum(len(n) for n in sizes.values()) * (len(styles) + 1)
+    done = 0
+    began = time.perf_counter()
+    for model in bench_models:
+        for n in sizes[model.name]:
+            files = list_files(model.data_dir, n)
+            base_record = {"model": model.name, "n": n, "batch_size": batch[model.name],
+                           "partitions": partitions, "spark_cores": cores,
+                           "tf_threads_per_task": "task cpus (1)", **settings, **machine}
+            done += 1
+            progress(f"[{done}/{total} {time.perf_counter() - began:6.0f}s] {model.name} "
+                     f"N={n} baseline (1 process, {cores} TF threads)")
+            base = run_baseline(model, files, cores, batch[model.name])
+            records.append({**base_record, "style": "baseline", "rows": base["rows"],
+                            "warmup_s": base["load_s"], "seconds": base["seconds"],
+                            "worker_peak_rss_mb": base["peak_rss_mb"], "python_workers": 1,
+                            "tf_threads_per_task": cores})
+            for style in styles:
+                done += 1
+                if style in ROW_STYLES and n > row_cap[model.name]:
+                    progress(f"[{done}/{total}] {model.name} N={n} {style}: skipped "
+                             f"(row styles capped at N={row_cap[model.name]})")
+                    records.append({**base_record, "style": style, "rows": 0,
+                                    "skipped": f"row-at-a-time capped at N={row_cap[model.name]}"})
+                    continue
+                progress(f"[{done}/{total} {time.perf_counter() - began:6.0f}s] {model.name} "
+                         f"N={n} {style}")
+                rss_dir = out_dir / "rss" / f"{model.name}-{n}-{style}"
+                result = run_style(spark, style, model, files, batch=batch[model.name],
+                                   partitions=partitions, rss_dir=rss_dir)
+                records.append({**base_record, "style": style, **result})
+    table = summarize(pd.DataFrame(records))
+    for key, value in driver_rss_mb(spark).items():
+        table[key] = value
+    table.to_csv(out_dir / "results.csv", index=False)
+    (out_dir / "results.json").write_text(table.to_json(orient="records", indent=2))
+    plot(table, out_dir)
+    latest = out_dir.parent / "latest"
+    if latest.is_symlink() or latest.exists():
+        latest.unlink()
+    latest.symlink_to(out_dir.name)
+    progress(f"results in {out_dir}")
+    return table
+
+
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """Add rows/s, ratio to the baseline and share of the predicted ceiling."""
+    table = table.copy()
+    if "skipped" not in table:
+        table["skipped"] = None
+    table["rows_per_s"] = table["rows"] / table["seconds"]
+    keys = ["model", "n"]
+    base = table[table["style"] == "baseline"].set_index(keys)["rows_per_s"]
+    transfer = table[table["style"] == "transfer_only"].set_index(keys)["rows_per_s"]
+    index = pd.MultiIndex.from_frame(table[keys])
+    table["baseline_rows_per_s"] = base.reindex(index).to_numpy()
+    table["transfer_rows_per_s"] = transfer.reindex(index).to_numpy()
+    table["ratio_to_baseline"] = table["rows_per_s"] / table["baseline_rows_per_s"]
+    ceiling = 1.0 / (1.0 / table["baseline_rows_per_s"] + 1.0 / table["transfer_rows_per_s"])
+    table["predicted_ceiling_rows_per_s"] = ceiling
+    table["share_of_ceiling"] = table["rows_per_s"] / ceiling
+    return table
+
+
+def plot(table: pd.DataFrame, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for model, part in table.groupby("model"):
+        fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+        for style, rows in part[part["rows"] > 0].groupby("style"):
+            rows = rows.sort_values("n")
+            left.plot(rows["n"], rows["seconds"], marker="o", label=style)
+            if style != "baseline":
+                right.plot(rows["n"], rows["ratio_to_baseline"], marker="o", label=style)
+        left.set(xlabel="images (N)", ylabel="seconds (steady state)",
+                 title=f"{model}: time vs N")
+        right.axhline(1.0, color="black", lw=1, ls="--")
+        right.set(xlabel="images (N)", ylabel="throughput / single-process baseline",
+                  title=f"{model}: share of the baseline")
+        left.legend(fontsize=8)
+        right.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"{model}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def report(table: pd.DataFrame) -> str:
+    columns = ["model", "n", "style", "rows", "warmup_s", "seconds", "rows_per_s",
+               "ratio_to_baseline", "share_of_ceiling", "worker_peak_rss_mb"]
+    shown = table[table["rows"] > 0][columns].copy()
+    return shown.to_string(index=False, float_format=lambda v: f"{v:.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lab_utils.bench", description=__doc__)
+    parser.add_argument("--sizes", default=",".join(map(str, FIELD_SIZES)),
+                        help="comma-separated N (default: the field's 100..3000)")
+    parser.add_argument("--models", default="cnn,resnet50")
+    parser.add_argument("--styles", default=",".join(STYLES))
+    parser.add_argument("--resnet-sizes", default="100,500",
+                        help="N for ResNet-50 (slow on CPU); the --sizes apply to the CNN")
+    args = parser.parse_args(argv)
+    from lab_utils.session import get_spark
+
+    spark = get_spark("benchmark: inference styles")
+    styles = tuple(s for s in args.styles.split(",") if s)
+    which = args.models.split(",")
+    sizes = {"cnn": args.sizes, "resnet50": args.resnet_sizes}
+    table = run(spark, styles=styles, sizes={
+        name: tuple(int(n) for n in sizes[name].split(",")) for name in which})
+    print(report(table))
+    spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
