@@ -10,10 +10,11 @@ UV_VERSION := $(shell sed -n 's/^required-version = "==\(.*\)"/\1/p' pyproject.t
 UV := $(TOOLS)/bin/uv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help venv env lab stop status models test test-unit test-cluster test-notebooks test-packaging \
+.PHONY: help venv env lab stop status models bench test test-unit test-cluster test-notebooks test-packaging \
         lint format strip-notebooks docker-config docker-up docker-down clean
 
 help: ## List the targets
@@ -59,6 +60,9 @@ test-packaging: venv ## Validate the compose file and lint the Dockerfiles
 
 models: venv ## Build the image data set and train the lab's CNN (if missing) into share_storages/
 	$(BIN)/python -m lab_utils.models
+
+bench: venv ## Benchmark every inference style against one plain process (see README; BENCH_ARGS=...)
+	$(BIN)/python -m lab_utils.bench $(BENCH_ARGS)
 
 lint: venv ## Lint the package, tests and notebooks with ruff
 	$(BIN)/ruff check lab_utils tests notebooks

@@ -100,7 +100,7 @@ BASELINE_CODE = r"""
 import json, resource, sys, time
 from pathlib import Path
 import numpy as np
-args = json.loads(sys.argv[1])
+args = json.loads(sys.stdin.read())
 from lab_utils import images, inference
 t0 = time.perf_counter()
 inference.configure_tensorflow(args["threads"])
@@ -130,7 +130,7 @@ def run_baseline(model: BenchModel, files: list[Path], threads: int, batch: int)
             "files": [str(f) for f in files], "size": list(model.spec.image_size),
             "threads": threads, "batch": batch}
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    done = subprocess.run([sys.executable, "-c", BASELINE_CODE, json.dumps(args)],
+    done = subprocess.run([sys.executable, "-c", BASELINE_CODE], input=json.dumps(args),
                           capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"baseline failed:\n{done.stderr[-2000:]}")
