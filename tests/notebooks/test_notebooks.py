@@ -106,3 +106,25 @@ def check_04_partition_predictor(r: dict) -> None:
 
 CHECKS["03_resnet50_batch_inference"] = check_03_resnet50_batch_inference
 CHECKS["04_partition_predictor"] = check_04_partition_predictor
+
+
+def check_02_benchmark_udf_styles(r: dict) -> None:
+    n = r["wrong_way_n"]
+    assert r["wrong_way_rows"]["df.count()"] == 0  # the UDF column is pruned away
+    assert r["wrong_way_rows"]["df.show(1)"] < 10  # the limit is pushed below the UDF
+    assert r["wrong_way_rows"]["noop write (every row)"] == n
+    expected = {"baseline", "transfer_only", "row_pickled", "row_arrow", "pandas_series",
+                "iterator", "predict_batch_udf", "map_in_pandas", "partition_predictor"}
+    assert set(r["styles_measured"]) == expected
+    runs = {(row["model"], row["n"], row["style"]): row["rows"] for row in r["rows"]}
+    for model, sizes in r["sizes"].items():
+        for size in sizes:
+            for style in expected:
+                assert runs[(model, size, style)] == size, (model, size, style)  # complete
+    assert set(r["best_ratio"]) == {f"cnn@{n}" for n in r["sizes"]["cnn"]} | {
+        f"resnet50@{n}" for n in r["sizes"]["resnet50"]}
+    assert all(v > 0 for v in r["best_ratio"].values())
+    assert r["plots"] == ["cnn.png", "resnet50.png"]
+
+
+CHECKS["02_benchmark_udf_styles"] = check_02_benchmark_udf_styles
