@@ -189,9 +189,10 @@ def _resolve(model: ModelSpec | Path | str, make_predict_fn: MakePredictFn | Non
     """Check the model on the driver (before any job) and pick the predict function maker."""
     spec = model if isinstance(model, ModelSpec) else load_spec(model)
     make = make_predict_fn or keras_predict_fn(spec.model_file)
-    # One cache entry per model file version: a retrained model is loaded afresh.
-    key = (str(spec.model_file), spec.model_file.stat().st_mtime_ns
-           if spec.model_file.exists() else 0, id(make_predict_fn) if make_predict_fn else 0)
+    # One cache entry per model file version (a retrained model is loaded afresh) and per
+    # custom predict function.
+    key = (str(spec.model_file), spec.model_file.stat().st_mtime_ns,
+           id(make_predict_fn) if make_predict_fn else 0)
     return spec, make, key
 
 
