@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,8 +56,10 @@ class InferenceError(RuntimeError):
 
 # --------------------------------------------------------------------------- per-worker state
 
-_CACHE: dict[Any, PredictFn] = {}
+_CACHE: OrderedDict[Any, PredictFn] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
+#: Models kept per Python worker, least recently used dropped first (predict_batch_udf keeps 3).
+CACHE_SIZE = 3
 #: How many times each key was loaded in this process (tests read it to prove "once per worker").
 LOAD_COUNTS: dict[Any, int] = {}
 
@@ -65,7 +68,8 @@ def cached_predict_fn(key: Any, make_predict_fn: MakePredictFn) -> PredictFn:
     """Return this Python worker's predict function for ``key``, creating it on first use.
 
     Python workers are reused across tasks (``spark.python.worker.reuse``, on by default), so a
-    model is loaded once per worker process, not per task or per batch.
+    model is loaded once per worker process, not per task or per batch. At most
+    :data:`CACHE_SIZE` models stay cached; the least recently used is dropped.
     """
     with _CACHE_LOCK:
         fn = _CACHE.get(key)
@@ -73,6 +77,9 @@ def cached_predict_fn(key: Any, make_predict_fn: MakePredictFn) -> PredictFn:
             fn = make_predict_fn()
             _CACHE[key] = fn
             LOAD_COUNTS[key] = LOAD_COUNTS.get(key, 0) + 1
+            while len(_CACHE) > CACHE_SIZE:  # a long-lived worker must not pile up models
+                _CACHE.popitem(last=False)
+        _CACHE.move_to_end(key)
         return fn
 
 

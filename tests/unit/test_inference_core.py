@@ -137,3 +137,18 @@ def test_factories_check_the_model_before_spark(tmp_path):
     # No SparkSession exists: the error must come from the model check, before any job.
     with pytest.raises(models.ModelError, match="model not found"):
         inference.iterator_udf(tmp_path / "nowhere")
+
+
+def test_worker_cache_keeps_the_three_most_recent_models():
+    loads = []
+
+    def maker(name):
+        def make():
+            loads.append(name)
+            return BrightnessModel()
+        return make
+
+    for name in ["a", "b", "c", "a", "d", "a", "b"]:
+        inference.cached_predict_fn(("lru", name), maker(name))
+    # "b" was evicted by "d" (a was used more recently), so it is loaded a second time.
+    assert loads == ["a", "b", "c", "d", "b"]
