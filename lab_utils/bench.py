@@ -355,13 +355,16 @@ def plot(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
+    palette = plt.get_cmap("tab10")
+    colors = {style: palette(i) for i, style in enumerate(("baseline", *STYLES))}
     for model, part in table.groupby("model"):
         fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
         for style, rows in part[part["rows"] > 0].groupby("style"):
             rows = rows.sort_values("n")
-            left.plot(rows["n"], rows["seconds"], marker="o", label=style)
+            kw = {"marker": "o", "label": style, "color": colors.get(style)}
+            left.plot(rows["n"], rows["seconds"], **kw)
             if style != "baseline":
-                right.plot(rows["n"], rows["ratio_to_baseline"], marker="o", label=style)
+                right.plot(rows["n"], rows["ratio_to_baseline"], **kw)
         left.set(xlabel="images (N)", ylabel="seconds (steady state)",
                  title=f"{model}: time vs N")
         right.axhline(1.0, color="black", lw=1, ls="--")
