@@ -329,6 +329,66 @@ def run(
     return table
 
 
+#: One setting changed at a time against the lab's defaults: (name, Spark conf, predict variant).
+SWEEP = (
+    ("lab defaults (TF threads = task cores = 1, Arrow 1024, model(x))", {}, "call"),
+    ("TF pools left machine-sized in every worker", {"spark.executorEnv.LAB_TF_THREADS": "tf"},
+     "call"),
+    ("TF intra-op threads = 2 per task", {"spark.executorEnv.LAB_TF_THREADS": "2"}, "call"),
+    ("one task per executor, spark.task.cpus = 2",
+     {"spark.task.cpus": "2", "spark.executor.cores": "2"}, "call"),
+    ("Arrow maxRecordsPerBatch = 64", {"spark.sql.execution.arrow.maxRecordsPerBatch": "64"},
+     "call"),
+    ("Arrow maxRecordsPerBatch = 10000 (Spark's default)",
+     {"spark.sql.execution.arrow.maxRecordsPerBatch": "10000"}, "call"),
+    ("model.predict(x) instead of model(x)", {}, "predict"),
+)
+
+
+def _predict_method_fn(model_file: str) -> inference.MakePredictFn:
+    def make() -> inference.PredictFn:
+        inference.configure_tensorflow()
+        import keras
+
+        model = keras.saving.load_model(model_file, compile=False)
+        return lambda x: model.predict(x.astype(np.float32), verbose=0)
+
+    return make
+
+
+def sweep(*, n: int = 3000, out_dir: Path | None = None,
+          progress: Callable[[str], None] = print) -> pd.DataFrame:
+    """The CNN's iterator UDF at N images, one setting changed at a time, each variant in a
+    fresh application (TensorFlow's pools are fixed once a Python worker has used them)."""
+    from lab_utils.session import get_spark
+
+    cfg = lab_config.load()
+    out_dir = out_dir or cfg.share_dir / "output" / "bench" / f"sweep-{time.strftime('%H%M%S')}"
+    model = prepare_models(cfg, ("cnn",), n)[0]
+    files = list_files(model.data_dir, n)
+    base = run_baseline(model, files, cfg.app_cores_max, 256)
+    rows = []
+    for i, (name, conf, variant) in enumerate(SWEEP, start=1):
+        progress(f"[{i}/{len(SWEEP)}] {name}")
+        spark = get_spark(f"benchmark sweep: {name}", conf=conf, quiet=True)
+        try:
+            chosen = model if variant == "call" else BenchModel(
+                model.name, model.spec, _predict_method_fn(str(model.spec.model_file)),
+                model.data_dir, model.baseline_kind)
+            result = run_style(spark, "iterator", chosen, files, batch=256,
+                               partitions=max(spark.sparkContext.defaultParallelism, 2),
+                               rss_dir=out_dir / "rss" / f"variant-{i}")
+            rows.append({"setting": name, **result, **{k: v for k, v in conf.items()}})
+        finally:
+            spark.stop()
+    table = pd.DataFrame(rows)
+    table["rows_per_s"] = table["rows"] / table["seconds"]
+    table["ratio_to_baseline"] = table["rows_per_s"] / (base["rows"] / base["seconds"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_dir / "sweep.csv", index=False)
+    return table
+
+
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """Add rows/s, ratio to the baseline and share of the predicted ceiling."""
     table = table.copy()
@@ -395,8 +455,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--styles", default=",".join(STYLES))
     parser.add_argument("--resnet-sizes", default="100,500",
                         help="N for ResNet-50 (slow on CPU); the --sizes apply to the CNN")
+    parser.add_argument("--sweep", action="store_true",
+                        help="instead: the CNN's iterator UDF at N=3000, one setting at a time")
     args = parser.parse_args(argv)
     from lab_utils.session import get_spark
+
+    if args.sweep:
+        table = sweep()
+        print(table[["setting", "seconds", "rows_per_s", "ratio_to_baseline",
+                     "worker_peak_rss_mb"]].to_string(index=False, float_format="%.2f".__mod__))
+        return 0
 
     spark = get_spark("benchmark: inference styles")
     styles = tuple(s for s in args.styles.split(",") if s)

@@ -104,13 +104,19 @@ def configure_tensorflow(threads: int | None = None) -> None:
 
     TensorFlow ignores ``OMP_NUM_THREADS``; left alone, every Python worker starts pools as
     large as the machine, and several tasks per machine oversubscribe the cores.
+    ``LAB_TF_THREADS`` (an executor environment variable) overrides it for experiments: a
+    number, or ``tf`` to leave TensorFlow's own machine-sized pools (the oversubscribed setup).
     """
     global _TF_CONFIGURED
     if _TF_CONFIGURED:
         return
+    override = os.environ.get("LAB_TF_THREADS", "").strip().lower()
+    if override == "tf" and threads is None:
+        _TF_CONFIGURED = True
+        return
     import tensorflow as tf
 
-    n = threads or task_cpus()
+    n = threads or (int(override) if override.isdigit() else 0) or task_cpus()
     try:
         tf.config.threading.set_intra_op_parallelism_threads(n)
         tf.config.threading.set_inter_op_parallelism_threads(1)
