@@ -128,3 +128,12 @@ def test_run_names_and_folders_are_checked(tmp_path):
     assert not (gt.prepare_run_dir("r1", tmp_path) / "old.joblib").exists()
     with pytest.raises(FileNotFoundError, match="train the run first"):
         gt.load_registry("never", models_dir=tmp_path)
+
+
+def test_split_sorted_cuts_groups_across_batch_boundaries():
+    keys = ["a"] * 5 + ["b"] * 1 + ["c"] * 7
+    frame = pd.DataFrame({"group": keys, "v": range(len(keys))})
+    got = [(g, pd.concat(parts)["v"].tolist())
+           for g, parts in gt.split_sorted(_batches(frame, 4) + [frame.iloc[:0]], "group")]
+    assert got == [("a", [0, 1, 2, 3, 4]), ("b", [5]), ("c", list(range(6, 13)))]
+    assert list(gt.split_sorted([], "group")) == []
