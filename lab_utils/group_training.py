@@ -592,6 +592,10 @@ def train_groups(df, *, run: str, key: str = "group", features: Sequence[str] = 
             make_sorted_train_fn(opts, key), REGISTRY_SCHEMA)
     registry = trained.toPandas()
     seconds = time.perf_counter() - t0
+    # A killed attempt (executor lost, worker crash) can leave its temporary file behind; the
+    # registry never points at one, and the rename of the successful attempt is what counts.
+    for leftover in run_dir.glob(".*.tmp*"):
+        leftover.unlink(missing_ok=True)
     registry = _registry_frame(registry.to_dict("records")).sort_values("group")
     registry = registry.reset_index(drop=True)
     write_registry(registry, run_dir, opts)
