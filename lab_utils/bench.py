@@ -457,6 +457,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="N for ResNet-50 (slow on CPU); the --sizes apply to the CNN")
     parser.add_argument("--sweep", action="store_true",
                         help="instead: the CNN's iterator UDF at N=3000, one setting at a time")
+    parser.add_argument("--suites", default="inference,training",
+                        help="inference (UDF styles), training (one model per group; see "
+                        "lab_utils.bench_training), or both")
+    parser.add_argument("--groups", type=int, default=1000,
+                        help="groups for the training suite (default 1000)")
     args = parser.parse_args(argv)
     from lab_utils.session import get_spark
 
@@ -466,13 +471,23 @@ def main(argv: list[str] | None = None) -> int:
                      "worker_peak_rss_mb"]].to_string(index=False, float_format="%.2f".__mod__))
         return 0
 
-    spark = get_spark("benchmark: inference styles")
-    styles = tuple(s for s in args.styles.split(",") if s)
-    which = args.models.split(",")
-    sizes = {"cnn": args.sizes, "resnet50": args.resnet_sizes}
-    table = run(spark, styles=styles, sizes={
-        name: tuple(int(n) for n in sizes[name].split(",")) for name in which})
-    print(report(table))
+    suites = {s.strip() for s in args.suites.split(",") if s.strip()}
+    unknown = suites - {"inference", "training"}
+    if unknown:
+        parser.error(f"unknown suite(s) {sorted(unknown)}: use inference and/or training")
+    spark = get_spark("benchmark: " + " + ".join(sorted(suites)))
+    if "inference" in suites:
+        styles = tuple(s for s in args.styles.split(",") if s)
+        which = args.models.split(",")
+        sizes = {"cnn": args.sizes, "resnet50": args.resnet_sizes}
+        table = run(spark, styles=styles, sizes={
+            name: tuple(int(n) for n in sizes[name].split(",")) for name in which})
+        print(report(table))
+    if "training" in suites:
+        from lab_utils import bench_training
+
+        table = bench_training.run(spark, groups=args.groups)
+        print(bench_training.report(table))
     spark.stop()
     return 0
 

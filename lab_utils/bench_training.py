@@ -70,6 +70,7 @@ def run(spark, *, groups: int = 1000, mean_rows: int = 3000, skew: float = 0.5,
 
     rows: list[dict[str, Any]] = []
     for name, (kind, params, n_groups) in workloads.items():
+        n_groups = min(n_groups, groups)
         keep = specs["group"].iloc[:n_groups].tolist()
         n_rows = int(specs["rows"].iloc[:n_groups].sum())
 
