@@ -82,11 +82,11 @@ class Faults:
     Parameters
     ----------
     fail_rate : float
-        Fraction of predict requests answered ``503 Service Unavailable``.
+        Fraction of predict requests answered ``503 Service Unavailable`` (at once).
     delay : float
         Seconds a delayed request waits before it is processed.
     delay_rate : float
-        Fraction of predict requests delayed by ``delay``.
+        Fraction of the other predict requests delayed by ``delay``.
     seed : int
         Seed of the decision sequence: the same seed gives the same faults to the same sequence
         of requests.
@@ -173,6 +173,7 @@ class _Entry:
     version: int
     predict: PredictFn | None = None
     error: str | None = None
+    loading: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -228,7 +229,11 @@ class ModelRegistry:
         with entry.lock:
             if entry.predict is None and entry.error is None:
                 try:
-                    entry.predict = self.loader(entry.spec)
+                    predict = self.loader(entry.spec)
+                    # One call on a blank image traces the model now, not on a user's request.
+                    h, w = entry.spec.image_size
+                    predict(np.zeros((1, h, w, entry.spec.channels), np.uint8))
+                    entry.predict = predict
                 except Exception as exc:  # noqa: BLE001 - reported to every caller as a 500
                     entry.error = f"{type(exc).__name__}: {exc}"
         if entry.predict is None:
@@ -237,10 +242,22 @@ class ModelRegistry:
         return entry, entry.predict
 
     def state(self, name: str) -> tuple[_Entry, str]:
+        """The entry and its TF Serving state; asking about a model starts loading it."""
         entry = self.entry(name)
         if entry.error is not None:
             return entry, "END"
-        return entry, "AVAILABLE" if entry.predict is not None else "LOADING"
+        if entry.predict is not None:
+            return entry, "AVAILABLE"
+        with self._lock:
+            start, entry.loading = not entry.loading, True
+        if start:
+            threading.Thread(target=self._load_quietly, args=(name,), daemon=True,
+                             name=f"load-{name}").start()
+        return entry, "LOADING"
+
+    def _load_quietly(self, name: str) -> None:
+        with contextlib.suppress(ServingError):  # the error is kept in the entry and reported
+            self.predictor(name)
 
 
 # --------------------------------------------------------------------------- payloads
@@ -393,12 +410,9 @@ def create_app(models_dir: Path | str, *, faults: Faults | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         if preload:
-            def warm() -> None:
-                for name in registry.names():
-                    with contextlib.suppress(ServingError):
-                        registry.predictor(name)
-
-            threading.Thread(target=warm, name="preload-models", daemon=True).start()
+            for name in registry.names():
+                with contextlib.suppress(ServingError):
+                    registry.state(name)  # starts loading it in the background
         yield
 
     app = FastAPI(title="Spark DL Lab model server (TF Serving REST API)", lifespan=lifespan,
@@ -458,7 +472,7 @@ def create_app(models_dir: Path | str, *, faults: Faults | None = None,
         rows = len(pixels)
         stats.add(predict_requests=1, rows_received=rows)
         fail, delay = injector.draw()
-        if delay:
+        if delay and not fail:  # a failed request is answered at once: the two never overlap
             stats.add(delayed=1, delayed_rows=rows)
             await asyncio.sleep(delay)
         if fail:
