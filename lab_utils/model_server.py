@@ -6,7 +6,7 @@ TensorFlow Serving's REST API, so a notebook written against it runs unchanged a
 TF Serving container serving the same model under the same name:
 
 * ``GET  /v1/models/NAME``                 status (``model_version_status``)
-* ``GET  /v1/models/NAME/metadata``        input/output signature
+* ``GET  /v1/models/NAME/metadata``        input/output signature (plus class names)
 * ``POST /v1/models/NAME:predict``         ``{"instances": [...]}`` (row form) answered with
   ``{"predictions": [...]}``, or ``{"inputs": ...}`` (columnar) answered with ``{"outputs": ...}``
 * ``/v1/models/NAME/versions/V…``          the same, for one version
@@ -367,7 +367,8 @@ def model_metadata(name: str, registry: ModelRegistry) -> dict:
     return {
         "model_spec": {"name": name, "signature_name": "", "version": str(entry.version)},
         "metadata": {"signature_def": {"signature_def": {"serving_default": {
-            "inputs": {_input_name(spec): {"dtype": "DT_UINT8", "tensor_shape": {
+            # The Keras model's input is float32 holding 0-255 values, as an export would say.
+            "inputs": {_input_name(spec): {"dtype": "DT_FLOAT", "tensor_shape": {
                 "dim": dim, "unknown_rank": False}, "name": _input_name(spec)}},
             "outputs": {"probabilities": {"dtype": "DT_FLOAT", "tensor_shape": {
                 "dim": [{"size": "-1", "name": ""},
