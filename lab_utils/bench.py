@@ -503,14 +503,14 @@ def main(argv: list[str] | None = None) -> int:
                      "worker_peak_rss_mb"]].to_string(index=False, float_format="%.2f".__mod__))
         return 0
 
-    spark = get_spark("benchmark: inference styles")
     styles = tuple(s for s in args.styles.split(",") if s)
     unknown = set(styles) - set(STYLES) - set(EXTRA_STYLES)
-    if unknown:
+    if unknown:  # before a session starts: a typo should not cost a JVM
         parser.error(f"unknown styles {sorted(unknown)}: choose from "
                      f"{', '.join(STYLES + EXTRA_STYLES)}")
     if args.rest:
         styles = tuple(dict.fromkeys([*styles, "iterator", "rest"]))
+    spark = get_spark("benchmark: inference styles")
     which = args.models.split(",")
     sizes = {"cnn": args.sizes, "resnet50": args.resnet_sizes}
     table = run(spark, styles=styles, sizes={
