@@ -165,3 +165,29 @@ def check_05_parallel_training(r: dict) -> None:
 
 
 CHECKS["05_parallel_training"] = check_05_parallel_training
+
+
+def check_08_external_api_scoring(r: dict) -> None:
+    n = r["n_images"]
+    assert n == 120  # the smoke size
+    assert r["server"] == "lab"  # the test cluster runs the lab's model server: it was used
+    assert r["status_state"] == "AVAILABLE" and r["bad_request_status"] == 400
+    assert r["rows_rest"] == r["rows_in_spark"] == r["unique_paths_rest"] == n
+    assert r["errors_rest"] == 0
+    assert r["agree"] is True and r["max_confidence_diff"] < 1e-4
+    no_retries, retries = r["faults"]["no retries"], r["faults"]["with retries"]
+    for run in (no_retries, retries):
+        assert run["rows"] == run["unique_paths"] == n  # no lost or duplicated rows
+        assert run["agree_on_scored"] is True
+    # Without retries exactly the rows of the requests the server failed carry an error.
+    assert no_retries["errors"] == no_retries["server_failed_rows"] > 0
+    assert no_retries["retried_row_attempts"] == 0
+    # With retries every row is scored; each extra attempt matches one injected failure.
+    assert retries["errors"] == 0
+    assert retries["retried_row_attempts"] == retries["server_failed_rows"] > 0
+    assert retries["server_503s"] > 0
+    assert r["rest_to_spark_ratio"] > 0
+    assert r["rest_rows_per_s"] > 0 and r["spark_rows_per_s"] > 0
+
+
+CHECKS["08_external_api_scoring"] = check_08_external_api_scoring
