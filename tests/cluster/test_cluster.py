@@ -49,6 +49,7 @@ def test_session_uses_lab_settings(spark, lab_cluster):
     assert spark.range(1000).selectExpr("sum(id)").first()[0] == 499500
 
 
+INTRUDERS = {"intruder-no-auth": "", "intruder-wrong-secret": "guess"}
 INTRUDER = textwrap.dedent("""
     import sys
     from pyspark.sql import SparkSession
@@ -64,20 +65,23 @@ INTRUDER = textwrap.dedent("""
 """)
 
 
-def test_application_without_the_secret_cannot_run_a_job(lab_cluster, tmp_path):
-    url = lab_cluster.cfg.lab_master_url
-    attempts = {name: subprocess.Popen(
-        [sys.executable, "-c", INTRUDER, url, name, secret], stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, text=True, cwd=tmp_path)
-        for name, secret in {"intruder-no-auth": "", "intruder-wrong-secret": "guess"}.items()}
-    # Spark's standalone client gives up after 3 registration attempts of 20 s each.
-    outputs = {name: proc.communicate(timeout=180)[0] for name, proc in attempts.items()}
-    for name, out in outputs.items():
-        assert "RESULT" not in out, f"{name} ran a job on the secured cluster: {out}"
-        assert "REFUSED" in out, f"{name}: {out}"
-    state = lab.master_state(lab_cluster.cfg)
-    names = {app["name"] for app in state["activeapps"] + state["completedapps"]}
-    assert not names & set(attempts)
+@pytest.fixture(scope="module", autouse=True)
+def intruders(lab_cluster, tmp_path_factory):
+    """Applications without / with a wrong secret, started when this module starts.
+
+    Spark's standalone client gives up only after 3 registration attempts of 20 s each, so
+    they run in the background while the other tests of this module run; the last test of
+    the module collects their outcome.
+    """
+    cwd = tmp_path_factory.mktemp("intruders")
+    procs = {name: subprocess.Popen(
+        [sys.executable, "-c", INTRUDER, lab_cluster.cfg.lab_master_url, name, secret],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=cwd)
+        for name, secret in INTRUDERS.items()}
+    yield procs
+    for proc in procs.values():
+        proc.kill()
+        proc.wait()
 
 
 def test_jupyter_refuses_requests_without_the_token(lab_cluster):
@@ -108,3 +112,14 @@ def test_history_server_lists_a_finished_application(lab_cluster, tmp_path):
     assert lab.wait_until(
         lambda: any(app["name"] == "history-check" and app["attempts"][0]["completed"]
                     for app in lab.http_json(url)), timeout=60)
+
+
+def test_applications_without_the_secret_cannot_run_a_job(lab_cluster, intruders):
+    # Last in this module: the attempts started with it (see the `intruders` fixture).
+    outputs = {name: proc.communicate(timeout=180)[0] for name, proc in intruders.items()}
+    for name, out in outputs.items():
+        assert "RESULT" not in out, f"{name} ran a job on the secured cluster: {out}"
+        assert "REFUSED" in out, f"{name}: {out}"
+    state = lab.master_state(lab_cluster.cfg)
+    names = {app["name"] for app in state["activeapps"] + state["completedapps"]}
+    assert not names & set(INTRUDERS)

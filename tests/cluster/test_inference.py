@@ -159,4 +159,5 @@ def test_odd_file_names_are_read_scored_and_placed(spark, trained, lab_cluster):
     dest = lab_cluster.cfg.share_dir / "output" / "odd-sorted"
     placed = inference.place_by_class(result, dest).toPandas()
     assert placed["placed_error"].isna().all(), placed["placed_error"].dropna().tolist()
-    assert sorted(p.name for p in (dest / "3").iterdir()) == sorted(ODD_NAMES)
+    folder_of_answer = dest / rows["prediction"].iloc[0]
+    assert sorted(p.name for p in folder_of_answer.iterdir()) == sorted(ODD_NAMES)
