@@ -23,6 +23,7 @@ Nothing here imports TensorFlow or Spark at module level.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 import subprocess
@@ -261,16 +262,17 @@ def clip_features(content: bytes | None, *, sample_rate: int = SAMPLE_RATE,
 
 def features_frame(contents: Iterable[bytes | None], **options: Any) -> pd.DataFrame:
     """:func:`clip_features` for many files: one row each, ``error`` set instead of raising."""
+    columns = ["features", "frames", "source_rate", "channels", "seconds", "error"]
+    failed = dict.fromkeys(columns)  # None, not NaN: Spark reads None as null in every type
     rows = []
     for content in contents:
         try:
             rows.append({**clip_features(content, **options), "error": None})
         except AudioError as exc:
-            rows.append({"error": str(exc)})
+            rows.append({**failed, "error": str(exc)})
         except Exception as exc:  # anything else is still one row's problem, named
-            rows.append({"error": f"{type(exc).__name__}: {exc}"})
-    columns = ["features", "frames", "source_rate", "channels", "seconds", "error"]
-    return pd.DataFrame(rows, columns=columns)
+            rows.append({**failed, "error": f"{type(exc).__name__}: {exc}"})
+    return pd.DataFrame(rows, columns=columns, dtype=object)
 
 
 def log_mel_udf(**options: Any):
@@ -360,13 +362,23 @@ def augment(x: np.ndarray, rate: int, rng: np.random.Generator) -> np.ndarray:
 
 def clip_group(path: Path | str) -> str:
     """``yes_en-us_s130_p50_n2.wav`` -> ``yes_en-us_s130_p50``: a clip and its noisy copies."""
-    stem = Path(path).stem
-    return stem.rsplit("_n", 1)[0] if "_n" in stem else stem
+    return re.sub(r"_n\d+$", "", Path(str(path)).stem)
 
 
 def holdout(path: Path | str, every: int = 5) -> bool:
-    """Deterministic held-out split by source utterance: noisy copies stay with their original."""
+    """Deterministic held-out split by source utterance: noisy copies stay with their original.
+
+    The same as the Spark column :func:`holdout_column`.
+    """
     return zlib.crc32(clip_group(path).encode()) % every == 0
+
+
+def holdout_column(every: int = 5):
+    """Spark column: True for the clips :func:`holdout` holds out (``path`` column)."""
+    from pyspark.sql import functions as F
+
+    group = F.regexp_extract(F.col("path"), r"([^/]+?)(_n\d+)?\.[^./]+$", 1)
+    return (F.crc32(group) % every) == 0
 
 
 def build_speech_dataset(
