@@ -138,3 +138,12 @@ def test_service_env_ignores_stale_lab_variables(tmp_path, monkeypatch):
     env = lab.service_env(cfg)
     assert env["SPARK_AUTH_SECRET"] == "top-secret"
     assert "LAB_SMOKE" not in env
+
+
+def test_missing_espeak_is_a_warning_with_the_install_command(monkeypatch):
+    monkeypatch.setattr(lab.shutil, "which", lambda exe: None if exe == "espeak-ng" else "/x")
+    warnings = lab.missing_tool_warnings()
+    assert len(warnings) == 1 and warnings[0].startswith("warning: espeak-ng not found")
+    assert "apt-get install espeak-ng" in warnings[0] and "notebook 07" in warnings[0]
+    monkeypatch.setattr(lab.shutil, "which", lambda exe: "/usr/bin/" + exe)
+    assert lab.missing_tool_warnings() == []
