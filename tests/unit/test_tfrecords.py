@@ -122,3 +122,15 @@ def test_bad_row_fails_the_write_naming_row_and_feature(tmp_path):
 def test_missing_schema_says_how_to_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="write_tfrecords"):
         tfrecords.read_tfrecords(tmp_path)
+
+
+def test_a_failed_write_leaves_no_file_behind(tmp_path):
+    def records():
+        yield b"one"
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        tfrecords.write_file(tmp_path / "part-00000.tfrecord", records())
+    assert list(tmp_path.iterdir()) == []  # neither a torn part file nor its temporary
+    assert tfrecords.write_file(tmp_path / "part-00000.tfrecord", [b"a", b"bc"]) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["part-00000.tfrecord"]
