@@ -353,22 +353,27 @@ def _epoch_day(value: Any) -> int | None:
     return (pd.Timestamp(value).date() - EPOCH).days
 
 
+def _days(ts: Any) -> np.ndarray:
+    """Epoch days of timestamps (pandas/NumPy datetimes), vectorised."""
+    return np.asarray(ts, dtype="datetime64[us]").astype("datetime64[D]").astype(np.int64)
+
+
 def daily_matrix(events: pd.DataFrame, first_day: int, n_days: int) -> np.ndarray:
     """``(n_days, len(FEATURES))`` daily activity of one customer; ``first_day`` in epoch days.
 
-    ``plan`` is the plan in force that day (carried forward from the last ``plan_change``).
+    The ``plan`` column is left at 0 here (:func:`customer_windows` fills the plan in force).
     """
     out = np.zeros((n_days, len(FEATURES)), dtype=np.float64)
-    if len(events):
-        ts = pd.to_datetime(events["ts"])
-        day = ((ts - pd.Timestamp(EPOCH)).dt.days.to_numpy() - first_day)
+    if len(events) and n_days > 0:
+        day = _days(events["ts"]) - first_day
         keep = (day >= 0) & (day < n_days)
         day, kind = day[keep], events["event_type"].to_numpy()[keep]
         value = events["value"].to_numpy(dtype=np.float64)[keep]
-        for column, name, amount in ((0, "call", None), (1, "call", "value"),
-                                     (2, "topup", "value"), (3, "complaint", None)):
+        for column, name, amount in ((0, "call", False), (1, "call", True),
+                                     (2, "topup", True), (3, "complaint", False)):
             sel = kind == name
-            np.add.at(out[:, column], day[sel], value[sel] if amount else 1.0)
+            out[:, column] = np.bincount(day[sel], weights=value[sel] if amount else None,
+                                         minlength=n_days)[:n_days]
     return out
 
 
@@ -397,32 +402,46 @@ def customer_windows(
     if churn is not None and churn < signup:
         raise ValueError(f"customer {cid}: churn_date {first['churn_date']} is before "
                          f"signup_date {first['signup_date']}; fix the customer record")
-    events = customer.dropna(subset=["ts"]).sort_values("ts", kind="stable")
+    events = customer[customer["ts"].notna()]
     first_day = max(signup, start)
     active_to = min(churn, end) if churn is not None else end
-    daily = daily_matrix(events, first_day, max(active_to - first_day, 0))
-    # The plan in force: the plan at signup, then each change (events are in time order).
-    plan = np.full(len(daily), float(first["plan"]))
-    changes = events[events["event_type"] == "plan_change"]
-    change_day = (pd.to_datetime(changes["ts"]) - pd.Timestamp(EPOCH)).dt.days.to_numpy()
-    for d, v in zip(change_day - first_day, changes["value"].to_numpy(), strict=True):
-        plan[max(d, 0):] = v
+    n_days = max(active_to - first_day, 0)
+    daily = daily_matrix(events, first_day, n_days)
+    # The plan in force: the plan at signup, then each change in time order (the feed is not).
+    plan = np.full(n_days, float(first["plan"]))
+    is_change = (events["event_type"] == "plan_change").to_numpy()
+    if is_change.any():
+        change_ts = events["ts"].to_numpy()[is_change]
+        order = np.argsort(change_ts, kind="stable")
+        change_day = _days(change_ts[order]) - first_day
+        for d, v in zip(change_day, events["value"].to_numpy()[is_change][order], strict=True):
+            plan[max(d, 0):] = v
     daily[:, FEATURES.index("plan")] = plan
-    rows = []
     w, s, h = spec.window_days, spec.stride_days, spec.horizon_days
-    for offset in range(0, len(daily) - w + 1, s):
-        window_end = first_day + offset + w  # exclusive: the first day after the window
-        churned = churn is not None and churn < window_end + h
-        if not churned and window_end + h > end:
-            continue  # censored: the data ends before the horizon does, the label is unknown
-        before = daily[max(offset - spec.baseline_days, 0):offset, 0]
-        rows.append((cid, first_day + offset, window_end,
-                     daily[offset:offset + w].astype(np.float32).ravel(),
-                     float(before.mean()) if len(before) else float(daily[offset:offset + w, 0]
-                                                                    .mean()),
-                     int(churned), None))
-    return pd.DataFrame(rows, columns=["customer_id", "window_start", "window_end", "features",
-                                       "baseline_calls", "label", "error"])
+    offsets = np.arange(0, n_days - w + 1, s)
+    window_end = first_day + offsets + w  # exclusive: the first day after the window
+    churned = (window_end + h > churn) if churn is not None else np.zeros(len(offsets), bool)
+    # Censored: the data ends before the horizon does, so the label is unknown: no example.
+    keep = churned | (window_end + h <= end)
+    offsets, window_end, churned = offsets[keep], window_end[keep], churned[keep]
+    calls = np.concatenate([[0.0], np.cumsum(daily[:, 0])])
+    lo = np.maximum(offsets - spec.baseline_days, 0)
+    history = offsets - lo
+    baseline = np.where(history > 0, (calls[offsets] - calls[lo]) / np.maximum(history, 1),
+                        (calls[offsets + w] - calls[offsets]) / w)  # no history: its own mean
+    flat = daily.astype(np.float32)
+    n = len(offsets)
+    features = np.empty(n, dtype=object)
+    features[:] = [flat[o:o + w].ravel() for o in offsets]
+    return pd.DataFrame({  # whole arrays, no broadcasting: this runs once per customer
+        "customer_id": np.full(n, cid, dtype=object),
+        "window_start": first_day + offsets,
+        "window_end": window_end,
+        "features": features,
+        "baseline_calls": baseline.astype(np.float32),
+        "label": churned.astype(np.int32),
+        "error": np.full(n, None, dtype=object),
+    })
 
 
 def windows_udf_fn(spec: WindowSpec):
