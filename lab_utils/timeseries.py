@@ -300,8 +300,7 @@ def clean_events(events: DataFrame, customers: DataFrame, start: dt.date, end: d
         end=end.isoformat(), plans=", ".join(map(str, PLANS))))
     known = customers.select("customer_id", F.lit(True).alias("_known"))
     checked = (events.withColumn("reject_reason", reason)
-               .join(F.broadcast(known) if customers.count() < 1_000_000 else known,
-                     "customer_id", "left")
+               .join(known, "customer_id", "left")  # AQE broadcasts it when small
                .withColumn("reject_reason", F.when(
                    F.col("reject_reason").isNull() & F.col("_known").isNull(),
                    F.lit("unknown customer")).otherwise(F.col("reject_reason")))
