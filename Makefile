@@ -34,7 +34,7 @@ venv: $(VENV)/.synced ## Create/refresh the virtualenv from uv.lock (the lab's o
 env: ## Create .env with a Jupyter token and a Spark secret (needed before `docker compose up`)
 	python3 -m lab_utils.lab env
 
-lab: venv ## Start the native lab (master, workers, history server, JupyterLab) and print its URLs
+lab: venv ## Start the native lab (master, workers, history server, model server, JupyterLab); print URLs
 	$(BIN)/lab start
 
 stop: ## Stop the native lab, leaving no process behind
@@ -61,7 +61,7 @@ test-packaging: venv ## Validate the compose file and lint the Dockerfiles
 models: venv ## Build the image data set and train the lab's CNN (if missing) into share_storages/
 	$(BIN)/python -m lab_utils.models
 
-bench: venv ## Benchmark every inference style against one plain process (see README; BENCH_ARGS=...)
+bench: venv ## Benchmark every inference style against one plain process (BENCH_ARGS=..., e.g. --rest)
 	$(BIN)/python -m lab_utils.bench $(BENCH_ARGS)
 
 lint: venv ## Lint the package, tests and notebooks with ruff

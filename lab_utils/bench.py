@@ -6,7 +6,10 @@ For each model (the lab's CNN on 32x32 image files, ResNet-50 at 224x224) and ea
   the same model in batches: the physical limit of this machine;
 * **transfer only**: an iterator UDF that moves the same rows through Arrow and does no work:
   the Spark/Arrow ceiling;
-* every Spark style of :mod:`lab_utils.inference`.
+* every Spark style of :mod:`lab_utils.inference`;
+* with ``--rest`` also ``rest``: the same rows scored over HTTP by the lab's model server
+  (:mod:`lab_utils.rest_scoring`, a server started for the run on a free port, CNN only),
+  reported as a ratio to the in-Spark iterator UDF.
 
 Rules: the input bytes are cached in Spark (and in memory for the baseline) so neither side
 times the disk; every timing forces full evaluation (``noop`` sink); a warm-up run on a slice of
@@ -40,6 +43,10 @@ from lab_utils import images, inference, models
 STYLES = ("transfer_only", "row_pickled", "row_arrow", "pandas_series", "iterator",
           "predict_batch_udf", "map_in_pandas", "partition_predictor")
 ROW_STYLES = {"row_pickled", "row_arrow"}
+#: Opt-in styles, not in the default run (``--rest`` or ``--styles ...,rest``).
+EXTRA_STYLES = ("rest",)
+#: Images per REST request (each 32x32 image is ~10 KB of JSON).
+REST_BATCH = 64
 FIELD_SIZES = (100, 500, 1000, 1500, 2000, 2500, 3000)
 
 
@@ -181,10 +188,16 @@ def transfer_only_udf():
     return transfer
 
 
-def style_builder(style: str, model: BenchModel, make, batch: int) -> Callable:
+def style_builder(style: str, model: BenchModel, make, batch: int,
+                  rest_url: str | None = None) -> Callable:
     """``df -> scored df`` for ``style``; built once, so warm-up and timed run share the
     factory and therefore the model cached in each Python worker."""
     spec = model.spec
+    if style == "rest":
+        from lab_utils import rest_scoring
+
+        udf = rest_scoring.rest_udf(spec, rest_url, batch_size=REST_BATCH)
+        return lambda df: df.select(udf("path", "content").alias("r"))
     if style == "transfer_only":
         udf = transfer_only_udf()
         return lambda df: df.select(udf("path", "content").alias("r"))
@@ -233,7 +246,7 @@ def driver_rss_mb(spark) -> dict[str, float]:
 
 
 def run_style(spark, style: str, model: BenchModel, files: list[Path], *, batch: int,
-              partitions: int, rss_dir: Path) -> dict:
+              partitions: int, rss_dir: Path, rest_url: str | None = None) -> dict:
     """Warm up on a slice, then time the full run; both force every row through the UDF."""
     paths = [f.as_uri() for f in files]
     df = (spark.read.format("binaryFile").load(paths).select("path", "content")
@@ -242,7 +255,7 @@ def run_style(spark, style: str, model: BenchModel, files: list[Path], *, batch:
     rss_dir.mkdir(parents=True, exist_ok=True)
     make = _rss_recording(model.make_predict_fn or inference.keras_predict_fn(
         model.spec.model_file), str(rss_dir))
-    build = style_builder(style, model, make, batch)
+    build = style_builder(style, model, make, batch, rest_url)
     warm = df.limit(max(partitions * 2, 8)).repartition(partitions)
     start = time.perf_counter()
     build(warm).write.format("noop").mode("overwrite").save()
@@ -284,6 +297,18 @@ def run(
     settings = spark_settings(spark)
     records: list[dict[str, Any]] = []
     bench_models = [m for name, n in sizes.items() for m in prepare_models(cfg, (name,), max(n))]
+    rest_server = None
+    if "rest" in styles and any(m.name == "cnn" for m in bench_models):
+        from lab_utils import model_server
+
+        # A server of its own, serving only the CNN (not ResNet-50's 100 MB) on a free port.
+        served = out_dir / "rest-models"
+        served.mkdir(exist_ok=True)
+        cnn = next(m for m in bench_models if m.name == "cnn")
+        link = served / cnn.spec.path.name
+        if not link.exists():
+            link.symlink_to(cnn.spec.path, target_is_directory=True)
+        rest_server = model_server.launch(served, log_file=out_dir / "model-server.log")
     total = sum(len(n) for n in sizes.values()) * (len(styles) + 1)
     done = 0
     began = time.perf_counter()
@@ -303,6 +328,10 @@ def run(
                             "tf_threads_per_task": cores})
             for style in styles:
                 done += 1
+                if style == "rest" and (rest_server is None or model.name != "cnn"):
+                    records.append({**base_record, "style": style, "rows": 0,
+                                    "skipped": "REST scoring is measured for the CNN only"})
+                    continue
                 if style in ROW_STYLES and n > row_cap[model.name]:
                     progress(f"[{done}/{total}] {model.name} N={n} {style}: skipped "
                              f"(row styles capped at N={row_cap[model.name]})")
@@ -313,8 +342,11 @@ def run(
                          f"N={n} {style}")
                 rss_dir = out_dir / "rss" / f"{model.name}-{n}-{style}"
                 result = run_style(spark, style, model, files, batch=batch[model.name],
-                                   partitions=partitions, rss_dir=rss_dir)
+                                   partitions=partitions, rss_dir=rss_dir,
+                                   rest_url=rest_server.url if rest_server else None)
                 records.append({**base_record, "style": style, **result})
+    if rest_server is not None:
+        rest_server.stop()
     table = summarize(pd.DataFrame(records))
     for key, value in driver_rss_mb(spark).items():
         table[key] = value
@@ -405,6 +437,8 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     ceiling = 1.0 / (1.0 / table["baseline_rows_per_s"] + 1.0 / table["transfer_rows_per_s"])
     table["predicted_ceiling_rows_per_s"] = ceiling
     table["share_of_ceiling"] = table["rows_per_s"] / ceiling
+    iterator = table[table["style"] == "iterator"].set_index(keys)["rows_per_s"]
+    table["ratio_to_iterator"] = table["rows_per_s"] / iterator.reindex(index).to_numpy()
     return table
 
 
@@ -416,7 +450,7 @@ def plot(table: pd.DataFrame, out_dir: Path) -> list[Path]:
 
     written = []
     palette = plt.get_cmap("tab10")
-    colors = {style: palette(i) for i, style in enumerate(("baseline", *STYLES))}
+    colors = {style: palette(i) for i, style in enumerate(("baseline", *STYLES, *EXTRA_STYLES))}
     for model, part in table.groupby("model"):
         fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
         for style, rows in part[part["rows"] > 0].groupby("style"):
@@ -455,8 +489,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--styles", default=",".join(STYLES))
     parser.add_argument("--resnet-sizes", default="100,500",
                         help="N for ResNet-50 (slow on CPU); the --sizes apply to the CNN")
+    parser.add_argument("--rest", action="store_true",
+                        help="also score over HTTP through a model server started for the run "
+                             "(style 'rest', CNN only) and print its ratio to the iterator UDF")
     parser.add_argument("--sweep", action="store_true",
                         help="instead: the CNN's iterator UDF at N=3000, one setting at a time")
+    parser.add_argument("--suites", default="inference,training",
+                        help="inference (UDF styles), training (one model per group; see "
+                        "lab_utils.bench_training), or both")
+    parser.add_argument("--groups", type=int, default=1000,
+                        help="groups for the training suite (default 1000)")
     args = parser.parse_args(argv)
     from lab_utils.session import get_spark
 
@@ -466,13 +508,34 @@ def main(argv: list[str] | None = None) -> int:
                      "worker_peak_rss_mb"]].to_string(index=False, float_format="%.2f".__mod__))
         return 0
 
-    spark = get_spark("benchmark: inference styles")
+    suites = {s.strip() for s in args.suites.split(",") if s.strip()}
+    if suites - {"inference", "training"}:
+        parser.error(f"unknown suite(s) {sorted(suites - {'inference', 'training'})}: use "
+                     "inference and/or training")
     styles = tuple(s for s in args.styles.split(",") if s)
-    which = args.models.split(",")
-    sizes = {"cnn": args.sizes, "resnet50": args.resnet_sizes}
-    table = run(spark, styles=styles, sizes={
-        name: tuple(int(n) for n in sizes[name].split(",")) for name in which})
-    print(report(table))
+    unknown = set(styles) - set(STYLES) - set(EXTRA_STYLES)
+    if unknown:  # before a session starts: a typo should not cost a JVM
+        parser.error(f"unknown styles {sorted(unknown)}: choose from "
+                     f"{', '.join(STYLES + EXTRA_STYLES)}")
+    if args.rest:
+        styles = tuple(dict.fromkeys([*styles, "iterator", "rest"]))
+    spark = get_spark("benchmark: " + " + ".join(sorted(suites)))
+    if "inference" in suites:
+        which = args.models.split(",")
+        sizes = {"cnn": args.sizes, "resnet50": args.resnet_sizes}
+        table = run(spark, styles=styles, sizes={
+            name: tuple(int(n) for n in sizes[name].split(",")) for name in which})
+        print(report(table))
+        rest = table[(table["style"] == "rest") & (table["rows"] > 0)]
+        for row in rest.itertuples():
+            print(f"REST / in-Spark iterator UDF throughput, {row.model} N={row.n}: "
+                  f"{row.ratio_to_iterator:.2f}x ({row.rows_per_s:,.0f} vs "
+                  f"{row.rows_per_s / row.ratio_to_iterator:,.0f} rows/s)")
+    if "training" in suites:
+        from lab_utils import bench_training
+
+        table = bench_training.run(spark, groups=args.groups)
+        print(bench_training.report(table))
     spark.stop()
     return 0
 

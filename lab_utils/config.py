@@ -36,6 +36,9 @@ VARIABLES: dict[str, str] = {
     "LAB_WORKER_UI_PORT": "first worker web UI port, the next workers count up (8081)",
     "LAB_HISTORY_PORT": "Spark History Server port (18080)",
     "LAB_JUPYTER_PORT": "JupyterLab port (8888)",
+    "LAB_MODEL_SERVER_PORT": "the lab's model server (TF Serving REST API) port (8501)",
+    "LAB_MODEL_SERVER_URL": "model server as notebooks and executors reach it (default http://"
+    "LAB_HOST:LAB_MODEL_SERVER_PORT; containers: http://model-server:8501)",
     "LAB_APP_CORES_MAX": "spark.cores.max per application (default: this machine's cores)",
     "LAB_EXECUTOR_MEMORY": "spark.executor.memory per application (1g)",
     "LAB_ARROW_BATCH": "spark.sql.execution.arrow.maxRecordsPerBatch (1024)",
@@ -88,12 +91,14 @@ class LabConfig:
     worker_ui_port: int
     history_port: int
     jupyter_port: int
+    model_server_port: int
     app_cores_max: int
     executor_memory: str
     arrow_batch: int
     driver_host: str | None
     master_ui_url_override: str | None
     history_url_override: str | None
+    model_server_url_override: str | None
     start_timeout: int
     smoke: bool
 
@@ -118,6 +123,12 @@ class LabConfig:
     @property
     def history_url(self) -> str:
         return self.history_url_override or f"http://{self.host}:{self.history_port}"
+
+    @property
+    def model_server_url(self) -> str:
+        """The lab's model server (TF Serving REST API) as this process reaches it."""
+        return (self.model_server_url_override
+                or f"http://{self.host}:{self.model_server_port}").rstrip("/")
 
     @property
     def jupyter_url(self) -> str:
@@ -160,12 +171,14 @@ def load(env: Mapping[str, str] | None = None) -> LabConfig:
         worker_ui_port=_int(env, "LAB_WORKER_UI_PORT", 8081),
         history_port=_int(env, "LAB_HISTORY_PORT", 18080),
         jupyter_port=_int(env, "LAB_JUPYTER_PORT", 8888),
+        model_server_port=_int(env, "LAB_MODEL_SERVER_PORT", 8501),
         app_cores_max=_int(env, "LAB_APP_CORES_MAX", cores),
         executor_memory=env.get("LAB_EXECUTOR_MEMORY") or "1g",
         arrow_batch=_int(env, "LAB_ARROW_BATCH", 1024),
         driver_host=env.get("LAB_DRIVER_HOST") or None,
         master_ui_url_override=env.get("LAB_MASTER_UI_URL") or None,
         history_url_override=env.get("LAB_HISTORY_URL") or None,
+        model_server_url_override=env.get("LAB_MODEL_SERVER_URL") or None,
         start_timeout=_int(env, "LAB_START_TIMEOUT", 120),
         smoke=env.get("LAB_SMOKE", "").strip().lower() in {"1", "true", "yes", "on"},
     )
@@ -193,12 +206,14 @@ def to_env(cfg: LabConfig) -> dict[str, str]:
         "LAB_WORKER_UI_PORT": cfg.worker_ui_port,
         "LAB_HISTORY_PORT": cfg.history_port,
         "LAB_JUPYTER_PORT": cfg.jupyter_port,
+        "LAB_MODEL_SERVER_PORT": cfg.model_server_port,
         "LAB_APP_CORES_MAX": cfg.app_cores_max,
         "LAB_EXECUTOR_MEMORY": cfg.executor_memory,
         "LAB_ARROW_BATCH": cfg.arrow_batch,
         "LAB_DRIVER_HOST": cfg.driver_host,
         "LAB_MASTER_UI_URL": cfg.master_ui_url_override,
         "LAB_HISTORY_URL": cfg.history_url_override,
+        "LAB_MODEL_SERVER_URL": cfg.model_server_url_override,
         "LAB_START_TIMEOUT": cfg.start_timeout,
         "LAB_SMOKE": "1" if cfg.smoke else "",
     }

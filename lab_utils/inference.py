@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -530,14 +531,20 @@ def _empty_files(spark, folder: str) -> list[str]:
 
 
 def local_path(uri: str) -> str:
-    """``file:/a/b%20c.png`` -> ``/a/b c.png`` (placing files needs a shared POSIX folder)."""
-    from urllib.parse import unquote, urlparse
+    """``file:/a/b c.png`` -> ``/a/b c.png`` (placing files needs a shared POSIX folder).
 
-    parsed = urlparse(uri)
-    if parsed.scheme not in {"", "file"}:
+    Spark's file sources give Hadoop path strings, which are *not* percent-encoded: a file
+    named ``50%25 off.png`` or ``a#b?.png`` is written as is, so the prefix is cut, nothing is
+    decoded.
+    """
+    for prefix in ("file://", "file:"):
+        if uri.startswith(prefix):
+            return uri[len(prefix):]
+    scheme = uri.split(":", 1)[0] if ":" in uri.split("/", 1)[0] else ""
+    if scheme:
         raise ValueError(f"{uri}: only local or shared (NFS) folders can be sorted into class "
                          "folders; copy from other file systems with their own tools")
-    return unquote(parsed.path) if parsed.scheme else uri
+    return uri
 
 
 def place_by_class(predictions: DataFrame, dest: Path | str, *, link: bool = False) -> DataFrame:
@@ -563,7 +570,9 @@ def place_by_class(predictions: DataFrame, dest: Path | str, *, link: bool = Fal
                     source = local_path(path)
                     folder.mkdir(parents=True, exist_ok=True)
                     target = folder / Path(source).name
-                    tmp = folder / f".{target.name}.{os.getpid()}.tmp"
+                    # Short and unique: a 250-byte file name plus a suffix would pass the
+                    # file system's 255-byte limit.
+                    tmp = folder / f".placing-{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp"
                     if link:
                         tmp.unlink(missing_ok=True)
                         os.link(source, tmp)

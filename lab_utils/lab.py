@@ -1,7 +1,8 @@
 """Run the lab's services: natively as local processes, or one per container.
 
 Native mode (``make lab`` → ``lab start``) starts a Spark master, N workers, the Spark History
-Server and JupyterLab as background processes bound to ``LAB_HOST`` (127.0.0.1), waits until
+Server, the model server (TF Serving REST API, :mod:`lab_utils.model_server`) and JupyterLab as
+background processes bound to ``LAB_HOST`` (127.0.0.1), waits until
 they are healthy and prints their URLs. ``lab status`` and ``lab stop`` manage them through pid
 files in ``LAB_STATE_DIR``; logs go to ``LAB_STATE_DIR/logs/<service>.log``.
 
@@ -32,7 +33,9 @@ from pathlib import Path
 from lab_utils import config as lab_config
 from lab_utils import envfile
 
-ROLES = ("master", "worker", "history", "jupyter")
+ROLES = ("master", "worker", "history", "model-server", "jupyter")
+#: Roles that run a Spark JVM (they need Java and the generated Spark conf with the secret).
+SPARK_ROLES = ("master", "worker", "history")
 SHARE_SUBDIRS = ("data", "models", "output", "spark-events")
 SPARKMONITOR_KERNEL_CONFIG = (
     "c.InteractiveShellApp.extensions.append('sparkmonitor.kernelextension')\n"
@@ -129,7 +132,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
 
 @dataclass(frozen=True)
 class Service:
-    name: str  # master, worker-1, ..., history, jupyter
+    name: str  # master, worker-1, ..., history, model-server, jupyter
     role: str
     index: int = 0
     ports: tuple[tuple[int, str], ...] = ()
@@ -143,6 +146,8 @@ def services(cfg: lab_config.LabConfig) -> list[Service]:
         ui_port = cfg.worker_ui_port + i - 1
         items.append(Service(f"worker-{i}", "worker", i, ((ui_port, "LAB_WORKER_UI_PORT"),)))
     items.append(Service("history", "history", ports=((cfg.history_port, "LAB_HISTORY_PORT"),)))
+    items.append(Service("model-server", "model-server",
+                         ports=((cfg.model_server_port, "LAB_MODEL_SERVER_PORT"),)))
     items.append(Service("jupyter", "jupyter", ports=((cfg.jupyter_port, "LAB_JUPYTER_PORT"),)))
     return items
 
@@ -226,6 +231,11 @@ def service_command(service: Service, cfg: lab_config.LabConfig) -> list[str]:
                 "--webui-port", str(ui_port), "--work-dir", str(work_dir), *props]
     if service.role == "history":
         return [spark_class, "org.apache.spark.deploy.history.HistoryServer", *props]
+    if service.role == "model-server":
+        # Serves share_storages/models/<name>/ over TF Serving's REST API; no fault injection.
+        return [sys.executable, "-m", "lab_utils.model_server", "--host", host,
+                "--port", str(cfg.model_server_port), "--models-dir",
+                str(cfg.share_dir / "models")]
     if service.role == "jupyter":
         # The token comes from JUPYTER_TOKEN in the environment, never from the command line.
         argv = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ip={host}",
@@ -246,13 +256,18 @@ def require_token(cfg: lab_config.LabConfig) -> None:
         raise LabError("JUPYTER_TOKEN is not set: run `make env` (or `make lab`) to generate .env")
 
 
-def prepare(cfg: lab_config.LabConfig) -> None:
-    """Create the folders and generated files every service expects (idempotent)."""
+def prepare(cfg: lab_config.LabConfig, *, spark: bool = True) -> None:
+    """Create the folders and generated files every service expects (idempotent).
+
+    ``spark=False`` (the model server's container) skips the Spark conf, which needs the secret
+    that service neither has nor needs.
+    """
     for sub in SHARE_SUBDIRS:
         (cfg.share_dir / sub).mkdir(parents=True, exist_ok=True)
     (cfg.state_dir / "logs").mkdir(parents=True, exist_ok=True)
     (cfg.state_dir / "pids").mkdir(parents=True, exist_ok=True)
-    write_spark_conf(cfg)
+    if spark:
+        write_spark_conf(cfg)
     # Load sparkmonitor's kernel extension in every kernel, so its live job view is ready
     # before the first cell runs; lab_utils.session then attaches the listener.
     profile = cfg.state_dir / "ipython" / "profile_default"
@@ -287,6 +302,9 @@ def healthy(service: Service, cfg: lab_config.LabConfig) -> bool:
         if service.role == "history":
             http_json(f"http://{probe}:{cfg.history_port}/api/v1/applications")
             return True
+        if service.role == "model-server":
+            found = http_json(f"http://{probe}:{cfg.model_server_port}/healthz")
+            return found.get("status") == "ok"
         if service.role == "jupyter":
             return "version" in http_json(f"http://{probe}:{cfg.jupyter_port}/api")
     except (OSError, ValueError):
@@ -437,6 +455,9 @@ def start(cfg: lab_config.LabConfig, *, jupyter: bool = True, out=print) -> dict
         if service.role == "history":
             out(f"Starting the Spark History Server on {host}:{cfg.history_port} ...")
             launch(service, lambda s=service: healthy(s, cfg), "healthy")
+        elif service.role == "model-server":
+            out(f"Starting the model server on {host}:{cfg.model_server_port} ...")
+            launch(service, lambda s=service: healthy(s, cfg), "answering on /healthz")
         elif service.role == "jupyter":
             out(f"Starting JupyterLab on {host}:{cfg.jupyter_port} ...")
             launch(service, lambda s=service: healthy(s, cfg), "answering on /api")
@@ -453,6 +474,7 @@ def urls(cfg: lab_config.LabConfig) -> dict[str, str]:
         "master": f"spark://{host}:{cfg.master_port}",
         "master_ui": f"http://{host}:{cfg.master_ui_port}",
         "history": f"http://{host}:{cfg.history_port}",
+        "model_server": f"http://{host}:{cfg.model_server_port}",
     }
 
 
@@ -536,9 +558,9 @@ def run(role: str, cfg: lab_config.LabConfig) -> None:
         raise LabError(f"unknown role {role!r}: expected one of {', '.join(ROLES)}")
     if role == "jupyter":
         require_token(cfg)
-    else:
+    elif role in SPARK_ROLES:
         java_version()
-    prepare(cfg)
+    prepare(cfg, spark=role in SPARK_ROLES)
     # `lab health` (the image's HEALTHCHECK) reads which role this container runs.
     (cfg.state_dir / "role").write_text(role)
     service = Service(role, role, index=1)
@@ -553,6 +575,7 @@ def _print_urls(found: dict[str, str]) -> None:
     print(f"  JupyterLab      {found['jupyter']}")
     print(f"  Spark master    {found['master']}  (UI {found['master_ui']})")
     print(f"  History server  {found['history']}")
+    print(f"  Model server    {found['model_server']}  (TF Serving REST: /v1/models/NAME)")
     print("Stop it with `make stop`; logs are in .lab/logs/.")
 
 
@@ -589,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
             report = status(cfg)
             for name, item in report.items():
                 state = "healthy" if item["healthy"] else ("running" if item["pid"] else "stopped")
-                print(f"{name:10s} {state:8s} {item['pid'] or ''}")
+                print(f"{name:12s} {state:8s} {item['pid'] or ''}")
             if any(item["pid"] for item in report.values()):
                 _print_urls(urls(cfg))
             return 0 if all(item["healthy"] for item in report.values()) else 3

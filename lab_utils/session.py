@@ -118,6 +118,11 @@ def session_conf(cfg: lab_config.LabConfig, master: str) -> dict[str, str]:
         "spark.cores.max": str(cfg.app_cores_max),
         "spark.executor.memory": cfg.executor_memory,
         "spark.sql.session.timeZone": "UTC",
+        # Local files without Hadoop's checksum layer: it builds a ".<name>.crc" path for every
+        # file read, and a ':' in a file name makes that path invalid and kills the whole job.
+        # Names with spaces, unicode, '%', '#', '?', ':' all read; no .crc files litter the
+        # shared folder.
+        "spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
     }
     if master.startswith("spark://") and cfg.auth_secret:
         conf["spark.authenticate"] = "true"

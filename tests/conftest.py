@@ -53,7 +53,7 @@ def lab_env(tmp: Path, workers: int = 2, **extra: str) -> dict[str, str]:
 
     It never touches a lab the developer may have running with `make lab`.
     """
-    ports = free_ports(4 + workers)
+    ports = free_ports(5 + workers)
     env = {k: v for k, v in os.environ.items()
            if not (k.startswith("LAB_") or k in {"SPARK_MASTER_URL", "SPARK_AUTH_SECRET",
                                                  "JUPYTER_TOKEN", "SPARK_LOCAL_IP"})}
@@ -65,7 +65,8 @@ def lab_env(tmp: Path, workers: int = 2, **extra: str) -> dict[str, str]:
         LAB_MASTER_UI_PORT=str(ports[1]),
         LAB_HISTORY_PORT=str(ports[2]),
         LAB_JUPYTER_PORT=str(ports[3]),
-        LAB_WORKER_UI_PORT=str(ports[4]),
+        LAB_MODEL_SERVER_PORT=str(ports[4]),
+        LAB_WORKER_UI_PORT=str(ports[5]),
         LAB_WORKERS=str(workers),
         LAB_WORKER_MEMORY="2g",
         LAB_START_TIMEOUT="120",

@@ -133,3 +133,30 @@ def test_model_loaded_once_per_python_worker(spark, trained, lab_cluster):
     pids = [p.name.split("-")[0] for p in marks.iterdir()]
     assert pids and len(pids) == len(set(pids)), f"a worker loaded the model twice: {pids}"
     assert len(pids) <= 4  # at most one load per Python worker (2 executors x 2 cores)
+
+
+ODD_NAMES = ["with space.png", "ünïcødé-名前.png", "50%25 off.png", "hash#1.png", "q?mark.png",
+             "brackets[1].png", "braces{a,b}.png", "colon:name.png", "star*.png",
+             "new\nline.png", "x" * 240 + ".png"]
+
+
+def test_odd_file_names_are_read_scored_and_placed(spark, trained, lab_cluster):
+    data, model_dir, _ = trained
+    folder = lab_cluster.cfg.share_dir / "data" / "odd names ü" / "3"
+    folder.mkdir(parents=True, exist_ok=True)
+    source = sorted((data / "3").glob("*.png"))[0]
+    for name in ODD_NAMES:
+        shutil.copy(source, folder / name)
+    spec = models.load_spec(model_dir)
+    df = inference.read_images(spark, folder.parent)
+    result = (df.select("path", inference.iterator_udf(spec)("path", "content").alias("r"))
+              .select("path", "r.*"))
+    rows = result.toPandas()
+    assert sorted(inference.local_path(p) for p in rows["path"]) == sorted(
+        str(folder / n) for n in ODD_NAMES)
+    assert rows["error"].isna().all(), rows["error"].dropna().tolist()
+    assert rows["prediction"].nunique() == 1  # one image under eleven names: one answer
+    dest = lab_cluster.cfg.share_dir / "output" / "odd-sorted"
+    placed = inference.place_by_class(result, dest).toPandas()
+    assert placed["placed_error"].isna().all(), placed["placed_error"].dropna().tolist()
+    assert sorted(p.name for p in (dest / "3").iterdir()) == sorted(ODD_NAMES)

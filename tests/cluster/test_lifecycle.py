@@ -23,10 +23,11 @@ def test_start_over_stale_pids_then_stop_leaves_nothing(tmp_path):
         assert len(running) >= 3  # master, worker, history (JVMs and their launchers)
     finally:
         stopped = lab.stop(cfg, out=lambda *_: None)
-    assert stopped == ["history", "worker-1", "master"]
+    assert stopped == ["model-server", "history", "worker-1", "master"]
     assert lab._lab_processes(cfg) == []
     assert list(pids.iterdir()) == []
-    assert all(lab.port_free("127.0.0.1", p) for p in (cfg.master_port, cfg.master_ui_port))
+    assert all(lab.port_free("127.0.0.1", p) for p in (cfg.master_port, cfg.master_ui_port,
+                                                       cfg.model_server_port))
 
 
 def test_worker_that_cannot_register_is_a_clear_error(tmp_path):
@@ -64,3 +65,32 @@ def test_container_entrypoint_runs_a_service_in_the_foreground(tmp_path):
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
     assert subprocess.run([lab_cli, "health"], env=env).returncode == 1
+
+
+def test_model_server_container_command_needs_no_spark_secret(tmp_path):
+    """`lab run model-server` is the model-server container's command: no secret, no Java."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = lab_env(tmp_path, workers=1)
+    del env["SPARK_AUTH_SECRET"], env["JUPYTER_TOKEN"]  # compose gives it neither
+    lab_cli = str(Path(sys.executable).with_name("lab"))
+    proc = subprocess.Popen([lab_cli, "run", "model-server"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    cfg = lab_config.load(env)
+    try:
+        def health() -> bool:
+            return subprocess.run([lab_cli, "health"], env=env).returncode == 0
+
+        assert lab.wait_until(health, timeout=60)
+        assert (cfg.state_dir / "role").read_text() == "model-server"
+        assert lab.http_json(f"{cfg.model_server_url}/healthz") == {"status": "ok", "models": []}
+        assert not lab.spark_conf_path(cfg).exists()
+        assert "lab_utils.model_server" in Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert lab.port_free("127.0.0.1", cfg.model_server_port)

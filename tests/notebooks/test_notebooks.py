@@ -187,3 +187,66 @@ def check_07_audio_features(r: dict) -> None:
 
 CHECKS["06_timeseries_windows_tfrecord"] = check_06_timeseries_windows_tfrecord
 CHECKS["07_audio_features"] = check_07_audio_features
+
+
+def check_05_parallel_training(r: dict) -> None:
+    # Registry complete: every group exactly once, every row accounted for.
+    assert r["groups"] == 152 and r["registry_groups"] == r["groups"]  # smoke: 150 + 2 broken
+    assert r["registry_missing"] == [] and r["registry_extra"] == []
+    assert r["rows_in_registry"] == r["rows"]
+    # The broken groups fail with their reason; all the others train.
+    assert set(r["failed"]) == {"bad_tiny", "bad_nan"}
+    assert "at least 10 are needed" in r["failed"]["bad_tiny"]
+    assert "NaN" in r["failed"]["bad_nan"]
+    assert r["trained_groups"] == r["groups"] - 2
+    # Coefficients recovered: the seed's slopes within 0.05, every slope within 6 standard errors.
+    assert abs(r["seed_slopes"]["seed_a"] - 2.5) < 0.05
+    assert abs(r["seed_slopes"]["seed_b"] - 3.0) < 0.05
+    assert r["slopes_within_6se"] == r["trained_groups"]
+    # The seed's scalar-UDF recipe trains one model per Arrow batch: 5,000 rows / 1,024.
+    assert r["seed_recipe_models_for_one_group"] == 5
+    # The partitioning trap: AQE coalesces the naive plan; the lab's plan keeps its tasks.
+    assert r["tasks_naive"] < r["tasks_lab"] == 8
+    assert r["streamed_groups"] > 0 and r["streamed_max_slope_difference"] < 1e-9
+    assert r["gbm_refused_too_big"] == r["streamed_groups"]
+    assert len(r["keras_r2"]) == 2 and all(v > 0.9 for v in r["keras_r2"].values())
+    assert r["search_candidates"] == 4 and set(r["search_best"]) == {"n_estimators", "max_depth"}
+    assert r["gbm_trained"] == r["trained_groups"]
+    # Scoring: nothing lost; broken and unknown groups marked; each model loaded once.
+    assert r["scored_rows_in"] == r["scored_rows_out"] == r["rows"] + 2
+    assert r["scored_errors"] == {"bad_nan": 200, "bad_tiny": 3, "never_trained": 2}
+    assert r["scored_ok"] == r["scored_rows_in"] - 205
+    assert r["model_loads"] == r["trained_groups"]
+    assert r["score_rmse"] < 1.1 * r["noise_rms"]
+    styles = {b["style"] for b in r["bench"]}
+    assert {"sequential", "spark (naive)"} <= styles and len(styles) >= 4
+    assert all(b["seconds"] > 0 and b["ratio_to_sequential"] > 0 for b in r["bench"])
+
+
+CHECKS["05_parallel_training"] = check_05_parallel_training
+
+
+def check_08_external_api_scoring(r: dict) -> None:
+    n = r["n_images"]
+    assert n == 120  # the smoke size
+    assert r["server"] == "lab"  # the test cluster runs the lab's model server: it was used
+    assert r["status_state"] == "AVAILABLE" and r["bad_request_status"] == 400
+    assert r["rows_rest"] == r["rows_in_spark"] == r["unique_paths_rest"] == n
+    assert r["errors_rest"] == 0
+    assert r["agree"] is True and r["max_confidence_diff"] < 1e-4
+    no_retries, retries = r["faults"]["no retries"], r["faults"]["with retries"]
+    for run in (no_retries, retries):
+        assert run["rows"] == run["unique_paths"] == n  # no lost or duplicated rows
+        assert run["agree_on_scored"] is True
+    # Without retries exactly the rows of the requests the server failed carry an error.
+    assert no_retries["errors"] == no_retries["server_failed_rows"] > 0
+    assert no_retries["retried_row_attempts"] == 0
+    # With retries every row is scored; each extra attempt matches one injected failure.
+    assert retries["errors"] == 0
+    assert retries["retried_row_attempts"] == retries["server_failed_rows"] > 0
+    assert retries["server_503s"] > 0
+    assert r["rest_to_spark_ratio"] > 0
+    assert r["rest_rows_per_s"] > 0 and r["spark_rows_per_s"] > 0
+
+
+CHECKS["08_external_api_scoring"] = check_08_external_api_scoring

@@ -46,9 +46,10 @@ def test_compose_without_secrets_asks_for_make_env(project):
     assert "run make env" in result.stderr
 
 
-def test_compose_has_the_four_services(resolved):
+def test_compose_has_the_five_services(resolved):
     services = resolved["services"]
-    assert set(services) == {"spark-master", "spark-worker", "spark-history", "jupyterlab"}
+    assert set(services) == {"spark-master", "spark-worker", "spark-history", "model-server",
+                             "jupyterlab"}
     assert services["spark-worker"]["deploy"]["replicas"] == 2
     for name, service in services.items():
         assert "container_name" not in service, f"{name}: container_name blocks --scale"
@@ -60,12 +61,14 @@ def test_compose_has_the_four_services(resolved):
 
 def test_one_spark_image_for_every_role(resolved):
     services = resolved["services"]
-    spark = {services[n]["image"] for n in ("spark-master", "spark-worker", "spark-history")}
+    spark = {services[n]["image"] for n in ("spark-master", "spark-worker", "spark-history",
+                                             "model-server")}
     assert spark == {"spark-dl-lab/spark:latest"}
     assert services["jupyterlab"]["build"]["args"]["spark_image"] == "spark-dl-lab/spark:latest"
     roles = {n: services[n]["command"][2] for n in services}
     assert roles == {"spark-master": "master", "spark-worker": "worker",
-                     "spark-history": "history", "jupyterlab": "jupyter"}
+                     "spark-history": "history", "model-server": "model-server",
+                     "jupyterlab": "jupyter"}
 
 
 def test_ports_bound_to_loopback_and_rpc_not_published(resolved):
@@ -76,14 +79,17 @@ def test_ports_bound_to_loopback_and_rpc_not_published(resolved):
                                                       f"{port['target']}"
             assert text.startswith("127.0.0.1:"), f"{name} publishes {text} beyond loopback"
             published.append(int(text.split(":")[2].split("/")[0]))
-    assert sorted(published) == [4040, 8080, 8888, 18080]
+    assert sorted(published) == [4040, 8080, 8501, 8888, 18080]
     assert 7077 not in published and 6066 not in published
 
 
 def test_secrets_and_shared_storage(resolved):
     services = resolved["services"]
     for name, service in services.items():
-        assert service["environment"]["SPARK_AUTH_SECRET"] == "test-secret", name
+        if name == "model-server":  # it needs no Spark secret, so it does not get one
+            assert "SPARK_AUTH_SECRET" not in service["environment"]
+        else:
+            assert service["environment"]["SPARK_AUTH_SECRET"] == "test-secret", name
         mounts = {v.split(":")[1] for v in service["volumes"]} if isinstance(
             service["volumes"][0], str) else {v["target"] for v in service["volumes"]}
         assert "/lab/share_storages" in mounts, name
@@ -128,3 +134,16 @@ def test_espeak_ng_installed_by_the_image_and_ci():
     assert re.search(r"apt-get install -y --no-install-recommends [^\n]*\bespeak-ng\b", spark)
     ci = (ROOT / ".ci" / "run").read_text()
     assert "command -v espeak-ng >/dev/null || need+=(espeak-ng)" in ci
+
+
+def test_model_server_service(resolved):
+    services = resolved["services"]
+    server = services["model-server"]
+    assert server["command"] == ["lab", "run", "model-server"]
+    assert server["healthcheck"]["test"] == ["CMD", "lab", "health", "model-server"]
+    assert "depends_on" not in server  # it needs nothing but the shared storage
+    assert server["environment"]["LAB_HOST"] == "0.0.0.0"  # inside its container only
+    jupyter = services["jupyterlab"]
+    assert jupyter["environment"]["LAB_MODEL_SERVER_URL"] == "http://model-server:8501"
+    assert jupyter["depends_on"]["model-server"]["condition"] == "service_healthy"
+    assert "8501" in (ROOT / "spark" / "Dockerfile").read_text().split("EXPOSE", 1)[1]

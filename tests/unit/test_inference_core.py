@@ -152,3 +152,19 @@ def test_worker_cache_keeps_the_three_most_recent_models():
         inference.cached_predict_fn(("lru", name), maker(name))
     # "b" was evicted by "d" (a was used more recently), so it is loaded a second time.
     assert loads == ["a", "b", "c", "d", "b"]
+
+
+@pytest.mark.parametrize(("uri", "path"), [
+    ("file:/data/a b.png", "/data/a b.png"),
+    ("file:///data/a.png", "/data/a.png"),
+    ("file:/data/50%25 off#1?.png", "/data/50%25 off#1?.png"),  # Hadoop paths are not encoded
+    ("file:/data/colon:name ü.png", "/data/colon:name ü.png"),
+    ("/already/local.png", "/already/local.png"),
+])
+def test_local_path_cuts_the_scheme_and_decodes_nothing(uri, path):
+    assert inference.local_path(uri) == path
+
+
+def test_local_path_refuses_other_file_systems():
+    with pytest.raises(ValueError, match="only local or shared"):
+        inference.local_path("s3a://bucket/x.png")

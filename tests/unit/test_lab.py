@@ -77,7 +77,8 @@ def test_secret_never_on_a_command_line(tmp_path):
 def test_service_commands(tmp_path):
     cfg = make_cfg(tmp_path, LAB_WORKERS="3", LAB_WORKER_CORES="2", LAB_WORKER_UI_PORT="9001")
     named = {s.name: lab.service_command(s, cfg) for s in lab.services(cfg)}
-    assert list(named) == ["master", "worker-1", "worker-2", "worker-3", "history", "jupyter"]
+    assert list(named) == ["master", "worker-1", "worker-2", "worker-3", "history",
+                           "model-server", "jupyter"]
     master = named["master"]
     assert master[1] == "org.apache.spark.deploy.master.Master"
     assert master[master.index("--host") + 1] == "127.0.0.1"
@@ -86,6 +87,12 @@ def test_service_commands(tmp_path):
     assert worker3[worker3.index("--webui-port") + 1] == "9003"
     assert worker3[worker3.index("--cores") + 1] == "2"
     assert "--ip=127.0.0.1" in named["jupyter"]
+    server = named["model-server"]
+    assert server[1:3] == ["-m", "lab_utils.model_server"]
+    assert server[server.index("--host") + 1] == "127.0.0.1"
+    assert server[server.index("--port") + 1] == "8501"
+    assert server[server.index("--models-dir") + 1] == str(cfg.share_dir / "models")
+    assert "--fail-rate" not in server  # fault injection only when asked for
     assert f"--ServerApp.root_dir={tmp_path.resolve() / 'notebooks'}" in named["jupyter"]
 
 
@@ -147,3 +154,15 @@ def test_missing_espeak_is_a_warning_with_the_install_command(monkeypatch):
     assert "apt-get install espeak-ng" in warnings[0] and "notebook 07" in warnings[0]
     monkeypatch.setattr(lab.shutil, "which", lambda exe: "/usr/bin/" + exe)
     assert lab.missing_tool_warnings() == []
+
+
+def test_model_server_role_needs_neither_java_nor_the_spark_secret(tmp_path):
+    cfg = config.load({"LAB_ROOT": str(tmp_path), "LAB_MODEL_SERVER_PORT": "9501"})
+    assert cfg.auth_secret is None
+    lab.prepare(cfg, spark=False)  # what `lab run model-server` does in its container
+    assert (cfg.share_dir / "models").is_dir()
+    assert not lab.spark_conf_path(cfg).exists()
+    assert "model-server" in lab.ROLES and "model-server" not in lab.SPARK_ROLES
+    assert lab.urls(cfg)["model_server"] == cfg.model_server_url == "http://127.0.0.1:9501"
+    with pytest.raises(lab.LabError, match="SPARK_AUTH_SECRET is not set"):
+        lab.prepare(cfg)  # the Spark roles still refuse to start without it

@@ -1,0 +1,44 @@
+"""No secret in git: the generated .env is ignored and no tracked file carries a credential."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# An assignment of a literal value (not a ${VAR} reference, not empty) to a credential.
+ASSIGNED = re.compile(
+    r"(JUPYTER_TOKEN|SPARK_AUTH_SECRET|spark\.authenticate\.secret|ServerApp\.token|password)"
+    r"""["']?\s*[=:]\s*["']?(?!\$\{)([A-Za-z0-9_\-+/]{12,})""", re.IGNORECASE)
+
+
+def _tracked() -> list[Path]:
+    out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+    return [ROOT / name for name in out.stdout.decode().split("\0") if name]
+
+
+def test_env_file_and_lab_state_are_ignored():
+    for path in (".env", ".lab/conf/spark-defaults.conf", "share_storages/models/x.joblib"):
+        res = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT)
+        assert res.returncode == 0, f"{path} is not git-ignored"
+
+
+def test_no_tracked_file_assigns_a_credential():
+    hits = []
+    for path in _tracked():
+        # Test fixtures use made-up credentials on purpose; everything else is scanned.
+        if path.is_relative_to(ROOT / "tests") or path.suffix in {".png", ".jpg", ".lock"}:
+            continue
+        if not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        hits += [(path.name, m.group(0)) for m in ASSIGNED.finditer(text)]
+    assert not hits, hits
+
+
+def test_the_scan_catches_a_literal_secret():
+    assert ASSIGNED.search('SPARK_AUTH_SECRET=Zx81kq0pLmN3vB7q')
+    assert ASSIGNED.search('"spark.authenticate.secret": "abcdefghijklmnop"')
+    assert not ASSIGNED.search("SPARK_AUTH_SECRET=${SPARK_AUTH_SECRET:?run make env}")

@@ -1,0 +1,139 @@
+"""Per-group training without a cluster: the fit, the streaming path, errors and the files."""
+
+from __future__ import annotations
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+
+from lab_utils import group_training as gt
+
+
+def _batches(frame: pd.DataFrame, size: int) -> list[pd.DataFrame]:
+    return [frame.iloc[i:i + size] for i in range(0, len(frame), size)]
+
+
+@pytest.fixture
+def specs():
+    return gt.group_specs(12, mean_rows=800, skew=1.0, seed=7, bad_groups=True)
+
+
+def test_specs_are_deterministic_and_keep_the_seed_slopes(specs):
+    again = gt.group_specs(12, mean_rows=800, skew=1.0, seed=7, bad_groups=True)
+    pd.testing.assert_frame_equal(specs, again)
+    seeds = specs.set_index("group").loc[["seed_a", "seed_b"]]
+    assert seeds["slope"].tolist() == [2.5, 3.0] and seeds["intercept"].tolist() == [0.0, 0.0]
+    assert {"bad_tiny", "bad_nan"} <= set(specs["group"])
+    sizes = specs["rows"].iloc[2:12]
+    assert sizes.max() > 2 * sizes.min()  # skewed
+    # A group's rows depend on the group, not on which other groups exist.
+    small = gt.group_specs(3, mean_rows=800, skew=1.0, seed=7)
+    pd.testing.assert_frame_equal(gt.group_rows(small.iloc[0]), gt.group_rows(specs.iloc[0]))
+
+
+def test_linear_fit_recovers_the_slope_and_saves_atomically(tmp_path, specs):
+    spec = specs.iloc[0]
+    data = gt.group_rows(spec)
+    opts = gt.FitOptions(run_dir=str(tmp_path))
+    row = gt.fit_group("seed_a", _batches(data, 256), opts)
+    assert row["error"] is None
+    assert row["n_rows"] == len(data) == row["n_train"] + row["n_holdout"]
+    assert row["n_holdout"] == (len(data) + gt.HOLDOUT_EVERY - 1) // gt.HOLDOUT_EVERY
+    assert abs(row["slope"] - 2.5) < 0.05 and abs(row["intercept"]) < 0.3
+    assert row["r2"] > 0.9
+    model = joblib.load(row["model_path"])
+    assert model.predict(np.array([[2.0]]))[0] == pytest.approx(2 * row["slope"] + row["intercept"])
+    assert [p.name for p in tmp_path.iterdir()] == ["seed_a.joblib"]  # no temporary file left
+
+
+def test_streamed_least_squares_equals_the_in_memory_fit(tmp_path, specs):
+    data = gt.group_rows(specs.iloc[1])
+    (tmp_path / "m").mkdir()
+    memory = gt.fit_group("seed_b", _batches(data, 300),
+                          gt.FitOptions(run_dir=str(tmp_path / "m")))
+    (tmp_path / "s").mkdir()
+    streamed = gt.fit_group("seed_b", _batches(data, 300),
+                            gt.FitOptions(run_dir=str(tmp_path / "s"), max_rows=500))
+    assert streamed["error"] is None and streamed["streamed"] and not memory["streamed"]
+    for k in ("slope", "intercept", "r2", "rmse"):
+        assert streamed[k] == pytest.approx(memory[k], rel=1e-9, abs=1e-9), k
+    assert streamed["n_rows"] == memory["n_rows"] == len(data)
+    assert joblib.load(streamed["model_path"]).predict([[1.0]])[0] == pytest.approx(
+        streamed["slope"] + streamed["intercept"])
+
+
+def test_a_group_too_big_for_memory_is_an_error_row_not_a_crash(tmp_path, specs):
+    data = gt.group_rows(specs.iloc[0])
+    row = gt.fit_group("seed_a", _batches(data, 100),
+                       gt.FitOptions(run_dir=str(tmp_path), kind="gbm", max_rows=250))
+    assert row["error"].startswith("MemoryError: group 'seed_a' has")
+    assert "max_rows=250" in row["error"] and "kind='linear'" in row["error"]
+    assert row["n_rows"] == len(data)  # counted to the end, nothing silently dropped
+    assert row["model_path"] is None and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("group", "message"), [
+    ("bad_tiny", "has 3 rows; at least 10 are needed (min_rows)"),
+    ("bad_nan", "has 20 rows with NaN/inf in ['y']: drop or impute them"),
+])
+def test_untrainable_groups_are_recorded_with_their_reason(tmp_path, specs, group, message):
+    spec = specs.set_index("group").loc[group].to_dict() | {"group": group}
+    row = gt.fit_group(group, [gt.group_rows(spec)], gt.FitOptions(run_dir=str(tmp_path)))
+    assert message in row["error"]
+    assert row["model_path"] is None and row["train_seconds"] >= 0
+
+
+def test_gbm_fit_has_holdout_metrics_and_no_coefficients(tmp_path, specs):
+    data = gt.group_rows(specs.iloc[3])
+    row = gt.fit_group("g00001", [data], gt.FitOptions(run_dir=str(tmp_path), kind="gbm",
+                                                       params={"n_estimators": 20}))
+    assert row["error"] is None and row["r2"] > 0.5
+    assert row["slope"] is None
+    model = joblib.load(row["model_path"])
+    assert model.n_estimators == 20
+
+
+def test_model_file_names_are_safe_and_distinct():
+    names = ["a/b", "a_b", "../../etc/passwd", ".hidden", "ünïcode name", "x" * 300, "ok-1.2"]
+    files = [gt.model_filename(n, ".joblib") for n in names]
+    assert len(set(files)) == len(files)
+    for f in files:
+        assert "/" not in f and not f.startswith(".") and len(f) < 130
+    assert gt.model_filename("ok-1.2", ".joblib") == "ok-1.2.joblib"
+
+
+def test_sequential_training_writes_a_complete_registry(tmp_path, specs):
+    data = pd.concat([gt.group_rows(s) for s in specs.to_dict("records")], ignore_index=True)
+    run = gt.train_sequential(data, run="seq", models_dir=tmp_path)
+    reg = gt.load_registry("seq", models_dir=tmp_path)
+    assert sorted(reg["group"]) == sorted(specs["group"])
+    assert list(reg.columns) == gt.REGISTRY_COLUMNS
+    assert set(run.failed["group"]) == {"bad_tiny", "bad_nan"}
+    assert reg["n_rows"].sum() == len(data)
+    truth = specs.set_index("group")
+    good = run.trained.set_index("group")
+    # Within 6 standard errors of the slope estimate: se = noise / (std(x) * sqrt(n_train)).
+    se = truth.loc[good.index, "noise"] / (10 / np.sqrt(12) * np.sqrt(good["n_train"]))
+    assert ((good["slope"] - truth.loc[good.index, "slope"]).abs() < 6 * se).all()
+
+
+def test_run_names_and_folders_are_checked(tmp_path):
+    with pytest.raises(gt.GroupTrainingError, match="run name"):
+        gt.prepare_run_dir("../escape", tmp_path)
+    run_dir = gt.prepare_run_dir("r1", tmp_path)
+    (run_dir / "old.joblib").write_bytes(b"x")
+    with pytest.raises(gt.GroupTrainingError, match="overwrite=True"):
+        gt.prepare_run_dir("r1", tmp_path, overwrite=False)
+    assert not (gt.prepare_run_dir("r1", tmp_path) / "old.joblib").exists()
+    with pytest.raises(FileNotFoundError, match="train the run first"):
+        gt.load_registry("never", models_dir=tmp_path)
+
+
+def test_split_sorted_cuts_groups_across_batch_boundaries():
+    keys = ["a"] * 5 + ["b"] * 1 + ["c"] * 7
+    frame = pd.DataFrame({"group": keys, "v": range(len(keys))})
+    got = [(g, pd.concat(parts)["v"].tolist())
+           for g, parts in gt.split_sorted(_batches(frame, 4) + [frame.iloc[:0]], "group")]
+    assert got == [("a", [0, 1, 2, 3, 4]), ("b", [5]), ("c", list(range(6, 13)))]
+    assert list(gt.split_sorted([], "group")) == []

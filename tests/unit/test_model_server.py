@@ -1,0 +1,215 @@
+"""The model server's REST API with fake models (FastAPI TestClient): TF Serving's payload and
+answer shapes, the 4xx errors, and seeded fault injection. No TensorFlow, no Spark."""
+
+from __future__ import annotations
+
+import json
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+
+with warnings.catch_warnings():
+    # Starlette 1.x suggests httpx2 for its TestClient; the httpx it still supports is locked.
+    warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient
+
+from lab_utils import model_server
+
+CLASSES = ("dark", "light")
+
+
+def write_model(folder, size=(4, 4), classes=CLASSES):
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(folder / "model.keras", "w") as archive:
+        archive.writestr("config.json", json.dumps({"config": {"layers": [
+            {"class_name": "InputLayer", "config": {"batch_shape": [None, *size, 3]}},
+            {"class_name": "Dense", "config": {"units": len(classes)}}]}}))
+    (folder / "metadata.json").write_text(json.dumps(
+        {"class_names": list(classes), "image_size": list(size), "channels": 3}))
+    return folder
+
+
+def brightness_loader(spec):
+    def predict(pixels):
+        assert pixels.dtype == np.uint8
+        light = pixels.reshape(len(pixels), -1).mean(axis=1) / 255
+        return np.stack([1 - light, light], axis=1)
+
+    return predict
+
+
+@pytest.fixture
+def models_dir(tmp_path):
+    write_model(tmp_path / "models" / "tiny")
+    write_model(tmp_path / "models" / ".tiny.tmp-1")  # a model being saved: not served
+    return tmp_path / "models"
+
+
+def client_for(models_dir, faults=None):
+    app = model_server.create_app(models_dir, faults=faults, loader=brightness_loader,
+                                  preload=False)
+    return TestClient(app)
+
+
+def image(value, size=(4, 4)):
+    return np.full((*size, 3), value, dtype=np.int64).tolist()
+
+
+def test_status_in_tf_serving_shape(models_dir):
+    with client_for(models_dir) as client:
+        first = client.get("/v1/models/tiny").json()
+        [status] = first["model_version_status"]
+        assert status["state"] == "LOADING"  # not loaded until used (preload off)
+        assert status["status"] == {"error_code": "OK", "error_message": ""}
+        mtime = int((models_dir / "tiny" / "model.keras").stat().st_mtime)
+        assert status["version"] == str(mtime)
+        client.post("/v1/models/tiny:predict", json={"instances": [image(0)]})
+        loaded = client.get(f"/v1/models/tiny/versions/{mtime}").json()
+        assert loaded["model_version_status"][0]["state"] == "AVAILABLE"
+        assert client.get("/healthz").json() == {"status": "ok", "models": ["tiny"]}
+        meta = client.get("/v1/models/tiny/metadata").json()
+        sig = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]
+        dims = [d["size"] for d in sig["inputs"]["pixels"]["tensor_shape"]["dim"]]
+        assert dims == ["-1", "4", "4", "3"] and meta["metadata"]["class_names"] == list(CLASSES)
+
+
+def test_row_form_answers_predictions_and_columnar_answers_outputs(models_dir):
+    with client_for(models_dir) as client:
+        rows = client.post("/v1/models/tiny:predict",
+                           json={"instances": [image(0), image(255)]})
+        assert rows.status_code == 200
+        assert rows.json() == {"predictions": [[1.0, 0.0], [0.0, 1.0]]}
+        named = client.post("/v1/models/tiny:predict",
+                            json={"instances": [{"pixels": image(255)}]})
+        assert named.json() == {"predictions": [[0.0, 1.0]]}
+        columns = client.post("/v1/models/tiny:predict",
+                              json={"inputs": {"pixels": [image(0), image(51)]}})
+        assert columns.json() == {"outputs": [[1.0, 0.0], pytest.approx([0.8, 0.2])]}
+        plain = client.post("/v1/models/tiny:predict", json={"inputs": [image(255)]})
+        assert plain.json() == {"outputs": [[0.0, 1.0]]}
+        assert client.get("/stats").json()["rows_answered"] == 6
+
+
+@pytest.mark.parametrize("body, status, fragments", [
+    (b"{not json", 400, ["not valid JSON", '{"instances": [<image>, ...]}', "[4, 4, 3]"]),
+    (b"[1, 2]", 400, ["must be a JSON object, got list"]),
+    (b"{}", 400, ['neither of "instances" and "inputs"']),
+    (json.dumps({"instances": [image(0)], "inputs": [image(0)]}).encode(), 400, ["both of"]),
+    (json.dumps({"instances": []}).encode(), 400, ['"instances" must be a non-empty list']),
+    (json.dumps({"instances": [image(0, (5, 4))]}).encode(), 400,
+     ["has shape [5, 4, 3], but the model takes [4, 4, 3]"]),
+    (json.dumps({"instances": [image(0), [[1]]]}).encode(), 400, ["ragged or not numbers"]),
+    (json.dumps({"instances": [[[["a"] * 3] * 4] * 4]}).encode(), 400, ["not numbers"]),
+    (json.dumps({"instances": [image(300)]}).encode(), 400, ["from 0 to 255"]),
+    (json.dumps({"instances": [{"image": image(0)}]}).encode(), 400, ['{"pixels": <image>}']),
+    (json.dumps({"inputs": {"x": [image(0)]}}).encode(), 400, ["only input is \"pixels\""]),
+    (json.dumps({"instances": [image(0)], "extra": 1}).encode(), 400, ["unexpected keys"]),
+    (json.dumps({"instances": [image(0)], "signature_name": "other"}).encode(), 400,
+     ["unknown signature_name 'other'"]),
+])
+def test_bad_payloads_are_400_naming_the_problem_and_the_shape(models_dir, body, status,
+                                                               fragments):
+    with client_for(models_dir) as client:
+        response = client.post("/v1/models/tiny:predict", content=body)
+        assert response.status_code == status
+        message = response.json()["error"]  # TF Serving's error shape
+        for fragment in fragments:
+            assert fragment in message
+        assert client.get("/stats").json()["bad_requests"] == 1
+
+
+def test_too_many_instances_is_413(models_dir, monkeypatch):
+    monkeypatch.setattr(model_server, "MAX_INSTANCES", 3)
+    with client_for(models_dir) as client:
+        response = client.post("/v1/models/tiny:predict", json={"instances": [image(0)] * 4})
+        assert response.status_code == 413
+        assert "send smaller batches" in response.json()["error"]
+
+
+def test_unknown_model_is_404_naming_the_served_models(models_dir):
+    write_model(models_dir / "other")
+    with client_for(models_dir) as client:
+        for response in (client.get("/v1/models/nope"),
+                         client.post("/v1/models/nope:predict", json={"instances": [image(0)]}),
+                         client.get("/v1/models/.tiny.tmp-1")):
+            assert response.status_code == 404
+            assert "This server serves: other, tiny" in response.json()["error"]
+        wrong = client.get("/v1/models/tiny/versions/7")
+        assert wrong.status_code == 404 and "Version" in wrong.json()["error"]
+        path = client.get("/v2/whatever")
+        assert path.status_code == 404 and "POST /v1/models/NAME:predict" in path.json()["error"]
+
+
+def test_empty_models_dir_says_how_to_create_a_model(tmp_path):
+    with client_for(tmp_path / "none") as client:
+        error = client.get("/v1/models/digits_cnn").json()["error"]
+        assert "none yet" in error and "make models" in error
+
+
+def test_a_model_that_fails_to_load_is_500_with_the_cause(models_dir):
+    def broken(spec):
+        raise OSError("truncated archive")
+
+    app = model_server.create_app(models_dir, loader=broken, preload=False)
+    with TestClient(app) as client:
+        response = client.post("/v1/models/tiny:predict", json={"instances": [image(0)]})
+        assert response.status_code == 500
+        assert "failed to load: OSError: truncated archive" in response.json()["error"]
+        status = client.get("/v1/models/tiny").json()["model_version_status"][0]
+        assert status["state"] == "END" and "truncated" in status["status"]["error_message"]
+
+
+def test_faults_are_off_by_default(models_dir):
+    with client_for(models_dir) as client:
+        codes = [client.post("/v1/models/tiny:predict", json={"instances": [image(0)]})
+                 .status_code for _ in range(20)]
+        assert codes == [200] * 20
+        stats = client.get("/stats").json()
+        assert stats["injected_errors"] == 0 and stats["faults"]["fail_rate"] == 0.0
+
+
+def test_fault_injection_is_seeded_and_counted(models_dir):
+    def run(seed):
+        faults = model_server.Faults(fail_rate=0.3, seed=seed)
+        with client_for(models_dir, faults) as client:
+            codes = [client.post("/v1/models/tiny:predict",
+                                 json={"instances": [image(0)] * 2}).status_code
+                     for _ in range(40)]
+            return codes, client.get("/stats").json()
+
+    codes, stats = run(seed=1)
+    assert codes == run(seed=1)[0]  # same seed, same faults
+    assert codes != run(seed=2)[0]
+    failed = codes.count(503)
+    assert set(codes) == {200, 503} and 4 <= failed <= 20  # about 30% of 40
+    assert stats["injected_errors"] == failed and stats["injected_error_rows"] == 2 * failed
+    assert stats["rows_answered"] == 2 * (40 - failed)
+
+
+def test_delay_injection_sleeps_before_answering(models_dir):
+    import time
+
+    faults = model_server.Faults(delay=0.3, delay_rate=1.0)
+    with client_for(models_dir, faults) as client:
+        began = time.perf_counter()
+        response = client.post("/v1/models/tiny:predict", json={"instances": [image(0)]})
+        assert response.status_code == 200 and time.perf_counter() - began >= 0.3
+        assert client.get("/stats").json()["delayed"] == 1
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"fail_rate": 1.5}, "fail_rate=1.5 must be between 0 and 1"),
+    ({"delay_rate": -0.1}, "delay_rate=-0.1"),
+    ({"delay": -1}, "delay=-1 must be >= 0"),
+])
+def test_bad_fault_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        model_server.Faults(**kwargs)
+
+
+def test_cli_refuses_a_bad_rate(capsys):
+    with pytest.raises(SystemExit):
+        model_server.main(["--fail-rate", "2"])
+    assert "not a fraction between 0 and 1" in capsys.readouterr().err

@@ -1,0 +1,213 @@
+"""The REST client's core without Spark: retries and backoff with a scripted session, per-row
+results and errors, the driver-side check against a real server on loopback (fake model)."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from lab_utils import model_server, rest_scoring
+from tests.unit.test_model_server import brightness_loader, write_model
+
+CLASSES = ("dark", "light")
+URL = "http://127.0.0.1:1/v1/models/tiny:predict"
+
+
+def png(value: int, size=(4, 4)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (value, value, value)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class Answer:
+    def __init__(self, status: int, body=None, headers=None):
+        self.status_code = status
+        self.text = json.dumps(body)
+        self.reason = "reason"
+        self.headers = headers or {}
+        self._body = body
+
+    def json(self):
+        if self._body is None:
+            raise ValueError("no JSON")
+        return self._body
+
+
+class ScriptedSession:
+    """Answers (or raises) from a script, one item per POST, and records each call."""
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.calls = []
+
+    def post(self, url, data, timeout, headers):
+        self.calls.append({"url": url, "timeout": timeout, "rows": len(json.loads(data)[
+            "instances"])})
+        item = self.script.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+
+def post(session, options, sleeps):
+    body = rest_scoring.encode_instances(np.zeros((2, 4, 4, 3), np.uint8))
+    return rest_scoring.post_with_retries(session, URL, body, options, sleep=sleeps.append,
+                                          jitter=lambda: 1.0)
+
+
+def test_retries_transient_failures_with_exponential_backoff():
+    ok = Answer(200, {"predictions": [[1, 0], [0, 1]]})
+    session = ScriptedSession([requests.exceptions.ConnectionError("refused"),
+                               Answer(503, {"error": "busy"}),
+                               requests.exceptions.ReadTimeout("slow"),
+                               Answer(429, {"error": "slow down"}), Answer(502, None), ok])
+    sleeps = []
+    options = rest_scoring.RestOptions(retries=5, backoff=0.1, backoff_max=1.0,
+                                       connect_timeout=2, read_timeout=7)
+    result = post(session, options, sleeps)
+    assert result == rest_scoring.PostResult([[1, 0], [0, 1]], 6)
+    assert sleeps == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0])  # doubling, capped
+    assert {c["timeout"] for c in session.calls} == {(2, 7)}
+
+
+def test_gives_up_after_the_retries_naming_the_last_error():
+    session = ScriptedSession([Answer(503, {"error": "injected fault"})] * 3)
+    sleeps = []
+    result = post(session, rest_scoring.RestOptions(retries=2, backoff=0.0), sleeps)
+    assert result.outputs is None and result.attempts == 3 and len(session.calls) == 3
+    assert result.error == f"gave up after 3 attempts at {URL}: HTTP 503: injected fault"
+
+
+def test_client_errors_are_not_retried():
+    session = ScriptedSession([Answer(400, {"error": "each image has shape [5, 5, 3]"})])
+    result = post(session, rest_scoring.RestOptions(retries=5), [])
+    assert result.attempts == 1 and len(session.calls) == 1
+    assert "refused the request: HTTP 400: each image has shape [5, 5, 3]" in result.error
+
+
+def test_retry_after_is_honoured_within_the_cap():
+    session = ScriptedSession([Answer(429, {"error": "x"}, {"Retry-After": "3"}),
+                               Answer(429, {"error": "x"}, {"Retry-After": "60"}),
+                               Answer(200, {"predictions": []})])
+    sleeps = []
+    post(session, rest_scoring.RestOptions(retries=3, backoff=0.1, backoff_max=5.0), sleeps)
+    assert sleeps == [3.0, 5.0]
+
+
+def test_no_retries_means_one_attempt():
+    session = ScriptedSession([requests.exceptions.ConnectTimeout("down")])
+    result = post(session, rest_scoring.RestOptions(retries=0, connect_timeout=0.5), [])
+    assert result.attempts == 1
+    assert "no connection within connect_timeout=0.5s" in result.error
+
+
+def fake_post(answers):
+    """A post function answering from a list of PostResults (or callables of the batch)."""
+    seen = []
+
+    def post_fn(pixels):
+        seen.append(len(pixels))
+        answer = answers.pop(0)
+        return answer(pixels) if callable(answer) else answer
+
+    return post_fn, seen
+
+
+def brightness(pixels):
+    light = pixels.reshape(len(pixels), -1).mean(axis=1) / 255
+    return rest_scoring.PostResult(np.stack([1 - light, light], axis=1).tolist(), 1)
+
+
+def test_rows_in_order_bad_files_and_failed_batches_marked():
+    contents = [png(10), b"", png(250), png(240), b"garbage", png(5)]
+    failed = rest_scoring.PostResult(None, 4, "gave up after 4 attempts at X: HTTP 503")
+    post_fn, seen = fake_post([brightness, failed])
+    out = rest_scoring.score_images_rest([f"f{i}" for i in range(6)], contents, post_fn,
+                                         CLASSES, (4, 4), batch_size=2)
+    assert seen == [2, 2]  # four decodable images in batches of two; bad files never sent
+    assert list(out["prediction"]) == ["dark", None, "light", None, None, None]
+    assert out["confidence"][0] == pytest.approx(1 - 10 / 255, abs=1e-3)
+    assert "empty file" in out["error"][1] and "not an image" in out["error"][4]
+    assert out["error"][3] == out["error"][5] == failed.error  # exactly the failed batch's rows
+    assert list(out["attempts"]) == [1, 0, 1, 4, 0, 4]
+    assert len(out) == len(contents)
+
+
+def test_wrong_answer_shape_is_explained():
+    post_fn, _ = fake_post([rest_scoring.PostResult([[0.1, 0.2, 0.7]], 1)])
+    out = rest_scoring.score_images_rest(["a"], [png(1)], post_fn, CLASSES, (4, 4))
+    assert "answered shape [1, 3] for 1 images; expected [1, 2]" in out["error"][0]
+
+
+def test_fail_fast_raises_naming_the_file_and_the_cause():
+    post_fn, _ = fake_post([rest_scoring.PostResult(None, 3, "gave up after 3 attempts")])
+    with pytest.raises(rest_scoring.RestScoringError,
+                       match="1 images from a.png on could not be scored: gave up after 3"):
+        rest_scoring.score_images_rest(["a.png"], [png(1)], post_fn, CLASSES, (4, 4),
+                                       fail_fast=True)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_size": 0}, "batch_size=0 must be at least 1"),
+    ({"retries": -1}, "retries=-1 must be 0 or more"),
+    ({"read_timeout": 0}, "must be positive"),
+])
+def test_bad_options_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        rest_scoring.RestOptions(**kwargs)
+
+
+@pytest.fixture
+def live_server(tmp_path):
+    """A real uvicorn on loopback serving a fake model, in a thread of this process."""
+    import uvicorn
+
+    write_model(tmp_path / "models" / "tiny")
+    app = model_server.create_app(tmp_path / "models", loader=brightness_loader)
+    port = model_server.free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    from lab_utils import lab
+
+    assert lab.wait_until(lambda: model_server.server_healthy(url), timeout=20, interval=0.1)
+    yield url
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_driver_check_waits_until_available_then_scores_over_http(live_server):
+    status = rest_scoring.check_model_server(live_server, "tiny", wait=10)
+    assert status["model_version_status"][0]["state"] == "AVAILABLE"
+    options = rest_scoring.RestOptions(batch_size=3)
+    with requests.Session() as session:
+        def post_fn(pixels):
+            return rest_scoring.post_with_retries(
+                session, f"{live_server}/v1/models/tiny:predict",
+                rest_scoring.encode_instances(pixels), options)
+
+        out = rest_scoring.score_images_rest(
+            [str(i) for i in range(7)], [png(v) for v in (0, 40, 90, 160, 200, 230, 255)],
+            post_fn, CLASSES, (4, 4), batch_size=3)
+    assert list(out["prediction"]) == ["dark"] * 3 + ["light"] * 4
+    assert out["error"].isna().all() and set(out["attempts"]) == {1}
+
+
+def test_driver_check_names_the_url_and_the_fix_when_nothing_answers():
+    url = f"http://127.0.0.1:{model_server.free_port()}"
+    with pytest.raises(rest_scoring.ModelServerUnavailableError) as caught:
+        rest_scoring.check_model_server(url, "tiny", timeout=1)
+    assert url in str(caught.value) and "make lab" in str(caught.value)
+
+
+def test_driver_check_names_the_served_models(live_server):
+    with pytest.raises(rest_scoring.ModelServerUnavailableError,
+                       match=r"does not serve model 'nope': .*This server serves: tiny"):
+        rest_scoring.check_model_server(live_server, "nope")
