@@ -372,6 +372,20 @@ def _log_tail(cfg: lab_config.LabConfig, name: str, lines: int = 15) -> str:
 # --------------------------------------------------------------------------- commands
 
 
+#: System tools that notebooks need besides Java: (executable, what needs it, how to install).
+SYSTEM_TOOLS = (
+    ("espeak-ng", "notebook 07 synthesizes its speech clips with it",
+     "apt-get install espeak-ng (Debian/Ubuntu), brew install espeak-ng (macOS)"),
+)
+
+
+def missing_tool_warnings() -> list[str]:
+    """One warning line per missing system tool; the lab starts anyway (only some notebooks
+    need them)."""
+    return [f"warning: {exe} not found on PATH: {why}; install it: {how}"
+            for exe, why, how in SYSTEM_TOOLS if shutil.which(exe) is None]
+
+
 def start(cfg: lab_config.LabConfig, *, jupyter: bool = True, out=print) -> dict[str, str]:
     """Start the native lab and wait until it is healthy; return its URLs.
 
@@ -384,6 +398,8 @@ def start(cfg: lab_config.LabConfig, *, jupyter: bool = True, out=print) -> dict
     java_version()
     if jupyter:
         require_token(cfg)
+    for warning in missing_tool_warnings():
+        out(warning)
     wanted = [s for s in services(cfg) if jupyter or s.role != "jupyter"]
     alive = [s.name for s in wanted if running_pid(cfg, s.name)]
     if alive and len(alive) == len(wanted):

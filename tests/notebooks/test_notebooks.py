@@ -130,6 +130,65 @@ def check_02_benchmark_udf_styles(r: dict) -> None:
 CHECKS["02_benchmark_udf_styles"] = check_02_benchmark_udf_styles
 
 
+def check_06_timeseries_windows_tfrecord(r: dict) -> None:
+    assert r["n_customers"] == r["customers"] == 300  # the smoke size
+    # Cleaning finds exactly what the generator injected, and every raw row is accounted for.
+    rejected, injected = r["rejected"], r["injected_without_customer"]
+    assert r["duplicates_dropped"] == r["injected_duplicates"] > 0
+    assert rejected["missing customer_id"] == injected["missing_customer_id"] > 0
+    assert rejected["unknown customer"] == injected["unknown_customer"] > 0
+    invalid = {"unknown event_type", "missing or negative value",
+               "timestamp outside the observation period"}
+    assert set(rejected) == invalid | {"missing customer_id", "unknown customer"}
+    assert sum(rejected[k] for k in invalid) == r["injected_invalid"] > 0
+    assert r["clean_events"] + sum(rejected.values()) + r["duplicates_dropped"] == r["raw_events"]
+    # Windows: every customer has windows or one error row; no-event customers are kept.
+    assert r["customers_with_windows"] + r["error_customers"] == r["customers"]
+    assert r["error_customers"] == len(r["errors"]) >= 1
+    assert all("is before signup_date" in e for e in r["errors"])
+    assert r["customers_without_events"] >= 1 and r["windows_of_customers_without_events"] >= 10
+    assert 4000 < r["windows"] < 7000 and 0.02 < r["positives"] / r["windows"] < 0.12
+    # TFRecords: one file per partition, nothing temporary left, what is written is read.
+    parts = ["part-00000.tfrecord", "part-00001.tfrecord"]
+    assert r["tfrecord_files"] == {"train": parts, "test": parts}
+    assert r["files_on_disk"] == {"train": [*parts, "schema.json"],
+                                  "test": [*parts, "schema.json"]}
+    assert sum(r["tfrecord_records"].values()) == r["windows"]
+    assert r["read_back"] == r["tfrecord_records"]
+    # The model beats chance and every one-feature rule on held-out customers.
+    assert r["test_positives"] >= 40
+    assert set(r["rule_auc"]) == {"complaints in window", "fewer calls in window",
+                                  "smaller top-ups in window"}
+    assert r["best_rule_auc"] == max(r["rule_auc"].values())
+    assert r["auc"] >= 0.72 and r["auc"] >= r["best_rule_auc"] + 0.03, r
+
+
+def check_07_audio_features(r: dict) -> None:
+    words = ["down", "left", "no", "right", "up", "yes"]
+    assert r["n_clips"] == r["feature_rows"] == 192  # 6 words x 4 voices x 2 x 2 x (1 + 1)
+    assert r["per_word"] == {w: 32 for w in words}
+    assert r["feature_errors"] == 0 and r["source_rates"] == [22050] and r["frames"] == 98
+    assert sum(r["tfrecord_records"].values()) == 192 and r["tfrecord_records"]["test"] >= 20
+    assert r["read_back"] == r["tfrecord_records"]
+    parts = ["part-00000.tfrecord", "part-00001.tfrecord"]
+    assert r["tfrecord_files"] == {"train": parts, "test": parts}
+    assert r["chance"] == 1 / 6
+    assert r["accuracy"] >= 0.6 and r["accuracy"] > r["majority"] + 0.25, r
+    assert r["plotted_labels"] == words
+    # Broken files: each has the error it should, usable odd formats have features, and the
+    # text file outside the *.wav glob is listed as skipped, not lost.
+    expected = r["bad_expected"]
+    assert r["bad_skipped"] == ["notes.txt"] and expected.pop("notes.txt") == "skipped"
+    assert set(r["bad_outcome"]) == set(expected) and len(expected) >= 12
+    for name, want in expected.items():
+        got = r["bad_outcome"][name]
+        assert (got is None) if want is None else (got is not None and want in got), (name, got)
+
+
+CHECKS["06_timeseries_windows_tfrecord"] = check_06_timeseries_windows_tfrecord
+CHECKS["07_audio_features"] = check_07_audio_features
+
+
 def check_05_parallel_training(r: dict) -> None:
     # Registry complete: every group exactly once, every row accounted for.
     assert r["groups"] == 102 and r["registry_groups"] == r["groups"]  # smoke: 100 + 2 broken

@@ -127,6 +127,15 @@ def test_images_install_from_the_lock_through_one_script():
     assert re.search(r'CMD \["lab", "run", "jupyter"\]', jupyter)
 
 
+def test_espeak_ng_installed_by_the_image_and_ci():
+    # Notebook 07 synthesizes speech with it: the Spark image (JupyterLab builds FROM it) and
+    # CI on a fresh machine must install it.
+    spark = DOCKERFILES[0].read_text()
+    assert re.search(r"apt-get install -y --no-install-recommends [^\n]*\bespeak-ng\b", spark)
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "command -v espeak-ng >/dev/null || need+=(espeak-ng)" in ci
+
+
 def test_model_server_service(resolved):
     services = resolved["services"]
     server = services["model-server"]

@@ -55,7 +55,9 @@ def test_import_has_no_side_effects(tmp_path):
 
     code = ("import os, sys; os.chdir(sys.argv[1]); import lab_utils, lab_utils.config, "
             "lab_utils.session, lab_utils.cluster, lab_utils.lab, lab_utils.notebooks, "
-            "lab_utils.model_server, lab_utils.rest_scoring; "
+            "lab_utils.tfrecords, lab_utils.timeseries, lab_utils.audio, "
+            "lab_utils.model_server, lab_utils.rest_scoring, lab_utils.group_training, "
+            "lab_utils.bench_training; "
             "assert 'tensorflow' not in sys.modules and 'pyspark' not in sys.modules, "
             "sorted(m for m in sys.modules if m.split('.')[0] in {'tensorflow', 'pyspark'})")
     env = {"PATH": "/usr/bin:/bin", "LAB_ROOT": str(tmp_path)}

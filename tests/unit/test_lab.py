@@ -147,6 +147,15 @@ def test_service_env_ignores_stale_lab_variables(tmp_path, monkeypatch):
     assert "LAB_SMOKE" not in env
 
 
+def test_missing_espeak_is_a_warning_with_the_install_command(monkeypatch):
+    monkeypatch.setattr(lab.shutil, "which", lambda exe: None if exe == "espeak-ng" else "/x")
+    warnings = lab.missing_tool_warnings()
+    assert len(warnings) == 1 and warnings[0].startswith("warning: espeak-ng not found")
+    assert "apt-get install espeak-ng" in warnings[0] and "notebook 07" in warnings[0]
+    monkeypatch.setattr(lab.shutil, "which", lambda exe: "/usr/bin/" + exe)
+    assert lab.missing_tool_warnings() == []
+
+
 def test_model_server_role_needs_neither_java_nor_the_spark_secret(tmp_path):
     cfg = config.load({"LAB_ROOT": str(tmp_path), "LAB_MODEL_SERVER_PORT": "9501"})
     assert cfg.auth_secret is None

@@ -1,0 +1,136 @@
+"""TFRecord schema, encoding and the tf.data reader: what is written is exactly what is read."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lab_utils import tfrecords
+from lab_utils.tfrecords import Feature, TFRecordSchema, TFRecordSchemaError
+
+SCHEMA = TFRecordSchema((
+    Feature("customer_id", "string"),
+    Feature("window_end", "int64"),
+    Feature("sequence", "float32", (3, 2)),
+    Feature("tags", "int64", None),
+    Feature("raw", "bytes"),
+    Feature("label", "int64"),
+), metadata={"note": "ünïcode"})
+
+
+def frame(n: int = 7) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({
+        "customer_id": [f"C{i:03d}-é" for i in range(n)],
+        "window_end": np.arange(n, dtype=np.int64) * 2**40,  # beyond int32
+        # Nested arrays, as Arrow hands array<array<float>> to pandas.
+        "sequence": [np.array([row for row in rng.normal(size=(3, 2)).astype(np.float32)],
+                              dtype=object) for _ in range(n)],
+        "tags": [np.arange(i % 4, dtype=np.int64) - 2 for i in range(n)],  # some empty
+        "raw": [bytes([i, 0, 255]) * i for i in range(n)],  # some empty, some with NULs
+        "label": np.arange(n) % 2,
+    })
+
+
+def test_schema_json_round_trip():
+    again = TFRecordSchema.from_dict(json.loads(json.dumps(SCHEMA.to_dict())))
+    assert again == SCHEMA
+    assert SCHEMA["sequence"].size == 6 and SCHEMA["tags"].size is None
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda: Feature("x", "float64"), "dtype 'float64'"),
+    (lambda: Feature("x", "int64", (0,)), "positive sizes"),
+    (lambda: TFRecordSchema((Feature("x", "int64"), Feature("x", "bytes"))), "duplicate"),
+    (lambda: TFRecordSchema((Feature("x", "int64"),), compression="LZ4"), "compression"),
+])
+def test_schema_rejects_mistakes(bad, message):
+    with pytest.raises(TFRecordSchemaError, match=message):
+        bad()
+
+
+@pytest.mark.parametrize("feature, value, message", [
+    (Feature("seq", "float32", (3, 2)), np.zeros((2, 3, 1)), r"expected shape \(3, 2\)"),
+    (Feature("seq", "float32", (3, 2)), np.zeros(5), r"expected shape \(3, 2\), got \(5,\)"),
+    (Feature("n", "int64"), 1.5, "non-integer"),
+    (Feature("n", "int64"), "7", "expected integers"),
+    (Feature("s", "string"), b"\xff\xfe", "not UTF-8; declare it 'bytes'"),
+    (Feature("s", "bytes"), 3, "expected bytes"),
+    (Feature("v", "float32", None), np.zeros((2, 2)), "1-D"),
+    (Feature("n", "int64"), None, "null"),
+])
+def test_check_value_names_the_feature_and_the_problem(feature, value, message):
+    with pytest.raises(TFRecordSchemaError, match=message) as info:
+        tfrecords.check_value(feature, value)
+    assert repr(feature.name) in str(info.value)
+
+
+def test_check_value_accepts_flat_arrays_of_the_right_size():
+    out = tfrecords.check_value(Feature("seq", "float32", (3, 2)), list(range(6)))
+    assert out.dtype == np.float32 and out.tolist() == list(range(6))
+
+
+@pytest.mark.parametrize("compression, batch_size", [(None, None), ("GZIP", 3)])
+def test_round_trip_is_exact(tmp_path, compression, batch_size):
+    data = frame()
+    schema = TFRecordSchema(SCHEMA.features, compression=compression)
+    summary = tfrecords.write_tfrecords_local(data, tmp_path / "ds", schema, files=3)
+    assert summary["records"] == 7 and [f["records"] for f in summary["files"]] == [3, 2, 2]
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == [
+        *[f["name"] for f in summary["files"]], "schema.json"]  # no temporary file left
+    ds = tfrecords.read_tfrecords(tmp_path / "ds", label="label", batch_size=batch_size)
+    rows = []
+    for x, y in ds.as_numpy_iterator():
+        if batch_size:  # a batch: variable-length tags come back padded to the longest
+            rows += [({k: v[i] for k, v in x.items()}, y[i]) for i in range(len(y))]
+        else:
+            rows.append((x, y))
+    assert len(rows) == 7
+    for i, (x, y) in enumerate(rows):
+        assert tfrecords.decode_strings(x["customer_id"]) == data["customer_id"][i]
+        assert x["window_end"] == data["window_end"][i] and x["window_end"].dtype == np.int64
+        expected = np.stack(data["sequence"][i])
+        assert x["sequence"].dtype == np.float32 and x["sequence"].shape == (3, 2)
+        np.testing.assert_array_equal(x["sequence"], expected)  # bit-exact
+        tags = x["tags"][: len(data["tags"][i])]
+        np.testing.assert_array_equal(tags, data["tags"][i])
+        if not batch_size:
+            assert len(x["tags"]) == len(data["tags"][i])
+        assert x["raw"] == data["raw"][i]
+        assert y == data["label"][i]
+
+
+def test_reader_selects_one_feature(tmp_path):
+    tfrecords.write_tfrecords_local(frame(4), tmp_path / "ds", SCHEMA)
+    ds = tfrecords.read_tfrecords(tmp_path / "ds", features="window_end", batch_size=4)
+    assert next(ds.as_numpy_iterator()).tolist() == [0, 2**40, 2**41, 3 * 2**40]
+
+
+def test_bad_row_fails_the_write_naming_row_and_feature(tmp_path):
+    data = frame(3)
+    data["sequence"] = [np.zeros(4, dtype=np.float32) if i == 1 else v
+                        for i, v in enumerate(data["sequence"])]
+    with pytest.raises(TFRecordSchemaError, match=r"row 1: feature 'sequence'"):
+        tfrecords.write_tfrecords_local(data, tmp_path / "ds", SCHEMA)
+    # The half-written file was never renamed into place, and no schema.json claims completion.
+    assert list((tmp_path / "ds").iterdir()) == []
+
+
+def test_missing_schema_says_how_to_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="write_tfrecords"):
+        tfrecords.read_tfrecords(tmp_path)
+
+
+def test_a_failed_write_leaves_no_file_behind(tmp_path):
+    def records():
+        yield b"one"
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        tfrecords.write_file(tmp_path / "part-00000.tfrecord", records())
+    assert list(tmp_path.iterdir()) == []  # neither a torn part file nor its temporary
+    assert tfrecords.write_file(tmp_path / "part-00000.tfrecord", [b"a", b"bc"]) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["part-00000.tfrecord"]
