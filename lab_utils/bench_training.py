@@ -7,14 +7,15 @@ seconds, measured side by side in one run on one machine; with S task slots the 
 Rows per workload:
 
 * ``sequential``: ``pd.read_parquet`` + a loop over ``groupby`` in this process;
-* ``spark applyInPandas (lab defaults)``: ``train_groups``: ``repartition(4 x slots, key)``
-  then ``groupBy(key).applyInPandas``;
+* ``spark applyInPandas``: ``repartition(4 x slots, key)`` then ``groupBy(key).applyInPandas``;
 * ``spark sorted mapInPandas``: the same partitions sorted by key, groups cut in Python, one
   call per partition;
+* ``spark sorted mapInArrow (lab default)``: the same over Arrow batches (the key never
+  becomes a Python string per row);
 * ``spark (naive)``: ``groupBy(key).applyInPandas`` with Spark's defaults, where adaptive
   execution coalesces the shuffle into as few tasks as the data size suggests;
-* ``spark (no fit)``: the lab's plan with a function that fits nothing: what the shuffle, the
-  Arrow conversion and the per-group call cost on their own.
+* ``spark (no fit)``: the lab's default plan with a function that fits nothing: what the
+  shuffle, the Arrow conversion and cutting the groups cost on their own.
 
 ``python -m lab_utils.bench --suites training`` runs it; results go to
 ``share_storages/output/bench/training.{csv,json}``.
@@ -89,9 +90,11 @@ def run(spark, *, groups: int = 1000, mean_rows: int = 3000, skew: float = 0.5,
         df = spark.read.parquet(str(data_path))
         if n_groups < groups:
             df = df.where(df["group"].isin(keep))
-        for style, extra in (("spark applyInPandas (lab defaults)", {}),
+        for style, extra in (("spark (naive)", {"repartition": False,
+                                                "method": "applyInPandas"}),
+                             ("spark applyInPandas", {"method": "applyInPandas"}),
                              ("spark sorted mapInPandas", {"method": "sorted-mapInPandas"}),
-                             ("spark (naive)", {"repartition": False}),
+                             ("spark sorted mapInArrow (lab default)", {}),
                              ("spark (no fit)", {"kind": "noop"})):
             if style == "spark (no fit)" and kind != "linear":
                 continue  # the fixed cost does not depend on the estimator: measured once

@@ -5,11 +5,14 @@ trains one model per *Arrow batch* (past 10,000 rows the models of one data set 
 other) and dumps them into the worker's working directory, where a real cluster loses them. The
 lab's version:
 
-* ``df.repartition(P, key).groupBy(key).applyInPandas(train)``: exactly one call per group, one
-  model per group, whatever the group's size. The explicit repartition fixes the task count:
-  left to itself, adaptive query execution coalesces the 200 default shuffle partitions of a
-  small input into one or two tasks, and a 2-core cluster then trains on one core.
-* The iterator form of ``applyInPandas``: a group arrives as Arrow batches. Groups up to
+* ``df.repartition(P, key)``, then one model per group, whatever the group's size: either
+  ``groupBy(key).applyInPandas(train)`` (one call per group, the textbook form) or, the default
+  and faster, each partition sorted by key and cut into groups over Arrow batches. The
+  explicit repartition fixes the task count: left to itself, adaptive query execution
+  coalesces the 200 default shuffle partitions of a small input into one or two tasks, and a
+  2-core cluster then trains on one core.
+* A group arrives as batches (the iterator form of ``applyInPandas``, or consecutive Arrow
+  batches of a sorted partition). Groups up to
   ``max_rows`` are fitted in memory; a bigger group is either streamed (``kind="linear"``: exact
   least squares from sufficient statistics, constant memory) or recorded as an error that says
   what to do, instead of killing the executor.
@@ -463,7 +466,51 @@ def make_sorted_train_fn(opts: FitOptions, key: str):
     return train
 
 
-METHODS = ("applyInPandas", "sorted-mapInPandas")
+def split_sorted_arrow(batches: Iterable, key: str,
+                       columns: Sequence[str]) -> Iterator[tuple[str, list[pd.DataFrame]]]:
+    """Like :func:`split_sorted`, over Arrow record batches: the key column never becomes
+    Python objects (one string per group, not per row), the numeric columns become NumPy
+    arrays without a copy."""
+    import pyarrow.compute as pc
+
+    current, parts = None, []
+    for batch in batches:
+        n = batch.num_rows
+        if n == 0:
+            continue
+        keys = batch.column(key)
+        change = pc.not_equal(keys.slice(1), keys.slice(0, n - 1)).to_numpy(
+            zero_copy_only=False)
+        cuts = (np.flatnonzero(change) + 1).tolist()
+        for s, e in zip([0, *cuts], [*cuts, n], strict=True):
+            k = keys[s].as_py()
+            if parts and k != current:
+                yield current, parts
+                parts = []
+            current = k
+            part = batch.slice(s, e - s)
+            parts.append(pd.DataFrame({c: part.column(c).to_numpy(zero_copy_only=False)
+                                       for c in columns}))
+    if parts:
+        yield current, parts
+
+
+def make_arrow_train_fn(opts: FitOptions, key: str):
+    """The ``mapInArrow`` function over partitions sorted by key: one registry row per group."""
+    import pyarrow as pa
+
+    columns = [*opts.features, opts.target]
+
+    def train(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        rows = [fit_group(str(group), parts, opts)
+                for group, parts in split_sorted_arrow(batches, key, columns)]
+        if rows:
+            yield pa.RecordBatch.from_pandas(_registry_frame(rows), preserve_index=False)
+
+    return train
+
+
+METHODS = ("applyInPandas", "sorted-mapInPandas", "sorted-mapInArrow")
 
 
 # --------------------------------------------------------------------------------------------
@@ -549,7 +596,7 @@ def train_groups(df, *, run: str, key: str = "group", features: Sequence[str] = 
                  min_rows: int = DEFAULT_MIN_ROWS, max_rows: int = DEFAULT_MAX_ROWS,
                  models_dir: Path | str | None = None, overwrite: bool = True,
                  seed: int = 0, keras_epochs: int = 30, repartition: bool = True,
-                 method: str = "applyInPandas") -> TrainingRun:
+                 method: str = "sorted-mapInArrow") -> TrainingRun:
     """Train one model per ``key`` group on the cluster; write models and the registry.
 
     ``partitions`` (default: 4 per task slot) is the number of training
@@ -557,9 +604,14 @@ def train_groups(df, *, run: str, key: str = "group", features: Sequence[str] = 
     count is left to the shuffle partition setting and adaptive coalescing (the benchmark's
     comparison).
 
-    ``method="applyInPandas"`` hands Python one group per call (the textbook form);
-    ``"sorted-mapInPandas"`` sorts each partition by key and cuts the groups in Python, one
-    call per partition: the same models, less overhead per group for tiny fits.
+    ``method`` chooses how the groups reach Python; all three train the same models:
+
+    * ``"applyInPandas"``: ``groupBy(key).applyInPandas``, one call per group (the textbook
+      form);
+    * ``"sorted-mapInPandas"``: each partition sorted by key, groups cut in Python, one call per
+      partition;
+    * ``"sorted-mapInArrow"`` (default): the same over Arrow batches, so the key column never
+      becomes one Python string per row. Fastest in ``make bench``: the lab's default.
 
     Everything a run cannot survive (missing columns, an unwritable folder, a bad run name, an
     unknown kind or method) fails here, on the driver, before the job starts.
@@ -587,9 +639,12 @@ def train_groups(df, *, run: str, key: str = "group", features: Sequence[str] = 
     t0 = time.perf_counter()
     if method == "applyInPandas":
         trained = data.groupBy(key).applyInPandas(make_train_fn(opts, key), REGISTRY_SCHEMA)
-    else:
+    elif method == "sorted-mapInPandas":
         trained = data.sortWithinPartitions(key).mapInPandas(
             make_sorted_train_fn(opts, key), REGISTRY_SCHEMA)
+    else:
+        trained = data.sortWithinPartitions(key).mapInArrow(
+            make_arrow_train_fn(opts, key), REGISTRY_SCHEMA)
     registry = trained.toPandas()
     seconds = time.perf_counter() - t0
     # A killed attempt (executor lost, worker crash) can leave its temporary file behind; the

@@ -45,7 +45,8 @@ def data(spark, tmp_path_factory):
 
 def test_one_shuffle_and_the_requested_task_count(spark, data, tmp_path):
     _, df = data
-    run = gt.train_groups(df, run="plan", models_dir=tmp_path, partitions=6)
+    run = gt.train_groups(df, run="plan", models_dir=tmp_path, partitions=6,
+                          method="applyInPandas")
     assert run.partitions == 6 and len(run.registry) == 42
     plan = df.repartition(6, "group").groupBy("group").applyInPandas(
         gt.make_train_fn(gt.FitOptions(run_dir=str(tmp_path)), "group"), gt.REGISTRY_SCHEMA)
@@ -55,10 +56,11 @@ def test_one_shuffle_and_the_requested_task_count(spark, data, tmp_path):
 
 def test_both_methods_train_the_same_models(spark, data, tmp_path):
     specs, df = data
-    a = gt.train_groups(df, run="a", models_dir=tmp_path)
-    b = gt.train_groups(df, run="b", models_dir=tmp_path, method="sorted-mapInPandas")
+    a = gt.train_groups(df, run="a", models_dir=tmp_path, method="applyInPandas")
     cols = ["group", "n_rows", "n_train", "slope", "intercept", "r2", "error"]
-    pd.testing.assert_frame_equal(a.registry[cols], b.registry[cols])
+    for method in ("sorted-mapInPandas", "sorted-mapInArrow"):
+        b = gt.train_groups(df, run=method, models_dir=tmp_path, method=method)
+        pd.testing.assert_frame_equal(a.registry[cols], b.registry[cols])
     assert sorted(a.registry["group"]) == sorted(specs["group"])
     assert a.registry["n_rows"].sum() == df.count()
 

@@ -137,3 +137,15 @@ def test_split_sorted_cuts_groups_across_batch_boundaries():
            for g, parts in gt.split_sorted(_batches(frame, 4) + [frame.iloc[:0]], "group")]
     assert got == [("a", [0, 1, 2, 3, 4]), ("b", [5]), ("c", list(range(6, 13)))]
     assert list(gt.split_sorted([], "group")) == []
+
+
+def test_split_sorted_arrow_gives_the_same_groups_as_pandas():
+    import pyarrow as pa
+
+    keys = ["a"] * 5 + ["b"] * 1 + ["c"] * 7
+    frame = pd.DataFrame({"group": keys, "x": np.arange(13.0), "y": np.arange(13.0) * 2})
+    batches = [pa.RecordBatch.from_pandas(b, preserve_index=False) for b in _batches(frame, 4)]
+    got = [(g, pd.concat(parts)["x"].tolist())
+           for g, parts in gt.split_sorted_arrow(batches, "group", ["x", "y"])]
+    assert got == [("a", [0.0, 1.0, 2.0, 3.0, 4.0]), ("b", [5.0]),
+                   ("c", [float(v) for v in range(6, 13)])]
