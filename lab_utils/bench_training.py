@@ -36,8 +36,8 @@ from lab_utils import group_training as gt
 #: name -> (kind, params, groups). "tens of ms" per fit is the issue's target workload.
 WORKLOADS: dict[str, tuple[str, dict[str, Any], int]] = {
     "tiny fits (linear, ~5 ms)": ("linear", {}, 1000),
-    "gbm 20 trees (~40 ms)": ("gbm", {"n_estimators": 20}, 1000),
-    "heavy gbm 200 trees (~250 ms)": ("gbm", {"n_estimators": 200}, 200),
+    "gbm 20 trees (~20 ms)": ("gbm", {"n_estimators": 20}, 1000),
+    "heavy gbm 200 trees (~180 ms)": ("gbm", {"n_estimators": 200}, 200),
 }
 
 
