@@ -236,3 +236,27 @@ def write_bad_input_corpus(dest: Path, size: int = 32) -> dict[str, str | None]:
     for name, (data, _) in files.items():
         (dest / name).write_bytes(data)
     return {name: outcome for name, (_, outcome) in files.items()}
+
+
+def decode_all(paths: list, contents: list, image_size: tuple[int, int], *,
+               max_pixels: int = DEFAULT_MAX_PIXELS, fail_fast: bool = False,
+               error_type: type[Exception] = ValueError
+               ) -> tuple[list[int], list[np.ndarray], list[str | None]]:
+    """Decode a batch of files: (positions that decoded, their pixels, per-row error or None).
+
+    A file that is not a usable image is its own row's error; ``fail_fast`` raises
+    ``error_type`` naming the file instead.
+    """
+    good: list[int] = []
+    pixels: list[np.ndarray] = []
+    error: list[str | None] = [None] * len(contents)
+    for i, data in enumerate(contents):
+        try:
+            pixels.append(decode_image(data, image_size, max_pixels=max_pixels))
+            good.append(i)
+        except ImageError as exc:
+            if fail_fast:
+                raise error_type(f"{paths[i]}: {exc}") from None
+            error[i] = str(exc)
+    return good, pixels, error
+

@@ -168,17 +168,8 @@ def score_images(
     n = len(contents)
     prediction: list[str | None] = [None] * n
     confidence: list[float | None] = [None] * n
-    error: list[str | None] = [None] * n
-    good: list[int] = []
-    pixels: list[np.ndarray] = []
-    for i, data in enumerate(contents):
-        try:
-            pixels.append(images.decode_image(data, image_size, max_pixels=max_pixels))
-            good.append(i)
-        except images.ImageError as exc:
-            if fail_fast:
-                raise InferenceError(f"{paths[i]}: {exc}") from None
-            error[i] = str(exc)
+    good, pixels, error = images.decode_all(paths, contents, image_size, max_pixels=max_pixels,
+                                            fail_fast=fail_fast, error_type=InferenceError)
     for start in range(0, len(good), batch_size):
         rows = good[start:start + batch_size]
         batch = np.stack(pixels[start:start + batch_size])
