@@ -392,11 +392,13 @@ def _fit_from_batches(group: str, batches: Iterator[pd.DataFrame], opts: FitOpti
 
 
 def _size(nbytes: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if nbytes < 1024 or unit == "GiB":
-            return f"{nbytes:.0f} {unit}" if unit == "bytes" else f"{nbytes:.1f} {unit}"
+    if nbytes < 1024:
+        return f"{nbytes:.0f} bytes"
+    for unit in ("KiB", "MiB"):
         nbytes /= 1024
-    raise AssertionError
+        if nbytes < 1024:
+            return f"{nbytes:.1f} {unit}"
+    return f"{nbytes / 1024:.1f} GiB"
 
 
 def _partition_id() -> int:
@@ -709,12 +711,11 @@ def train_sequential(data: pd.DataFrame, *, run: str, key: str = "group",
 
 
 _MODEL_CACHE: dict[str, Any] = {}
-#: Models this Python process loaded from disk, per path (scoring loads each once).
-LOAD_COUNTS: dict[str, int] = {}
 
 
-def load_model(path: str):
-    """A stored group model (joblib or .keras), cached per process."""
+def load_model(path: str, loads=None):
+    """A stored group model (joblib or .keras), cached per process; ``loads`` (a Spark
+    accumulator) counts the loads from disk."""
     if path not in _MODEL_CACHE:
         if path.endswith(".keras"):
             from lab_utils.inference import configure_tensorflow
@@ -730,7 +731,8 @@ def load_model(path: str):
         if len(_MODEL_CACHE) >= 64:  # bounded: a long-lived worker scores many runs
             _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
         _MODEL_CACHE[path] = model
-        LOAD_COUNTS[path] = LOAD_COUNTS.get(path, 0) + 1
+        if loads is not None:
+            loads.add(1)
     return _MODEL_CACHE[path]
 
 
@@ -782,10 +784,7 @@ def score_groups(df, registry: pd.DataFrame | str, *, key: str = "group",
                             else f"no model for group {group!r} in the registry")
             return out
         try:
-            cached = path in _MODEL_CACHE
-            model = load_model(path)
-            if loads is not None and not cached:
-                loads.add(1)
+            model = load_model(path, loads)
             out[prediction] = _predict(model, pdf[list(features)].to_numpy(dtype=np.float64))
         except Exception as exc:  # noqa: BLE001 - one group's failure marks its rows only
             out["error"] = f"scoring group {group!r} failed: {type(exc).__name__}: {exc}"

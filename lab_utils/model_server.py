@@ -156,15 +156,14 @@ class Stats:
 
 
 def keras_loader(spec: models.ModelSpec) -> PredictFn:
-    """Load a saved Keras model once; its predict function calls ``model(x)`` per request."""
-    import keras
+    """Load a saved Keras model once; its predict function calls ``model(x)`` per request.
 
-    model = keras.saving.load_model(str(spec.model_file), compile=False)
+    The in-Spark loader, with TensorFlow's pools sized to this machine: the server is the only
+    process doing the work.
+    """
+    from lab_utils.inference import keras_predict_fn
 
-    def predict(pixels: np.ndarray) -> np.ndarray:
-        return np.asarray(model(pixels.astype(np.float32), training=False))
-
-    return predict
+    return keras_predict_fn(spec.model_file, threads=os.cpu_count() or 1)()
 
 
 @dataclass
