@@ -404,10 +404,13 @@ class PartitionPredictor:
         self.schema = schema
         self.batch_size = batch_size
         self.gpu_count = gpu_count
+        # Made on the driver and pickled with the predictor: every task unpickles a new copy
+        # of ``model_loader``, so its id() would differ per task and reload the model each time.
+        self._cache_key = ("partition", uuid.uuid4().hex)
 
     def _predict_partition(self, index: int, rows: Iterator[Any]) -> Iterator[tuple]:
         device = select_device(index, self.gpu_count)
-        predict = cached_predict_fn(("partition", id(self.model_loader), device),
+        predict = cached_predict_fn((*self._cache_key, device),
                                     lambda: self.model_loader(device))
         fields = [f.strip().split(" ")[0] for f in self.schema.split(",")]
         batch_rows, batch_inputs = [], []

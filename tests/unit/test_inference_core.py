@@ -99,6 +99,28 @@ def test_partition_predictor_batches_and_marks_bad_rows():
     assert seen == ["/CPU:0"]
 
 
+def _sum_loader(device):
+    return lambda batch: batch.sum(axis=1, keepdims=True)
+
+
+def test_partition_predictor_loads_once_per_worker_across_tasks():
+    # Spark unpickles the predictor afresh for every task: two copies stand for two tasks that
+    # the same reused Python worker runs. The model must be loaded once, not once per task.
+    from pyspark import cloudpickle
+
+    predictor = inference.PartitionPredictor(
+        _sum_loader, lambda row: np.array([row["x"], 1.0]),
+        lambda row, out, err: {"id": row["id"], "y": float(out[0]), "error": err},
+        "id int, y double, error string", gpu_count=0)
+    blob = cloudpickle.dumps(predictor)
+    for task in range(2):
+        copy = cloudpickle.loads(blob)
+        assert copy is not predictor and copy.model_loader is not None
+        assert list(copy._predict_partition(task, iter([{"id": task, "x": 2.0}]))) == [
+            (task, 3.0, None)]
+    assert inference.LOAD_COUNTS[(*predictor._cache_key, "/CPU:0")] == 1
+
+
 def fake_keras(path, shape=(None, 8, 8, 3), units=2):
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("config.json", json.dumps({"config": {"layers": [
