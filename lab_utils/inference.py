@@ -126,21 +126,40 @@ def configure_tensorflow(threads: int | None = None) -> None:
     _TF_CONFIGURED = True
 
 
+def graph_predict(model, preprocess: Callable | None = None) -> PredictFn:
+    """``predict(pixels) -> outputs`` running ``model`` (and ``preprocess``) as one TF graph.
+
+    Keras 3 calls a functional model eagerly, and an eager call keeps every intermediate
+    activation of the batch alive until it returns: ResNet-50 at batch 16 peaks at ~3.3 GB of
+    resident memory that way. Traced once by ``tf.function`` for any batch size, the graph
+    runtime frees each activation after its last use (~1.2 GB) and skips per-op dispatch. It
+    also skips ``model.predict``'s per-call dataset setup and progress bar.
+    """
+    import tensorflow as tf
+
+    shape = tuple(model.inputs[0].shape)[1:]
+
+    @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
+    def call(x):
+        return model(preprocess(x) if preprocess else x, training=False)
+
+    def predict(pixels: np.ndarray) -> np.ndarray:
+        return call(np.asarray(pixels, dtype=np.float32)).numpy()
+
+    predict.graph = call  # type: ignore[attr-defined] - tests read its tracing count
+    return predict
+
+
 def keras_predict_fn(model_file: Path | str, *, threads: int | None = None) -> MakePredictFn:
-    """``make_predict_fn`` for a saved Keras model: load once, call ``model(x)`` per batch."""
+    """``make_predict_fn`` for a saved Keras model: load once, one compiled call per batch
+    (:func:`graph_predict`)."""
     model_file = str(model_file)
 
     def make() -> PredictFn:
         configure_tensorflow(threads)
         import keras
 
-        model = keras.saving.load_model(model_file, compile=False)
-
-        def predict(pixels: np.ndarray) -> np.ndarray:
-            # model(x) skips predict()'s per-call dataset setup and progress bar.
-            return np.asarray(model(pixels.astype(np.float32), training=False))
-
-        return predict
+        return graph_predict(keras.saving.load_model(model_file, compile=False))
 
     return make
 
@@ -413,27 +432,26 @@ class PartitionPredictor:
         predict = cached_predict_fn((*self._cache_key, device),
                                     lambda: self.model_loader(device))
         fields = [f.strip().split(" ")[0] for f in self.schema.split(",")]
-        batch_rows, batch_inputs = [], []
+        # Rows leave in the order they came: a bad row waits in the batch with its error.
+        pending: list[tuple[Any, str | None]] = []
+        inputs: list[np.ndarray] = []
 
         def flush() -> Iterator[tuple]:
-            if batch_rows:
-                outputs = predict(np.stack(batch_inputs))
-                for row, out in zip(batch_rows, outputs, strict=True):
-                    record = self.postprocess(row, out, None)
-                    yield tuple(record[f] for f in fields)
-                batch_rows.clear()
-                batch_inputs.clear()
+            outputs = iter(predict(np.stack(inputs)) if inputs else ())
+            for row, error in pending:
+                out = None if error is not None else next(outputs)
+                record = self.postprocess(row, out, error)
+                yield tuple(record[f] for f in fields)
+            pending.clear()
+            inputs.clear()
 
         for row in rows:
             try:
-                value = self.preprocess(row)
+                inputs.append(self.preprocess(row))
+                pending.append((row, None))
             except Exception as exc:  # noqa: BLE001 - any bad row becomes that row's error
-                record = self.postprocess(row, None, f"{type(exc).__name__}: {exc}")
-                yield tuple(record[f] for f in fields)
-                continue
-            batch_rows.append(row)
-            batch_inputs.append(value)
-            if len(batch_rows) >= self.batch_size:
+                pending.append((row, f"{type(exc).__name__}: {exc}"))
+            if len(inputs) >= self.batch_size:
                 yield from flush()
         yield from flush()
 
@@ -461,10 +479,11 @@ def image_partition_predictor(
 
         with tf.device(device):
             net = keras.saving.load_model(model_file, compile=False)
+            call = graph_predict(net)
 
         def predict(pixels: np.ndarray) -> np.ndarray:
             with tf.device(device):
-                return np.asarray(net(pixels.astype(np.float32), training=False))
+                return call(pixels)
 
         return predict
 

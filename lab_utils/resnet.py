@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lab_utils.inference import MakePredictFn, PredictFn, configure_tensorflow
+from lab_utils.inference import MakePredictFn, PredictFn, configure_tensorflow, graph_predict
 
 IMAGE_SIZE = (224, 224)
 WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
@@ -91,10 +91,9 @@ def save_model(model, model_dir: Path, imagenet: bool) -> Path:
 def _wrap(model) -> PredictFn:
     from keras.applications.resnet50 import preprocess_input
 
-    def predict(pixels: np.ndarray) -> np.ndarray:
-        return np.asarray(model(preprocess_input(pixels.astype(np.float32)), training=False))
-
-    return predict
+    # One compiled graph (preprocessing included): ~1.2 GB peak per Python worker at batch 16
+    # instead of ~3.3 GB for the eager call (see inference.graph_predict).
+    return graph_predict(model, preprocess_input)
 
 
 def predict_fn_from_path(model_file: Path | str) -> MakePredictFn:

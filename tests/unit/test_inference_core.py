@@ -94,8 +94,8 @@ def test_partition_predictor_batches_and_marks_bad_rows():
                                              batch_size=2, gpu_count=0)
     rows = [{"id": i, "x": None if i == 2 else float(i)} for i in range(5)]
     out = list(predictor._predict_partition(0, iter(rows)))
-    assert sorted(out) == [(0, 1.0, None), (1, 2.0, None), (2, None, "ValueError: missing x"),
-                           (3, 4.0, None), (4, 5.0, None)]
+    assert out == [(0, 1.0, None), (1, 2.0, None), (2, None, "ValueError: missing x"),
+                   (3, 4.0, None), (4, 5.0, None)]  # in input order
     assert seen == ["/CPU:0"]
 
 
