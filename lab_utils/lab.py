@@ -278,9 +278,10 @@ def prepare(cfg: lab_config.LabConfig, *, spark: bool = True) -> None:
 # --------------------------------------------------------------------------- health probes
 
 
-def master_state(cfg: lab_config.LabConfig) -> dict:
+def master_state(cfg: lab_config.LabConfig, timeout: float = 3.0) -> dict:
     """The master's JSON status page (workers, cores, running applications)."""
-    return http_json(f"http://{resolve_host(cfg.host)}:{cfg.master_ui_port}/json/")
+    return http_json(f"http://{resolve_host(cfg.host)}:{cfg.master_ui_port}/json/",
+                     timeout=timeout)
 
 
 def alive_workers(cfg: lab_config.LabConfig) -> int:

@@ -90,7 +90,7 @@ AFTER = textwrap.dedent("""
 def worker_states(cfg, name: str) -> list[str]:
     """States the master lists for the lab worker ``name`` (its UI port tells it apart)."""
     port = cfg.worker_ui_port + int(name.split("-")[1]) - 1
-    return [w["state"] for w in lab.master_state(cfg)["workers"]
+    return [w["state"] for w in lab.master_state(cfg, timeout=30)["workers"]
             if urlparse(w["webuiaddress"]).port == port]
 
 
@@ -141,7 +141,7 @@ def test_worker_killed_mid_job_loses_no_row_and_comes_back(tmp_path):
         lab.start(cfg, jupyter=False, out=lines.append)
         assert any("starting worker-2 (running: master, worker-1, history, model-server)" in line
                    for line in lines), lines
-        assert lab.alive_workers(cfg) == 2
+        assert lab.master_state(cfg, timeout=30)["aliveworkers"] == 2
         assert sorted(worker_states(cfg, "worker-2")) == ["ALIVE", "DEAD"]
         phase("worker restarted")
 
