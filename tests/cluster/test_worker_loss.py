@@ -6,11 +6,15 @@ iterator UDF with the lab's CNN over image rows keyed by a unique ``id``, writte
 in ``share_storages/output``. A short pause per model batch stands in for a bigger model, so
 the job lasts long enough to be hit on a fast machine too.
 
-What Spark must do: the master marks the worker DEAD, the executor on it exits with it, the
-task that was running there fails (ExecutorLostFailure) and runs again on the other worker,
-and the output committer keeps exactly one attempt per partition. What the lab must do:
-``lab start`` (``make lab``) brings the lost worker back, and the running application gets
-its executor back on it.
+worker-2 is killed (``resilience.kill_mid_job``, what notebook 01 does) once both workers
+have finished a task of the job and are running another. What Spark must do: the master marks
+the worker DEAD, the executor on it exits with it (no process of it lingers), the task that
+was running there fails (ExecutorLostFailure) and runs again elsewhere, and the output
+committer keeps exactly one attempt per partition. (The master also starts a replacement
+executor on worker-1, which has a free core; whether it joins before the job ends depends on
+the machine, so it is not asserted.) What the lab must do: ``lab start``
+(``make lab``) brings the lost worker back, and a new application runs on both workers (the
+running one keeps the executors it has).
 """
 
 from __future__ import annotations
