@@ -464,8 +464,8 @@ def start(cfg: lab_config.LabConfig, *, jupyter: bool = True, out=print) -> dict
     all_workers = [s for s in wanted if s.role == "worker"]
     workers = [s for s in missing if s.role == "worker"]
     if workers:
-        out(f"Starting {len(workers)} workers ({cfg.worker_cores} cores, {cfg.worker_memory} "
-            "each) ...")
+        out(f"Starting {len(workers)} worker{'s' if len(workers) > 1 else ''} "
+            f"({cfg.worker_cores} cores, {cfg.worker_memory} each) ...")
         pids = {}
         for worker in workers:
             pids[worker.name] = _spawn(worker, cfg, env)
