@@ -34,7 +34,7 @@ venv: $(VENV)/.synced ## Create/refresh the virtualenv from uv.lock (the lab's o
 env: ## Create .env with a Jupyter token and a Spark secret (needed before `docker compose up`)
 	python3 -m lab_utils.lab env
 
-lab: venv ## Start the native lab (master, workers, history server, model server, JupyterLab); print URLs
+lab: venv ## Start the native lab (master, workers, history server, model server, JupyterLab), or just what is missing (a lost worker); print URLs
 	$(BIN)/lab start
 
 stop: ## Stop the native lab, leaving no process behind

@@ -278,9 +278,10 @@ def prepare(cfg: lab_config.LabConfig, *, spark: bool = True) -> None:
 # --------------------------------------------------------------------------- health probes
 
 
-def master_state(cfg: lab_config.LabConfig) -> dict:
+def master_state(cfg: lab_config.LabConfig, timeout: float = 3.0) -> dict:
     """The master's JSON status page (workers, cores, running applications)."""
-    return http_json(f"http://{resolve_host(cfg.host)}:{cfg.master_ui_port}/json/")
+    return http_json(f"http://{resolve_host(cfg.host)}:{cfg.master_ui_port}/json/",
+                     timeout=timeout)
 
 
 def alive_workers(cfg: lab_config.LabConfig) -> int:
@@ -387,13 +388,19 @@ def missing_tool_warnings() -> list[str]:
 
 
 def start(cfg: lab_config.LabConfig, *, jupyter: bool = True, out=print) -> dict[str, str]:
-    """Start the native lab and wait until it is healthy; return its URLs.
+    """Start the native lab, or the services of it that are missing, and wait until healthy.
+
+    Idempotent: with everything running it only says so; with the master running it starts
+    just the missing services (a worker that died, a stopped JupyterLab) and leaves the running
+    ones, their applications and notebook kernels alone. That makes ``make lab`` the command
+    that brings a lost worker back. Returns the lab's URLs.
 
     Raises
     ------
     LabError
-        Java missing or too old, a port taken, or a service that did not become healthy in time
-        (the message names the log to read and what to change).
+        Java missing or too old, a port taken, services running without their master, or a
+        service that did not become healthy in time (the message names the log to read and
+        what to change).
     """
     java_version()
     if jupyter:
@@ -405,11 +412,16 @@ def start(cfg: lab_config.LabConfig, *, jupyter: bool = True, out=print) -> dict
     if alive and len(alive) == len(wanted):
         out("The lab is already running.")
         return urls(cfg)
+    if alive and "master" not in alive:
+        # Workers re-registering with a fresh master is Spark's business, not a restart's.
+        raise LabError(f"the lab is partly running ({', '.join(alive)}) without its master: "
+                       "run `make stop`, then `make lab`")
+    missing = [s for s in wanted if s.name not in alive]
     if alive:
-        raise LabError(f"the lab is partly running ({', '.join(alive)}): run `make stop`, "
-                       "then `make lab`")
+        out(f"The lab is partly running: starting {', '.join(s.name for s in missing)} "
+            f"(running: {', '.join(alive)}) ...")
     host = resolve_host(cfg.host)
-    for service in wanted:
+    for service in missing:
         for port, variable in service.ports:
             if not port_free(host, port):
                 raise LabError(
@@ -419,14 +431,25 @@ def start(cfg: lab_config.LabConfig, *, jupyter: bool = True, out=print) -> dict
     prepare(cfg)
     env = service_env(cfg)
     timeout = cfg.start_timeout
+    spawned: list[Service] = []
+
+    def give_up() -> None:
+        # A fresh start cleans up everything; a repair stops only what it started, never the
+        # master, workers and notebooks that were already running.
+        if alive:
+            for service in reversed(spawned):
+                _stop_service(cfg, service)
+        else:
+            stop(cfg, out=lambda *_: None)
 
     def launch(service: Service, check: Callable[[], bool], what: str) -> None:
         began = time.monotonic()
         pid = _spawn(service, cfg, env)
+        spawned.append(service)
         ok = wait_until(lambda: check() or _start_time(pid) is None, timeout)
         if not ok or _start_time(pid) is None:
             state = "exited" if _start_time(pid) is None else f"not {what} after {timeout}s"
-            stop(cfg, out=lambda *_: None)
+            give_up()
             raise LabError(
                 f"{service.name} {state}: read {cfg.state_dir / 'logs' / (service.name + '.log')}"
                 f" (last lines below), fix the cause, then `make lab` again. A slow machine can "
@@ -434,24 +457,32 @@ def start(cfg: lab_config.LabConfig, *, jupyter: bool = True, out=print) -> dict
             )
         out(f"  {service.name} ready in {time.monotonic() - began:.1f}s")
 
-    master, *rest = wanted
-    out(f"Starting the Spark master on {host}:{cfg.master_port} ...")
-    launch(master, lambda: healthy(master, cfg), "healthy")
-    workers = [s for s in rest if s.role == "worker"]
-    out(f"Starting {len(workers)} workers ({cfg.worker_cores} cores, {cfg.worker_memory} each) ...")
-    pids = {w.name: _spawn(w, cfg, env) for w in workers}
-    if not wait_until(lambda: alive_workers(cfg) >= len(workers), timeout):
-        dead = [name for name, pid in pids.items() if _start_time(pid) is None]
-        tails = "\n".join(f"  {name}:\n{_log_tail(cfg, name)}" for name in (dead or pids))
-        count = alive_workers(cfg) if healthy(master, cfg) else 0
-        stop(cfg, out=lambda *_: None)
-        raise LabError(
-            f"only {count} of {len(workers)} workers registered with the master within "
-            f"{timeout}s: read the worker logs in {cfg.state_dir / 'logs'} (last lines below). "
-            "Common causes: not enough memory for LAB_WORKER_MEMORY, a firewall on LAB_HOST, "
-            f"a slow machine (raise LAB_START_TIMEOUT).\n{tails}"
-        )
-    for service in rest:
+    master = wanted[0]
+    if master in missing:
+        out(f"Starting the Spark master on {host}:{cfg.master_port} ...")
+        launch(master, lambda: healthy(master, cfg), "healthy")
+    all_workers = [s for s in wanted if s.role == "worker"]
+    workers = [s for s in missing if s.role == "worker"]
+    if workers:
+        out(f"Starting {len(workers)} worker{'s' if len(workers) > 1 else ''} "
+            f"({cfg.worker_cores} cores, {cfg.worker_memory} each) ...")
+        pids = {}
+        for worker in workers:
+            pids[worker.name] = _spawn(worker, cfg, env)
+            spawned.append(worker)
+        # The master keeps a dead worker listed as DEAD: count the ALIVE ones.
+        if not wait_until(lambda: alive_workers(cfg) >= len(all_workers), timeout):
+            dead = [name for name, pid in pids.items() if _start_time(pid) is None]
+            tails = "\n".join(f"  {name}:\n{_log_tail(cfg, name)}" for name in (dead or pids))
+            count = alive_workers(cfg) if healthy(master, cfg) else 0
+            give_up()
+            raise LabError(
+                f"only {count} of {len(all_workers)} workers registered with the master within "
+                f"{timeout}s: read the worker logs in {cfg.state_dir / 'logs'} (last lines below). "
+                "Common causes: not enough memory for LAB_WORKER_MEMORY, a firewall on LAB_HOST, "
+                f"a slow machine (raise LAB_START_TIMEOUT).\n{tails}"
+            )
+    for service in missing:
         if service.role == "history":
             out(f"Starting the Spark History Server on {host}:{cfg.history_port} ...")
             launch(service, lambda s=service: healthy(s, cfg), "healthy")
@@ -514,18 +545,26 @@ def _signal_group(pid: int, sig: int) -> None:
             os.kill(pid, sig)
 
 
+def _stop_service(cfg: lab_config.LabConfig, service: Service, grace: float = 15.0) -> int | None:
+    """Stop one service (its whole process group); return its pid, or None if not running."""
+    pid = running_pid(cfg, service.name)
+    if pid is None:
+        return None
+    _signal_group(pid, signal.SIGTERM)
+    if not wait_until(lambda: _start_time(pid) is None, grace, 0.2):
+        _signal_group(pid, signal.SIGKILL)
+        wait_until(lambda: _start_time(pid) is None, 5, 0.1)
+    _pid_file(cfg, service.name).unlink(missing_ok=True)
+    return pid
+
+
 def stop(cfg: lab_config.LabConfig, *, out=print, grace: float = 15.0) -> list[str]:
     """Stop every service (JupyterLab first, master last) and sweep up leftover children."""
     stopped = []
     for service in reversed(services(cfg)):
-        pid = running_pid(cfg, service.name)
+        pid = _stop_service(cfg, service, grace)
         if pid is None:
             continue
-        _signal_group(pid, signal.SIGTERM)
-        if not wait_until(lambda p=pid: _start_time(p) is None, grace, 0.2):
-            _signal_group(pid, signal.SIGKILL)
-            wait_until(lambda p=pid: _start_time(p) is None, 5, 0.1)
-        _pid_file(cfg, service.name).unlink(missing_ok=True)
         stopped.append(service.name)
         out(f"stopped {service.name} (pid {pid})")
     # Kernels run in their own sessions and executors may outlive a killed worker: sweep them.
@@ -582,7 +621,8 @@ def _print_urls(found: dict[str, str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("start", help="start the native lab and wait until it is healthy")
+    sub.add_parser("start", help="start the native lab, or its missing services (a lost worker), "
+                   "and wait until it is healthy")
     sub.add_parser("stop", help="stop the native lab, leaving no process behind")
     sub.add_parser("status", help="show each service's pid and health")
     sub.add_parser("env", help="create .env with a Jupyter token and a Spark secret if missing")

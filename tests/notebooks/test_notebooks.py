@@ -78,6 +78,12 @@ def check_01_udf_inference_keras(r: dict) -> None:
     assert r["placed_files"] == r["files_in_class_folders"] == 300
     assert r["mixed_files"] == r["mixed_expected"] >= 12
     assert r["bad_files_reported"] == r["bad_files_expected"] >= 5
+    # Section 8 at smoke size, no worker killed (KILL_A_WORKER defaults to False): every key
+    # once, every row scored, the job committed.
+    assert r["worker_loss"] == {"rows_expected": 2000, "rows_written": 2000, "duplicates": 0,
+                                "missing": 0, "unexpected": 0, "null_values": 0,
+                                "committed": True, "temporary_left": False,
+                                "worker_killed": False}
 
 
 CHECKS["01_udf_inference_keras"] = check_01_udf_inference_keras

@@ -118,6 +118,51 @@ def test_live_pid_file_is_recognised(tmp_path):
     assert lab.running_pid(cfg, "master") == os.getpid()
 
 
+@pytest.fixture
+def stand_in():
+    """A harmless process to stand in for running services in pid files (never this one:
+    stopping a service signals its whole process group)."""
+    proc = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def pretend_running(cfg, pid: int, *names: str) -> None:
+    (cfg.state_dir / "pids").mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (cfg.state_dir / "pids" / f"{name}.pid").write_text(f"{pid} {lab._start_time(pid)}\n")
+
+
+def test_services_without_their_master_are_not_restarted(tmp_path, stand_in):
+    cfg = make_cfg(tmp_path, LAB_WORKERS="2")
+    pretend_running(cfg, stand_in, "worker-1", "worker-2")
+    with pytest.raises(lab.LabError, match=r"partly running \(worker-1, worker-2\) without its "
+                                           r"master: run `make stop`, then `make lab`"):
+        lab.start(cfg, jupyter=False, out=lambda *_: None)
+    assert lab.running_pid(cfg, "worker-1") == stand_in  # nothing was stopped
+
+
+def test_restart_checks_only_the_missing_services(tmp_path, stand_in):
+    """With the master up, `lab start` starts what is missing (here worker-2) and no more:
+    the ports of the running services are theirs, only the missing worker's port is checked."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # worker-2's UI port is the one taken; the master's port is taken too, by the "master".
+        cfg = make_cfg(tmp_path, LAB_WORKERS="2", LAB_WORKER_UI_PORT=str(port - 1),
+                       LAB_MASTER_PORT=str(port))
+        pretend_running(cfg, stand_in, "master", "worker-1", "history", "model-server")
+        lines = []
+        with pytest.raises(lab.LabError, match=f"port {port} on 127.0.0.1 \\(worker-2\\) is "
+                                               "already in use"):
+            lab.start(cfg, jupyter=False, out=lines.append)
+    assert any("partly running: starting worker-2 (running: master, worker-1, history, "
+               "model-server)" in line for line in lines), lines
+    assert lab.running_pid(cfg, "master") == stand_in  # the running lab was left alone
+
+
 def test_service_env_shares_one_interpreter(tmp_path):
     cfg = make_cfg(tmp_path)
     env = lab.service_env(cfg)

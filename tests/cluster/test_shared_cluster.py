@@ -1,0 +1,168 @@
+"""Three applications started at once on a two-worker lab: who runs, who waits.
+
+What the settings predict (the lab's defaults on this 2-core machine):
+
+* the cluster offers ``workers x LAB_WORKER_CORES`` = 2 x 2 = **4 cores**;
+* each application may hold at most ``spark.cores.max`` = ``LAB_APP_CORES_MAX`` = **2 cores**
+  (``spark.deploy.defaultCores`` gives the same cap to applications that do not ask);
+* the master hands out cores first come, first served, spread over the workers (one 1-core
+  executor on each), and never takes cores back from a running application;
+* so **two applications run at once**, 2 cores each, and the **third is WAITING** with no
+  executor (its job's tasks queue in its driver) until one of the first two stops; then it
+  gets that application's 2 cores and runs. Memory does not bind first: each worker offers
+  2 GiB here (4 GiB by default) and each executor takes 1 GiB.
+
+The test asserts exactly that, from the master's JSON (sampled while they run) and the
+applications' own task timestamps: all three finish with correct results, none ever holds
+more than the cap, at most two hold cores at a time and two did overlap, the third waited in
+WAITING with no cores and started its tasks only after another application had finished, and
+the master and the history server list all three as finished.
+
+It uses a private lab, not the session's: the session's own ``pytest`` application keeps its
+2 cores for the whole run, which would leave room for only one of the three at a time. (That
+is the lab's behaviour too: a notebook that keeps its session open holds its cores.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import textwrap
+import time
+
+from lab_utils import config as lab_config
+from lab_utils import lab
+from tests.conftest import lab_env
+
+APPS = ("shared-a", "shared-b", "shared-c")
+TASKS = 4  # twice the cap: every application needs all its cores, twice over
+TASK_SECONDS = 1.5
+
+APP = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+
+    from lab_utils.session import get_spark
+
+    ctl, name, tasks, seconds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    spark = get_spark(name, quiet=True)
+    sc = spark.sparkContext
+    # A first small job runs once this application has executors: then it is ready. The one
+    # the master keeps WAITING stays here until another application stops.
+    assert sc.parallelize(range(2), 2).count() == 2
+    (ctl / f"{name}.ready").write_text(sc.applicationId)
+    while not (ctl / "go").exists():
+        time.sleep(0.1)
+
+    def work(i):
+        began = time.time()
+        time.sleep(seconds)
+        return i * i, began, time.time()
+
+    job_start = time.time()
+    results = sc.parallelize(range(tasks), tasks).map(work).collect()
+    job_end = time.time()
+    report = {"app": sc.applicationId, "cap": int(sc.getConf().get("spark.cores.max")),
+              "sum": sum(r[0] for r in results), "job_start": job_start, "job_end": job_end,
+              "first_task": min(r[1] for r in results), "last_task": max(r[2] for r in results)}
+    spark.stop()
+    print(json.dumps(report), flush=True)
+""")
+
+
+def master(cfg) -> dict:
+    return lab.master_state(cfg, timeout=30)  # a busy master answers slowly, not never
+
+
+def test_three_apps_two_run_one_waits(tmp_path):
+    cfg = lab_config.load(lab_env(tmp_path / "lab", workers=2))
+    ctl = tmp_path / "ctl"
+    ctl.mkdir()
+    procs: dict[str, subprocess.Popen] = {}
+    began, phases = time.monotonic(), {}
+
+    def phase(name: str) -> None:
+        phases[name] = round(time.monotonic() - began - sum(phases.values()), 1)
+
+    try:
+        lab.start(cfg, jupyter=False, out=lambda *_: None)
+        phase("lab start")
+        state = master(cfg)
+        cap = cfg.app_cores_max
+        at_once = state["cores"] // cap
+        assert (state["cores"], cap, at_once) == (4, 2, 2), "the prediction assumes 2 x 2 cores"
+
+        env = lab.service_env(cfg)
+        for name in APPS:  # all three at once
+            with open(tmp_path / f"{name}.out", "wb") as out, \
+                    open(tmp_path / f"{name}.err", "wb") as err:
+                procs[name] = subprocess.Popen(
+                    [sys.executable, "-c", APP, str(ctl), name, str(TASKS), str(TASK_SECONDS)],
+                    env=env, cwd=tmp_path, stdout=out, stderr=err)
+
+        def ours(apps: list[dict]) -> dict[str, dict]:
+            return {a["name"]: a for a in apps if a["name"] in APPS}
+
+        def two_ready() -> bool:
+            # All three registered with the master, and two have run a job on their executors.
+            return (len(ours(master(cfg)["activeapps"])) == 3
+                    and sum((ctl / f"{n}.ready").is_file() for n in APPS) == at_once)
+
+        assert lab.wait_until(two_ready, 300, 0.2), (
+            sorted(p.name for p in ctl.iterdir()), {n: p.poll() for n, p in procs.items()})
+        before = ours(master(cfg)["activeapps"])
+        phase("three registered, two ready")
+        waiting = [n for n, a in before.items() if a["state"] == "WAITING"]
+        assert len(waiting) == 1 and before[waiting[0]]["cores"] == 0, before
+        running = [n for n in APPS if n not in waiting]
+        assert all(before[n]["state"] == "RUNNING" and before[n]["cores"] == cap
+                   for n in running), before
+
+        # Go: sample the master while the three jobs run.
+        (ctl / "go").touch()
+        samples = []
+        while any(p.poll() is None for p in procs.values()):
+            with contextlib.suppress(OSError):  # a busy master answers the next poll
+                samples.append(ours(master(cfg)["activeapps"]))
+            time.sleep(0.3)
+        for name, p in procs.items():
+            assert p.wait() == 0, (name, (tmp_path / f"{name}.err").read_text()[-3000:])
+        reports = {name: json.loads((tmp_path / f"{name}.out").read_text().splitlines()[-1])
+                   for name in APPS}
+        phase("three jobs")
+
+        # Correct results, each application capped at spark.cores.max.
+        assert {r["sum"] for r in reports.values()} == {sum(i * i for i in range(TASKS))}
+        assert {r["cap"] for r in reports.values()} == {cap}
+        held = {name: max([s[name]["cores"] for s in samples if name in s] or [0])
+                for name in APPS}
+        assert held == {name: cap for name in APPS}, held  # all its cores, never more
+        assert max(sum(a["cores"] for a in s.values()) for s in samples) <= state["cores"]
+        assert max(sum(a["cores"] > 0 for a in s.values()) for s in samples) == at_once
+
+        # The two first ones overlapped; the third waited for one of them to finish.
+        first, second = (reports[n] for n in running)
+        assert max(first["first_task"], second["first_task"]) < min(
+            first["last_task"], second["last_task"]), reports
+        late = reports[waiting[0]]
+        assert late["first_task"] >= min(first["job_end"], second["job_end"]), reports
+
+        # The master and the history server list all three as finished.
+        completed = {a["name"]: a["state"] for a in master(cfg)["completedapps"]}
+        assert {n: completed.get(n) for n in APPS} == dict.fromkeys(APPS, "FINISHED")
+        history = f"http://127.0.0.1:{cfg.history_port}/api/v1/applications"
+        ids = {r["app"] for r in reports.values()}
+        assert lab.wait_until(lambda: ids <= {
+            a["id"] for a in lab.http_json(history, timeout=30)
+            if a["attempts"] and a["attempts"][0]["completed"]}, 120), ids
+        phase("history lists them")
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        lab.stop(cfg, out=lambda *_: None)
+        phase("stop")
+        print("phases (s):", phases)
