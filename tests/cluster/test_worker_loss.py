@@ -20,6 +20,7 @@ running one keeps the executors it has).
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -27,7 +28,7 @@ import time
 from urllib.parse import urlparse
 
 from lab_utils import config as lab_config
-from lab_utils import lab, resilience
+from lab_utils import lab, models, resilience
 from tests.conftest import lab_env
 
 ROWS = 2400
@@ -98,8 +99,11 @@ def worker_states(cfg, name: str) -> list[str]:
             if urlparse(w["webuiaddress"]).port == port]
 
 
-def test_worker_killed_mid_job_loses_no_row_and_comes_back(tmp_path):
+def test_worker_killed_mid_job_loses_no_row_and_comes_back(tmp_path, lab_cluster):
     cfg = lab_config.load(lab_env(tmp_path / "lab", workers=2))
+    # The session's CNN (trained once per test session), copied: this lab need not train it.
+    trained = models.ensure_model(lab_cluster.cfg)
+    shutil.copytree(trained.path, cfg.share_dir / "models" / trained.path.name)
     ctl = tmp_path / "ctl"
     ctl.mkdir()
     log = tmp_path / "driver.log"
