@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,8 +52,18 @@ def free_ports(count: int) -> list[int]:
 def lab_env(tmp: Path, workers: int = 2, **extra: str) -> dict[str, str]:
     """Environment for a private native lab: own state, own share folder, own ports and secrets.
 
-    It never touches a lab the developer may have running with `make lab`.
+    It never touches a lab the developer may have running with `make lab`, nor the tracked
+    notebooks: its JupyterLab serves a copy of them (a browser run may save outputs there),
+    with its own JupyterLab settings and workspaces instead of the developer's.
     """
+    notebooks = tmp / "notebooks"
+    shutil.copytree(ROOT / "notebooks", notebooks, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    settings = tmp / "jupyterlab" / "settings"
+    # No "get Jupyter news?" prompt over the browser tests' screenshots (it would fetch nothing).
+    news = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    news.parent.mkdir(parents=True, exist_ok=True)
+    news.write_text('{"fetchNews": "false"}\n')
     ports = free_ports(5 + workers)
     env = {k: v for k, v in os.environ.items()
            if not (k.startswith("LAB_") or k in {"SPARK_MASTER_URL", "SPARK_AUTH_SECRET",
@@ -61,6 +72,9 @@ def lab_env(tmp: Path, workers: int = 2, **extra: str) -> dict[str, str]:
         LAB_ROOT=str(ROOT),
         LAB_STATE_DIR=str(tmp / "state"),
         LAB_SHARE_DIR=str(tmp / "share_storages"),
+        LAB_NOTEBOOKS_DIR=str(notebooks),
+        JUPYTERLAB_SETTINGS_DIR=str(settings),
+        JUPYTERLAB_WORKSPACES_DIR=str(tmp / "jupyterlab" / "workspaces"),
         LAB_MASTER_PORT=str(ports[0]),
         LAB_MASTER_UI_PORT=str(ports[1]),
         LAB_HISTORY_PORT=str(ports[2]),
