@@ -13,6 +13,8 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
+# The browser tests drive Debian's chromium: Playwright must never fetch a browser of its own.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 .PHONY: help venv env lab stop status models bench test test-unit test-cluster test-notebooks test-packaging \
         lint format strip-notebooks docker-config docker-up docker-down clean
