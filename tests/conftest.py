@@ -3,6 +3,8 @@
 * ``unit/``       pure Python, no cluster, no JVM;
 * ``cluster/``    a real native standalone cluster (master + 2 workers + history + JupyterLab,
                   authentication on), started once per session by ``lab_cluster``;
+* ``browser/``    the lab as a user sees it: Debian's chromium driven by Playwright runs
+                  notebook 01 in JupyterLab and reads the Spark UIs;
 * ``notebooks/``  every notebook executed against that cluster at smoke size;
 * ``packaging/``  the compose file and the Dockerfiles, checked statically.
 """
@@ -13,6 +15,7 @@ import os
 import secrets
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +26,29 @@ from lab_utils import lab
 
 ROOT = Path(__file__).resolve().parent.parent
 
-_DIR_MARKERS = {"unit": "unit", "cluster": "cluster", "notebooks": "notebooks",
-                "packaging": "packaging"}
+_DIR_MARKERS = {"unit": "unit", "cluster": "cluster", "browser": "browser",
+                "notebooks": "notebooks", "packaging": "packaging"}
+
+
+OUTPUT = ROOT / "test-output"
+_SESSION_START = time.time()
+
+
+def pytest_terminal_summary(terminalreporter):
+    # Screenshots and other artefacts the tests wrote this run, listed even when every test
+    # passes, so a CI log shows where to look (test-output/ is kept, never committed).
+    if not OUTPUT.is_dir():
+        return
+    files = sorted(p for p in OUTPUT.rglob("*") if p.is_file())
+    fresh = [p for p in files if p.stat().st_mtime >= _SESSION_START]
+    if not fresh:
+        return
+    terminalreporter.section(f"files written under {OUTPUT.relative_to(ROOT)}/ by this run")
+    for path in fresh:
+        terminalreporter.write_line(f"{path.relative_to(ROOT)}  {path.stat().st_size:,} bytes")
+    if len(files) > len(fresh):
+        older = len(files) - len(fresh)
+        terminalreporter.write_line(f"(and {older} older files from earlier runs)")
 
 
 def pytest_collection_modifyitems(items):
