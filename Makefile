@@ -13,9 +13,12 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
+# The browser tests drive Debian's chromium: Playwright must never fetch a browser of its own.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: help venv env lab stop status models bench test test-unit test-cluster test-notebooks test-packaging \
-        lint format strip-notebooks docker-config docker-up docker-down clean
+.PHONY: help venv env lab stop status models bench test test-unit test-cluster test-browser \
+        test-notebooks test-packaging lint format strip-notebooks docker-config docker-up \
+        docker-down clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -43,7 +46,7 @@ stop: ## Stop the native lab, leaving no process behind
 status: venv ## Show the native lab's services and URLs
 	$(BIN)/lab status
 
-test: venv ## Run every test: unit, cluster, notebooks, packaging (what CI runs)
+test: venv ## Run every test: unit, cluster, browser, notebooks, packaging (what CI runs)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: venv ## Unit tests only (no cluster)
@@ -52,7 +55,10 @@ test-unit: venv ## Unit tests only (no cluster)
 test-cluster: venv ## Tests against a real native standalone cluster
 	$(BIN)/pytest -m cluster $(PYTEST_ARGS)
 
-test-notebooks: venv ## Execute every notebook against the cluster at smoke size
+test-browser: venv ## Chromium runs notebook 01 in JupyterLab and checks the Spark UIs (screenshots: test-output/browser/)
+	$(BIN)/pytest -m browser $(PYTEST_ARGS)
+
+test-notebooks: venv ## Execute every notebook against the cluster at smoke size (01: see test-browser)
 	$(BIN)/pytest -m notebooks $(PYTEST_ARGS)
 
 test-packaging: venv ## Validate the compose file and lint the Dockerfiles

@@ -26,6 +26,8 @@ VARIABLES: dict[str, str] = {
     "LAB_SHARE_DIR": "shared storage folder (default: <root>/share_storages)",
     "LAB_STATE_DIR": "pid files, logs and generated Spark conf of the native lab "
     "(default: <root>/.lab)",
+    "LAB_NOTEBOOKS_DIR": "folder JupyterLab opens and saves notebooks in (default: "
+    "<root>/notebooks; the browser test points it at a copy)",
     "LAB_HOST": "address services bind and advertise (default 127.0.0.1; 'auto' = this "
     "host's IP, used by containers)",
     "LAB_MASTER_PORT": "Spark master RPC port (7077)",
@@ -79,6 +81,7 @@ class LabConfig:
     root: Path
     share_dir: Path
     state_dir: Path
+    notebooks_dir: Path
     master_url: str | None
     auth_secret: str | None
     jupyter_token: str | None
@@ -106,10 +109,6 @@ class LabConfig:
     def events_dir(self) -> Path:
         """Where drivers write event logs and the history server reads them."""
         return self.share_dir / "spark-events"
-
-    @property
-    def notebooks_dir(self) -> Path:
-        return self.root / "notebooks"
 
     @property
     def lab_master_url(self) -> str:
@@ -152,6 +151,7 @@ def load(env: Mapping[str, str] | None = None) -> LabConfig:
     root = Path(env.get("LAB_ROOT") or _root_default()).resolve()
     share = Path(env.get("LAB_SHARE_DIR") or root / "share_storages").resolve()
     state = Path(env.get("LAB_STATE_DIR") or root / ".lab").resolve()
+    notebooks = Path(env.get("LAB_NOTEBOOKS_DIR") or root / "notebooks").resolve()
     workers = _int(env, "LAB_WORKERS", 2)
     if workers < 1:
         raise ValueError("LAB_WORKERS must be at least 1")
@@ -159,6 +159,7 @@ def load(env: Mapping[str, str] | None = None) -> LabConfig:
         root=root,
         share_dir=share,
         state_dir=state,
+        notebooks_dir=notebooks,
         master_url=env.get("SPARK_MASTER_URL") or None,
         auth_secret=env.get("SPARK_AUTH_SECRET") or None,
         jupyter_token=env.get("JUPYTER_TOKEN") or None,
@@ -194,6 +195,7 @@ def to_env(cfg: LabConfig) -> dict[str, str]:
         "LAB_ROOT": str(cfg.root),
         "LAB_SHARE_DIR": str(cfg.share_dir),
         "LAB_STATE_DIR": str(cfg.state_dir),
+        "LAB_NOTEBOOKS_DIR": str(cfg.notebooks_dir),
         "SPARK_MASTER_URL": cfg.master_url,
         "SPARK_AUTH_SECRET": cfg.auth_secret,
         "JUPYTER_TOKEN": cfg.jupyter_token,

@@ -3,6 +3,8 @@
 * ``unit/``       pure Python, no cluster, no JVM;
 * ``cluster/``    a real native standalone cluster (master + 2 workers + history + JupyterLab,
                   authentication on), started once per session by ``lab_cluster``;
+* ``browser/``    the lab as a user sees it: Debian's chromium driven by Playwright runs
+                  notebook 01 in JupyterLab and reads the Spark UIs;
 * ``notebooks/``  every notebook executed against that cluster at smoke size;
 * ``packaging/``  the compose file and the Dockerfiles, checked statically.
 """
@@ -11,7 +13,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +26,29 @@ from lab_utils import lab
 
 ROOT = Path(__file__).resolve().parent.parent
 
-_DIR_MARKERS = {"unit": "unit", "cluster": "cluster", "notebooks": "notebooks",
-                "packaging": "packaging"}
+_DIR_MARKERS = {"unit": "unit", "cluster": "cluster", "browser": "browser",
+                "notebooks": "notebooks", "packaging": "packaging"}
+
+
+OUTPUT = ROOT / "test-output"
+_SESSION_START = time.time()
+
+
+def pytest_terminal_summary(terminalreporter):
+    # Screenshots and other artefacts the tests wrote this run, listed even when every test
+    # passes, so a CI log shows where to look (test-output/ is kept, never committed).
+    if not OUTPUT.is_dir():
+        return
+    files = sorted(p for p in OUTPUT.rglob("*") if p.is_file())
+    fresh = [p for p in files if p.stat().st_mtime >= _SESSION_START]
+    if not fresh:
+        return
+    terminalreporter.section(f"files written under {OUTPUT.relative_to(ROOT)}/ by this run")
+    for path in fresh:
+        terminalreporter.write_line(f"{path.relative_to(ROOT)}  {path.stat().st_size:,} bytes")
+    if len(files) > len(fresh):
+        older = len(files) - len(fresh)
+        terminalreporter.write_line(f"(and {older} older files from earlier runs)")
 
 
 def pytest_collection_modifyitems(items):
@@ -51,8 +76,18 @@ def free_ports(count: int) -> list[int]:
 def lab_env(tmp: Path, workers: int = 2, **extra: str) -> dict[str, str]:
     """Environment for a private native lab: own state, own share folder, own ports and secrets.
 
-    It never touches a lab the developer may have running with `make lab`.
+    It never touches a lab the developer may have running with `make lab`, nor the tracked
+    notebooks: its JupyterLab serves a copy of them (a browser run may save outputs there),
+    with its own JupyterLab settings and workspaces instead of the developer's.
     """
+    notebooks = tmp / "notebooks"
+    shutil.copytree(ROOT / "notebooks", notebooks, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    settings = tmp / "jupyterlab" / "settings"
+    # No "get Jupyter news?" prompt over the browser tests' screenshots (it would fetch nothing).
+    news = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    news.parent.mkdir(parents=True, exist_ok=True)
+    news.write_text('{"fetchNews": "false"}\n')
     ports = free_ports(5 + workers)
     env = {k: v for k, v in os.environ.items()
            if not (k.startswith("LAB_") or k in {"SPARK_MASTER_URL", "SPARK_AUTH_SECRET",
@@ -61,6 +96,9 @@ def lab_env(tmp: Path, workers: int = 2, **extra: str) -> dict[str, str]:
         LAB_ROOT=str(ROOT),
         LAB_STATE_DIR=str(tmp / "state"),
         LAB_SHARE_DIR=str(tmp / "share_storages"),
+        LAB_NOTEBOOKS_DIR=str(notebooks),
+        JUPYTERLAB_SETTINGS_DIR=str(settings),
+        JUPYTERLAB_WORKSPACES_DIR=str(tmp / "jupyterlab" / "workspaces"),
         LAB_MASTER_PORT=str(ports[0]),
         LAB_MASTER_UI_PORT=str(ports[1]),
         LAB_HISTORY_PORT=str(ports[2]),

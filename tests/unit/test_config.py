@@ -11,6 +11,7 @@ def test_defaults_match_the_native_lab(tmp_path):
     assert cfg.share_dir == tmp_path.resolve() / "share_storages"
     assert cfg.events_dir == tmp_path.resolve() / "share_storages" / "spark-events"
     assert cfg.state_dir == tmp_path.resolve() / ".lab"
+    assert cfg.notebooks_dir == tmp_path.resolve() / "notebooks"
     assert (cfg.host, cfg.master_port, cfg.master_ui_port) == ("127.0.0.1", 7077, 8080)
     assert (cfg.workers, cfg.history_port, cfg.jupyter_port) == (2, 18080, 8888)
     assert cfg.master_url is None and cfg.auth_secret is None and not cfg.smoke
@@ -23,10 +24,12 @@ def test_environment_overrides(tmp_path):
         "LAB_ROOT": str(tmp_path), "SPARK_MASTER_URL": "spark://big-cluster:7077",
         "LAB_WORKERS": "3", "LAB_WORKER_CORES": "4", "LAB_SMOKE": "1",
         "LAB_MASTER_UI_URL": "http://spark-master:8080",
+        "LAB_NOTEBOOKS_DIR": str(tmp_path / "copy"),
     })
     assert cfg.master_url == "spark://big-cluster:7077"
     assert (cfg.workers, cfg.worker_cores, cfg.smoke) == (3, 4, True)
     assert cfg.master_ui_url == "http://spark-master:8080"
+    assert cfg.notebooks_dir == (tmp_path / "copy").resolve()
 
 
 def test_bad_integer_names_the_variable(tmp_path):
