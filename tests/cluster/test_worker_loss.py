@@ -28,7 +28,7 @@ import time
 from urllib.parse import urlparse
 
 from lab_utils import config as lab_config
-from lab_utils import lab, models, resilience
+from lab_utils import images, lab, models, resilience
 from tests.conftest import lab_env
 
 ROWS = 2400
@@ -102,8 +102,10 @@ def worker_states(cfg, name: str) -> list[str]:
 def test_worker_killed_mid_job_loses_no_row_and_comes_back(tmp_path, lab_cluster):
     cfg = lab_config.load(lab_env(tmp_path / "lab", workers=2))
     # The session's CNN (trained once per test session), copied: this lab need not train it.
+    # The images are this lab's own, built as `ensure_model` builds them at smoke size.
     trained = models.ensure_model(lab_cluster.cfg)
     shutil.copytree(trained.path, cfg.share_dir / "models" / trained.path.name)
+    images.build_image_dataset(cfg.share_dir / "data" / "images", per_class=30)
     ctl = tmp_path / "ctl"
     ctl.mkdir()
     log = tmp_path / "driver.log"
