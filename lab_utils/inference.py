@@ -26,6 +26,7 @@ Styles:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import uuid
@@ -216,8 +217,25 @@ def _resolve(model: ModelSpec | Path | str, make_predict_fn: MakePredictFn | Non
     # One cache entry per model file version (a retrained model is loaded afresh) and per
     # custom predict function.
     key = (str(spec.model_file), spec.model_file.stat().st_mtime_ns,
-           id(make_predict_fn) if make_predict_fn else 0)
+           _maker_key(make_predict_fn) if make_predict_fn else 0)
     return spec, make, key
+
+
+def _maker_key(make_predict_fn: MakePredictFn) -> str:
+    """A key for ``make_predict_fn`` that no other maker ever gets.
+
+    Not ``id()``: CPython reuses a freed object's id, so a maker made in a loop (one per model)
+    could get the id of the previous one, and every worker would keep serving the previous
+    model from its cache. The key is stored on the maker, so factories given the same maker
+    share one cached model per worker.
+    """
+    key = getattr(make_predict_fn, "_lab_cache_key", None)
+    if key is None:
+        key = uuid.uuid4().hex
+        # A maker without __dict__ (a builtin, a slotted object) gets a new key per call.
+        with contextlib.suppress(AttributeError):
+            make_predict_fn._lab_cache_key = key  # type: ignore[attr-defined]
+    return key
 
 
 def _scorer(spec: ModelSpec, make: MakePredictFn, key: Any, batch_size: int, fail_fast: bool):

@@ -69,6 +69,25 @@ def test_model_loaded_once_per_worker_process():
     assert len(loads) == 1 and inference.LOAD_COUNTS[key] == 1
 
 
+def test_a_new_maker_never_inherits_a_freed_makers_cache_key():
+    # Makers built in a loop and dropped: CPython hands a freed object's id to the next one,
+    # so an id()-based key would let workers keep serving the previous model.
+    keys, ids = set(), set()
+    for k in range(50):
+        def make(k=k):
+            return k
+
+        ids.add(id(make))
+        keys.add(inference._maker_key(make))
+        del make
+    assert len(keys) == 50
+    assert len(ids) < 50, "ids were not reused: the scenario this test guards did not occur"
+
+    def shared():
+        return 0
+
+    assert inference._maker_key(shared) == inference._maker_key(shared)  # one model per worker
+
 def test_device_selection_without_spark():
     assert inference.select_device(3, gpu_count=0) == "/CPU:0"
     assert inference.select_device(3, gpu_count=2) == "/GPU:1"
