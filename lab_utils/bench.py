@@ -16,8 +16,9 @@ For each model (the lab's CNN on 32x32 image files, ResNet-50 at 224x224) and ea
 
 Rules: the input bytes are cached in Spark (and in memory for the baseline) so neither side
 times the disk; every timing forces full evaluation (``noop`` sink); a warm-up run on a slice of
-the data starts the Python workers and loads the model, and is reported apart from the
-steady-state run; the Spark and TensorFlow settings in force are stored with every result.
+the data starts the Python workers and loads the model (each worker loads it once, on the first
+style that needs it, and keeps it for the others), and is reported apart from the steady-state
+run; the Spark and TensorFlow settings in force are stored with every result.
 Output: ``share_storages/output/bench/<timestamp>/results.{csv,json}`` and PNG plots, plus a
 table on stdout.
 """
@@ -220,15 +221,18 @@ def _rss_mb() -> float:
 
 def _rss_recording(make: inference.MakePredictFn, folder: str) -> inference.MakePredictFn:
     """Wrap a predict fn so each Python worker records the largest RSS it had after a batch
-    of this run in ``folder/<pid>`` (workers are reused across runs, so lifetime peaks would
-    carry one run's memory into the next)."""
+    in ``folder/rss-<pid>`` and each model load in ``folder/loads-<pid>``. The driver empties
+    ``folder`` before each run (workers are reused across runs, so lifetime peaks would carry
+    one run's memory into the next)."""
 
     def wrapped() -> inference.PredictFn:
         predict = make()
+        with open(Path(folder, f"loads-{os.getpid()}"), "a") as loads:
+            loads.write("1\n")
 
         def recording(pixels):
             out = predict(pixels)
-            mark = Path(folder, str(os.getpid()))
+            mark = Path(folder, f"rss-{os.getpid()}")
             seen = float(mark.read_text()) if mark.exists() else 0.0
             mark.write_text(f"{max(seen, _rss_mb()):.1f}")
             return out
@@ -328,19 +332,33 @@ def cached_input(spark, files: list[Path], partitions: int):
     return df, rows
 
 
+def recording_maker(model: BenchModel, rss_dir: Path) -> inference.MakePredictFn:
+    """The predict-fn maker the styles of ``model`` share, recording peak RSS in ``rss_dir``.
+
+    One maker for all styles means one cache key, so each Python worker loads the model once
+    and every later style finds it loaded (as a notebook that scores twice does); the first
+    style that needs the model pays the load in its warm-up.
+    """
+    return _rss_recording(model.make_predict_fn or inference.keras_predict_fn(
+        model.spec.model_file), str(rss_dir))
+
+
 def run_style(spark, style: str, model: BenchModel, files: list[Path], *, batch: int,
               partitions: int, rss_dir: Path, rest_url: str | None = None,
-              data=None) -> dict:
+              data=None, make: inference.MakePredictFn | None = None) -> dict:
     """Warm up on a slice, then time the full run; both force every row through the UDF.
 
     ``data``: ``(df, rows)`` from :func:`cached_input`, shared by the styles of one N;
-    without it the files are read and cached for this run alone.
+    without it the files are read and cached for this run alone. ``make``: from
+    :func:`recording_maker` for ``rss_dir``, shared by the styles of one model; without it
+    this run's workers load the model afresh.
     """
     owned = data is None
     df, rows = cached_input(spark, files, partitions) if owned else data
     rss_dir.mkdir(parents=True, exist_ok=True)
-    make = _rss_recording(model.make_predict_fn or inference.keras_predict_fn(
-        model.spec.model_file), str(rss_dir))
+    for mark in rss_dir.iterdir():  # peaks of this run only (the workers outlive runs)
+        mark.unlink()
+    make = make or recording_maker(model, rss_dir)
     build = style_builder(style, model, make, batch, rest_url)
     warm = df.limit(max(partitions * 2, 8)).repartition(partitions)
     start = time.perf_counter()
@@ -351,9 +369,11 @@ def run_style(spark, style: str, model: BenchModel, files: list[Path], *, batch:
     seconds = time.perf_counter() - start
     if owned:
         df.unpersist()
-    rss = [float(p.read_text()) for p in rss_dir.iterdir()] if rss_dir.is_dir() else []
+    rss = [float(p.read_text()) for p in rss_dir.glob("rss-*")]
+    loads = sum(len(p.read_text().split()) for p in rss_dir.glob("loads-*"))
     return {"rows": rows, "warmup_s": warmup, "seconds": seconds,
-            "worker_peak_rss_mb": max(rss) if rss else None, "python_workers": len(rss)}
+            "worker_peak_rss_mb": max(rss) if rss else None, "python_workers": len(rss),
+            "model_loads": loads}
 
 
 # --------------------------------------------------------------------------- the run
@@ -405,6 +425,8 @@ def run(
         progress(f"[{done + 1}/{total} {time.perf_counter() - began:6.0f}s] {model.name} "
                  f"baseline (1 process, {cores} TF threads), N={model_sizes}")
         baselines = run_baselines(model, all_files, model_sizes, cores, batch[model.name])
+        rss_dir = out_dir / "rss" / model.name
+        make = recording_maker(model, rss_dir)
         for n in model_sizes:
             files = all_files[:n]
             data = cached_input(spark, files, partitions)
@@ -432,11 +454,10 @@ def run(
                     continue
                 progress(f"[{done}/{total} {time.perf_counter() - began:6.0f}s] {model.name} "
                          f"N={n} {style}")
-                rss_dir = out_dir / "rss" / f"{model.name}-{n}-{style}"
                 result = run_style(spark, style, model, files, batch=batch[model.name],
                                    partitions=partitions, rss_dir=rss_dir,
                                    rest_url=rest_server.url if rest_server else None,
-                                   data=data)
+                                   data=data, make=make)
                 records.append({**base_record, "style": style, **result})
             data[0].unpersist()
     if rest_server is not None:
@@ -521,6 +542,8 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     if "skipped" not in table:
         table["skipped"] = None
     table["rows_per_s"] = table["rows"] / table["seconds"]
+    if "model_loads" in table:  # Spark runs only; none for the baselines
+        table["model_loads"] = table["model_loads"].astype("Int64")
     keys = ["model", "n"]
     # The physical limit is the faster of the two single-process loops for that model and N.
     base = (table[table["style"].isin(BASELINES)].groupby(keys)["rows_per_s"].max())
@@ -571,8 +594,8 @@ def plot(table: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 def report(table: pd.DataFrame) -> str:
     columns = ["model", "n", "style", "rows", "warmup_s", "seconds", "rows_per_s",
-               "ratio_to_baseline", "share_of_ceiling", "worker_peak_rss_mb"]
-    shown = table[table["rows"] > 0][columns].copy()
+               "ratio_to_baseline", "share_of_ceiling", "worker_peak_rss_mb", "model_loads"]
+    shown = table[table["rows"] > 0][[c for c in columns if c in table]].copy()
     return shown.to_string(index=False, float_format=lambda v: f"{v:.2f}")
 
 

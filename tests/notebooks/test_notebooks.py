@@ -149,6 +149,10 @@ def check_02_benchmark_udf_styles(r: dict) -> None:
     assert set(r["best_ratio"]) == {f"cnn@{n}" for n in r["sizes"]["cnn"]} | {
         f"resnet50@{n}" for n in r["sizes"]["resnet50"]}
     assert all(v > 0 for v in r["best_ratio"].values())
+    # Each Python worker loads a model once for all styles and sizes (2 workers; a worker Spark
+    # replaces loads again), not once per style: that would be 2 x 6 styles x sizes.
+    assert set(r["model_loads"]) == {"cnn", "resnet50"}
+    assert all(1 <= loads <= 4 for loads in r["model_loads"].values()), r["model_loads"]
     assert r["plots"] == ["cnn.png", "resnet50.png"]
 
 
