@@ -18,9 +18,10 @@ more than the cap, at most two hold cores at a time and two did overlap, the thi
 WAITING with no cores and started its tasks only after another application had finished, and
 the master and the history server list all three as finished.
 
-It uses a private lab, not the session's: the session's own ``pytest`` application keeps its
-2 cores for the whole run, which would leave room for only one of the three at a time. (That
-is the lab's behaviour too: a notebook that keeps its session open holds its cores.)
+It uses the private lab (``private_lab``), not the session's: the session's own ``pytest``
+application keeps its 2 cores for the whole run, which would leave room for only one of the
+three at a time. (That is the lab's behaviour too: a notebook that keeps its session open holds
+its cores.)
 """
 
 from __future__ import annotations
@@ -32,9 +33,8 @@ import sys
 import textwrap
 import time
 
-from lab_utils import config as lab_config
 from lab_utils import lab
-from tests.conftest import lab_env
+from tests.cluster.conftest import Phases, assert_lab_ready
 
 APPS = ("shared-a", "shared-b", "shared-c")
 TASKS = 4  # twice the cap: every application needs all its cores, twice over
@@ -76,19 +76,15 @@ def master(cfg) -> dict:
     return lab.master_state(cfg, timeout=30)  # a busy master answers slowly, not never
 
 
-def test_three_apps_two_run_one_waits(tmp_path):
-    cfg = lab_config.load(lab_env(tmp_path / "lab", workers=2))
+def test_three_apps_two_run_one_waits(tmp_path, private_lab):
+    cfg = private_lab
+    assert_lab_ready(cfg)
     ctl = tmp_path / "ctl"
     ctl.mkdir()
     procs: dict[str, subprocess.Popen] = {}
-    began, phases = time.monotonic(), {}
-
-    def phase(name: str) -> None:
-        phases[name] = round(time.monotonic() - began - sum(phases.values()), 1)
+    phase = Phases()
 
     try:
-        lab.start(cfg, jupyter=False, out=lambda *_: None)
-        phase("lab start")
         state = master(cfg)
         cap = cfg.app_cores_max
         at_once = state["cores"] // cap
@@ -163,6 +159,4 @@ def test_three_apps_two_run_one_waits(tmp_path):
             if p.poll() is None:
                 p.kill()
                 p.wait()
-        lab.stop(cfg, out=lambda *_: None)
-        phase("stop")
-        print("phases (s):", phases)
+        print(phase)

@@ -1,7 +1,8 @@
 """A worker killed with SIGKILL in the middle of an inference job, on a private native lab.
 
-The lab is this test's own (its own state, ports and secret in a tmp folder), so killing a
-worker cannot disturb the session's cluster. The job is the lab's real inference path: the
+The lab is the tests' private one (``private_lab``: its own state, ports and secret in a tmp
+folder), so killing a worker cannot disturb the session's cluster; the test leaves it as it
+found it, both workers ALIVE. The job is the lab's real inference path: the
 iterator UDF with the lab's CNN over image rows keyed by a unique ``id``, written to Parquet
 in ``share_storages/output``. A short pause per model batch stands in for a bigger model, so
 the job lasts long enough to be hit on a fast machine too.
@@ -24,12 +25,10 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from urllib.parse import urlparse
 
-from lab_utils import config as lab_config
 from lab_utils import images, lab, models, resilience
-from tests.conftest import lab_env
+from tests.cluster.conftest import Phases, assert_lab_ready
 
 ROWS = 2400
 PARTITIONS = 24  # 100 rows per task, 4 model batches of 25
@@ -99,24 +98,21 @@ def worker_states(cfg, name: str) -> list[str]:
             if urlparse(w["webuiaddress"]).port == port]
 
 
-def test_worker_killed_mid_job_loses_no_row_and_comes_back(tmp_path, lab_cluster):
-    cfg = lab_config.load(lab_env(tmp_path / "lab", workers=2))
+def test_worker_killed_mid_job_loses_no_row_and_comes_back(tmp_path, lab_cluster, private_lab):
+    cfg = private_lab
+    assert_lab_ready(cfg)
     # The session's CNN (trained once per test session), copied: this lab need not train it.
     # The images are this lab's own, built as `ensure_model` builds them at smoke size.
     trained = models.ensure_model(lab_cluster.cfg)
-    shutil.copytree(trained.path, cfg.share_dir / "models" / trained.path.name)
+    shutil.copytree(trained.path, cfg.share_dir / "models" / trained.path.name,
+                    dirs_exist_ok=True)
     images.build_image_dataset(cfg.share_dir / "data" / "images", per_class=30)
     ctl = tmp_path / "ctl"
     ctl.mkdir()
     log = tmp_path / "driver.log"
-    began, phases = time.monotonic(), {}
-
-    def phase(name: str) -> None:
-        phases[name] = round(time.monotonic() - began - sum(phases.values()), 1)
+    phase = Phases()
 
     try:
-        lab.start(cfg, jupyter=False, out=lambda *_: None)
-        phase("lab start")
         victim = lab.running_pid(cfg, "worker-2")
         with open(log, "wb") as out:
             driver = subprocess.run(
@@ -162,6 +158,6 @@ def test_worker_killed_mid_job_loses_no_row_and_comes_back(tmp_path, lab_cluster
         assert json.loads(after.stdout.splitlines()[-1]) == ["worker-1", "worker-2"]
         phase("new app on both workers")
     finally:
-        lab.stop(cfg, out=lambda *_: None)
-        phase("stop")
-        print("phases (s):", phases)
+        # Leave the private lab as the next test expects it: both workers running.
+        lab.start(cfg, jupyter=False, out=lambda *_: None)
+        print(phase)
