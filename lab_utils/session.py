@@ -124,6 +124,8 @@ def session_conf(cfg: lab_config.LabConfig, master: str) -> dict[str, str]:
         # shared folder.
         "spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
     }
+    if cfg.driver_java_options:
+        conf["spark.driver.extraJavaOptions"] = cfg.driver_java_options
     if master.startswith("spark://") and cfg.auth_secret:
         conf["spark.authenticate"] = "true"
         conf["spark.authenticate.secret"] = cfg.auth_secret

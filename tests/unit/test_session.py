@@ -29,6 +29,15 @@ def test_session_conf_for_the_lab(tmp_path):
     assert conf["spark.driver.bindAddress"] == "127.0.0.1"
 
 
+def test_driver_java_options_only_when_set(tmp_path):
+    assert "spark.driver.extraJavaOptions" not in session.session_conf(
+        cfg_for(tmp_path), "spark://127.0.0.1:7077")  # the JVM's defaults unless asked
+    cfg = cfg_for(tmp_path, LAB_DRIVER_JAVA_OPTIONS=" -XX:TieredStopAtLevel=1 ")
+    conf = session.session_conf(cfg, "spark://127.0.0.1:7077")
+    assert conf["spark.driver.extraJavaOptions"] == "-XX:TieredStopAtLevel=1"
+    assert config.load(config.to_env(cfg)).driver_java_options == "-XX:TieredStopAtLevel=1"
+
+
 def test_session_conf_in_a_container(tmp_path):
     cfg = cfg_for(tmp_path, SPARK_AUTH_SECRET="s3", LAB_DRIVER_HOST="jupyterlab")
     conf = session.session_conf(cfg, "spark://spark-master:7077")
