@@ -78,7 +78,8 @@ def lab_env(tmp: Path, workers: int = 2, **extra: str) -> dict[str, str]:
 
     It never touches a lab the developer may have running with `make lab`, nor the tracked
     notebooks: its JupyterLab serves a copy of them (a browser run may save outputs there),
-    with its own JupyterLab settings and workspaces instead of the developer's.
+    with its own JupyterLab settings, workspaces and Jupyter data folder instead of the
+    developer's.
     """
     notebooks = tmp / "notebooks"
     shutil.copytree(ROOT / "notebooks", notebooks, dirs_exist_ok=True,
@@ -99,6 +100,9 @@ def lab_env(tmp: Path, workers: int = 2, **extra: str) -> dict[str, str]:
         LAB_NOTEBOOKS_DIR=str(notebooks),
         JUPYTERLAB_SETTINGS_DIR=str(settings),
         JUPYTERLAB_WORKSPACES_DIR=str(tmp / "jupyterlab" / "workspaces"),
+        # Jupyter's per-user data (the notebook signature database a save writes) stays in the
+        # test folder too, not in the home directory of whoever runs the tests.
+        JUPYTER_DATA_DIR=str(tmp / "jupyter-data"),
         LAB_MASTER_PORT=str(ports[0]),
         LAB_MASTER_UI_PORT=str(ports[1]),
         LAB_HISTORY_PORT=str(ports[2]),

@@ -283,6 +283,9 @@ def notebook_run(browser, lab_cluster) -> NotebookRun:
             assert lab.wait_until(saved_executed, timeout=120), \
                 f"JupyterLab did not save the executed notebook to {path}"
             saved = nbformat.read(path, as_version=4)
+            # Saving signs the notebook as trusted, in the test lab's own Jupyter data folder.
+            signatures = Path(lab_cluster.env["JUPYTER_DATA_DIR"]) / "nbsignatures.db"
+            assert signatures.is_file(), f"no {signatures}: where did JupyterLab sign it?"
     finally:
         context.close()
     # Shut the kernel down, as a learner closing the notebook would: its application ends.
