@@ -160,13 +160,18 @@ def jupyter_api(lab_cluster, path: str, method: str = "GET"):
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def browser():
-    """Debian's chromium, launched by Playwright's bundled driver (no browser download)."""
+@pytest.fixture(scope="session")
+def chromium_installed() -> None:
+    """Session-scoped, so pytest checks it before it starts the session's lab (a minute)."""
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
         pytest.fail(f"{CHROMIUM} not found: the browser tests drive Debian's chromium. Install it "
                     "with `apt-get install chromium` (.ci/run does this on a fresh machine); "
                     "never `playwright install`.", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_installed):
+    """Debian's chromium, launched by Playwright's bundled driver (no browser download)."""
     os.environ["PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"] = "1"
 
     shutil.rmtree(SHOTS, ignore_errors=True)  # a stale screenshot must not pass for a new one
