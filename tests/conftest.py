@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import shutil
 import socket
@@ -59,11 +60,36 @@ def pytest_collection_modifyitems(items):
             item.add_marker(getattr(pytest.mark, _DIR_MARKERS[layer]))
 
 
-def free_ports(count: int) -> list[int]:
-    """Distinct ports free on 127.0.0.1 right now (held open together so none repeats)."""
-    sockets = []
+def _ephemeral_range() -> tuple[int, int]:
     try:
-        for _ in range(count):
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct ports free on 127.0.0.1 right now (held open together so none repeats).
+
+    Chosen below the OS's ephemeral range: a port picked there can be handed to any socket
+    bound to port 0 before the service meant for it starts (a worker's RPC port once took a
+    test lab's history server port, and the lab never became healthy).
+    """
+    low, _ = _ephemeral_range()
+    candidates = random.sample(range(20_000, low), min(2_000, low - 20_000)) if low > 21_000 else []
+    sockets: list[socket.socket] = []
+    try:
+        for port in candidates:
+            if len(sockets) == count:
+                break
+            sock = socket.socket()
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                continue
+            sockets.append(sock)
+        while len(sockets) < count:  # no room below the ephemeral range: let the OS pick
             sock = socket.socket()
             sock.bind(("127.0.0.1", 0))
             sockets.append(sock)

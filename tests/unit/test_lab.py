@@ -211,3 +211,17 @@ def test_model_server_role_needs_neither_java_nor_the_spark_secret(tmp_path):
     assert lab.urls(cfg)["model_server"] == cfg.model_server_url == "http://127.0.0.1:9501"
     with pytest.raises(lab.LabError, match="SPARK_AUTH_SECRET is not set"):
         lab.prepare(cfg)  # the Spark roles still refuse to start without it
+
+
+def test_test_lab_ports_are_free_and_outside_the_ephemeral_range():
+    # A port inside the ephemeral range may be given to any socket bound to port 0 (a worker's
+    # RPC port) before the test lab's service binds it.
+    from tests.conftest import _ephemeral_range, free_ports
+
+    ports = free_ports(12)
+    low, high = _ephemeral_range()
+    assert len(set(ports)) == 12
+    assert all(not low <= port <= high for port in ports), (ports, (low, high))
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
