@@ -35,7 +35,7 @@ $(VENV)/.synced: $(UV) uv.lock pyproject.toml
 venv: $(VENV)/.synced ## Create/refresh the virtualenv from uv.lock (the lab's one lock file)
 
 env: ## Create .env with a Jupyter token and a Spark secret (needed before `docker compose up`)
-	python3 -m lab_utils.lab env
+	python3 -m lab_utils.ops.lab env
 
 lab: venv ## Start the native lab (master, workers, history server, model server, JupyterLab), or just what is missing (a lost worker); print URLs
 	$(BIN)/lab start
@@ -65,7 +65,7 @@ test-packaging: venv ## Validate the compose file and lint the Dockerfiles
 	$(BIN)/pytest -m packaging $(PYTEST_ARGS)
 
 models: venv ## Build the image data set and train the lab's CNN (if missing) into share_storages/
-	$(BIN)/python -m lab_utils.models
+	$(BIN)/python -m lab_utils.training.cnn
 
 bench: venv ## Benchmark every inference style against one plain process (BENCH_ARGS=..., e.g. --rest)
 	$(BIN)/python -m lab_utils.bench $(BENCH_ARGS)

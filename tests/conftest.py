@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from lab_utils import config as lab_config
-from lab_utils import lab
+from lab_utils.ops import lab
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -35,7 +35,8 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
-from lab_utils import lab, notebooks
+from lab_utils import notebooks
+from lab_utils.ops import lab
 from tests.notebooks.test_notebooks import CHECKS
 
 ROOT = Path(__file__).resolve().parents[2]

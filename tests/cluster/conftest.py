@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from lab_utils import config as lab_config
-from lab_utils import lab
+from lab_utils.ops import lab
 from tests.conftest import lab_env
 
 

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from lab_utils import cluster, lab
+from lab_utils.ops import cluster, lab
 
 
 def test_two_workers_alive_with_their_cores(lab_cluster):

@@ -11,7 +11,7 @@ import pytest
 from pyspark import cloudpickle
 from sklearn.linear_model import LinearRegression
 
-from lab_utils import group_training as gt
+from lab_utils.training import groups as gt
 
 
 def crash_on_first_attempt():

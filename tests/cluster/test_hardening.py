@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lab_utils import lab
+from lab_utils.ops import lab
 
 LISTEN = "0A"
 

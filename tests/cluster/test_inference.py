@@ -9,7 +9,9 @@ import uuid
 import pytest
 from pyspark.sql import functions as F
 
-from lab_utils import images, inference, models
+from lab_utils import inference
+from lab_utils.data import images
+from lab_utils.training import cnn as models
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import websocket
 
 CODE = """
 from lab_utils.session import get_spark
-from lab_utils import cluster
+from lab_utils.ops import cluster
 spark = get_spark("through-jupyterlab")
 print("MASTER", spark.sparkContext.master)
 print("WORKERS", cluster.master_json()["aliveworkers"])

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from lab_utils import config as lab_config
-from lab_utils import lab
+from lab_utils.ops import lab
 from tests.conftest import free_ports, lab_env
 
 
@@ -89,7 +89,7 @@ def test_model_server_container_command_needs_no_spark_secret(tmp_path):
         assert (cfg.state_dir / "role").read_text() == "model-server"
         assert lab.http_json(f"{cfg.model_server_url}/healthz") == {"status": "ok", "models": []}
         assert not lab.spark_conf_path(cfg).exists()
-        assert "lab_utils.model_server" in Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
+        assert "lab_utils.serving" in Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)

@@ -11,7 +11,11 @@ import threading
 
 import pytest
 
-from lab_utils import inference, lab, model_server, models, rest_scoring
+from lab_utils import inference
+from lab_utils.inference import rest_scoring
+from lab_utils.ops import lab
+from lab_utils.serving import model_server
+from lab_utils.training import cnn as models
 
 N = 120
 BATCH = 10

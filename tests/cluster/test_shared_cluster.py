@@ -33,7 +33,7 @@ import sys
 import textwrap
 import time
 
-from lab_utils import lab
+from lab_utils.ops import lab
 from tests.cluster.conftest import Phases, assert_lab_ready
 
 APPS = ("shared-a", "shared-b", "shared-c")

@@ -27,7 +27,9 @@ import sys
 import textwrap
 from urllib.parse import urlparse
 
-from lab_utils import images, lab, models, resilience
+from lab_utils.data import images
+from lab_utils.ops import lab, resilience
+from lab_utils.training import cnn as models
 from tests.cluster.conftest import Phases, assert_lab_ready
 
 ROWS = 2400
@@ -39,7 +41,9 @@ DRIVER = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
 
-    from lab_utils import config, inference, models, resilience
+    from lab_utils import config, inference
+    from lab_utils.training import cnn as models
+    from lab_utils.ops import resilience
     from lab_utils.session import get_spark
 
     ctl, rows, partitions, batch, pause = (Path(sys.argv[1]), int(sys.argv[2]),

@@ -5,7 +5,7 @@ Two steps:
 ``prepare`` (here, on the lab's own Python 3.11 venv, KERAS_BACKEND=tensorflow)
     Writes the inputs (real PNG/JPEG bytes of the lab's digits set plus the lab's bad-input
     corpus) and the TensorFlow-backend reference outputs of the lab's trained digits CNN:
-    ``ref_pixels.npy`` (decoded by lab_utils.images), ``ref_probs.npy`` (model(x) on them) and
+    ``ref_pixels.npy`` (decoded by lab_utils.data.images), ``ref_probs.npy`` (model(x) on them) and
     ``ref_predictor.json`` (rows of ``image_partition_predictor`` with the lab's *default*
     loader, which uses ``tf.device``).
 
@@ -25,7 +25,7 @@ Every section is isolated: a failure is recorded in the JSON and the next sectio
 
 Not a pytest test (CI has no GPU). Reproduce, from the repository root::
 
-    LAB_SHARE_DIR=/tmp/gpucheck_share .venv/bin/python -m lab_utils.models   # the digits CNN
+    LAB_SHARE_DIR=/tmp/gpucheck_share .venv/bin/python -m lab_utils.training.cnn   # the digits CNN
     mkdir -p .gpucheck && cp -r /tmp/gpucheck_share/models/digits_cnn .gpucheck/
     KERAS_BACKEND=tensorflow .venv/bin/python tests/gpu/gpucheck.py prepare \
         --images /tmp/gpucheck_share/data/images
@@ -100,9 +100,9 @@ def read_inputs() -> list[dict]:
 def prepare(args) -> int:
     import numpy as np
 
-    from lab_utils import images
+    from lab_utils.data import images
     from lab_utils.inference import image_partition_predictor
-    from lab_utils.models import load_spec
+    from lab_utils.training.cnn import load_spec
 
     share = Path(args.images)
     rows: list[dict] = []
@@ -237,9 +237,9 @@ def reset_peak() -> None:
 
 
 def free_models() -> dict:
-    from lab_utils import inference
+    from lab_utils.inference import udfs
 
-    inference._CACHE.clear()
+    udfs._CACHE.clear()
     gc.collect()
     torch = torch_or_none()
     if torch is not None and torch.cuda.is_available():
@@ -317,8 +317,9 @@ def throughput(name: str, spec_dir: Path, rows: list[dict], lab_device: str, gpu
     """Predictor loop rows/s (decode included) + decode-only + model-only, one device."""
     import numpy as np
 
-    from lab_utils import images, inference
-    from lab_utils.inference import image_partition_predictor
+    from lab_utils import inference
+    from lab_utils.data import images
+    from lab_utils.inference import image_partition_predictor, udfs
 
     stats: dict = {}
     loader = make_loader(str(spec_dir / "model.keras"), stats)
@@ -358,7 +359,7 @@ def throughput(name: str, spec_dir: Path, rows: list[dict], lab_device: str, gpu
            else ("partition", id(loader), lab_device))  # before commit d1c88ca
     entry["cache_key_kind"] = "uuid made at construction" if hasattr(
         predictor, "_cache_key") else "id(model_loader)"
-    predict = inference._CACHE[key]
+    predict = udfs._CACHE[key]
     batches = [np.stack(pixels[i:i + batch_size]) for i in range(0, len(pixels), batch_size)]
     started = time.perf_counter()
     for b in batches:
@@ -439,9 +440,9 @@ def check(args) -> int:
 
     with section("imports") as e:
         before = set(sys.modules)
-        import lab_utils.images  # noqa: F401
+        import lab_utils.data.images  # noqa: F401
         import lab_utils.inference  # noqa: F401
-        import lab_utils.models  # noqa: F401
+        import lab_utils.training.cnn  # noqa: F401
 
         new = set(sys.modules) - before
         e["pulled_in_tensorflow"] = any(m == "tensorflow" or m.startswith("tensorflow.")
@@ -543,9 +544,9 @@ def check(args) -> int:
         import keras
         import numpy as np
 
-        from lab_utils import images
+        from lab_utils.data import images
         from lab_utils.inference import image_partition_predictor
-        from lab_utils.models import load_spec
+        from lab_utils.training.cnn import load_spec
 
         torch = torch_or_none()
         ref_pixels = np.load(REF_PIXELS)

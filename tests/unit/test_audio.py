@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from lab_utils import audio
+from lab_utils.data import audio
 
 
 def tone(freq: float, rate: int, seconds: float = 0.5, amp: float = 0.5) -> np.ndarray:

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from lab_utils import bench
+from lab_utils.bench import inference as bench
 
 
 def test_summarize_gives_ratios_to_the_baseline_and_to_the_iterator_udf():

@@ -56,11 +56,17 @@ def test_import_has_no_side_effects(tmp_path):
     import subprocess
     import sys
 
-    code = ("import os, sys; os.chdir(sys.argv[1]); import lab_utils, lab_utils.config, "
-            "lab_utils.session, lab_utils.cluster, lab_utils.lab, lab_utils.notebooks, "
-            "lab_utils.tfrecords, lab_utils.timeseries, lab_utils.audio, "
-            "lab_utils.model_server, lab_utils.rest_scoring, lab_utils.group_training, "
-            "lab_utils.bench_training; "
+    import lab_utils
+
+    package = Path(lab_utils.__file__).parent
+    modules = sorted(  # every module of the package, subpackages included
+        ".".join(("lab_utils", *path.relative_to(package).with_suffix("").parts)).removesuffix(
+            ".__init__")
+        for path in package.rglob("*.py") if path.stem != "__main__"
+    )
+    assert len(modules) > 20, modules
+    code = ("import os, sys, importlib; os.chdir(sys.argv[1]); "
+            f"[importlib.import_module(m) for m in {modules!r}]; "
             "assert 'tensorflow' not in sys.modules and 'pyspark' not in sys.modules, "
             "sorted(m for m in sys.modules if m.split('.')[0] in {'tensorflow', 'pyspark'})")
     env = {"PATH": "/usr/bin:/bin", "LAB_ROOT": str(tmp_path)}

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lab_utils import group_training as gt
+from lab_utils.training import groups as gt
 
 
 def _batches(frame: pd.DataFrame, size: int) -> list[pd.DataFrame]:

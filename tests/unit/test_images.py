@@ -3,7 +3,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from lab_utils import images
+from lab_utils.data import images
 
 
 def digest(folder):

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lab_utils import inference, models
+from lab_utils import inference
+from lab_utils.inference import udfs
+from lab_utils.training import cnn as models
 
 CLASSES = ("dark", "light")
 
@@ -78,7 +80,7 @@ def test_a_new_maker_never_inherits_a_freed_makers_cache_key():
             return k
 
         ids.add(id(make))
-        keys.add(inference._maker_key(make))
+        keys.add(udfs._maker_key(make))
         del make
     assert len(keys) == 50
     assert len(ids) < 50, "ids were not reused: the scenario this test guards did not occur"
@@ -86,7 +88,7 @@ def test_a_new_maker_never_inherits_a_freed_makers_cache_key():
     def shared():
         return 0
 
-    assert inference._maker_key(shared) == inference._maker_key(shared)  # one model per worker
+    assert udfs._maker_key(shared) == udfs._maker_key(shared)  # one model per worker
 
 def test_device_selection_without_spark():
     assert inference.select_device(3, gpu_count=0) == "/CPU:0"

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from lab_utils import config, lab
+from lab_utils import config
+from lab_utils.ops import lab
 
 
 def fake_java(tmp_path, version_line: str) -> str:
@@ -88,7 +89,7 @@ def test_service_commands(tmp_path):
     assert worker3[worker3.index("--cores") + 1] == "2"
     assert "--ip=127.0.0.1" in named["jupyter"]
     server = named["model-server"]
-    assert server[1:3] == ["-m", "lab_utils.model_server"]
+    assert server[1:3] == ["-m", "lab_utils.serving"]
     assert server[server.index("--host") + 1] == "127.0.0.1"
     assert server[server.index("--port") + 1] == "8501"
     assert server[server.index("--models-dir") + 1] == str(cfg.share_dir / "models")

@@ -15,7 +15,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
     from fastapi.testclient import TestClient
 
-from lab_utils import model_server
+from lab_utils.serving import model_server
 
 CLASSES = ("dark", "light")
 

@@ -2,7 +2,8 @@ import json
 
 import pandas as pd
 
-from lab_utils import cluster, notebooks
+from lab_utils import notebooks
+from lab_utils.ops import cluster
 
 
 def test_record_and_load_results(tmp_path, monkeypatch):

@@ -8,7 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lab_utils import config, lab, resilience
+from lab_utils import config
+from lab_utils.ops import lab, resilience
 
 
 def write_output(folder, ids, predictions=None, *, success=True):

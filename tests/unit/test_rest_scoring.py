@@ -12,7 +12,8 @@ import pytest
 import requests
 from PIL import Image
 
-from lab_utils import model_server, rest_scoring
+from lab_utils.inference import rest_scoring
+from lab_utils.serving import model_server
 from tests.unit.test_model_server import brightness_loader, write_model
 
 CLASSES = ("dark", "light")
@@ -175,7 +176,7 @@ def live_server(tmp_path):
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    from lab_utils import lab
+    from lab_utils.ops import lab
 
     assert lab.wait_until(lambda: model_server.server_healthy(url), timeout=20, interval=0.1)
     yield url

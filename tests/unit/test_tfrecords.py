@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lab_utils import tfrecords
-from lab_utils.tfrecords import Feature, TFRecordSchema, TFRecordSchemaError
+from lab_utils.data import tfrecords
+from lab_utils.data.tfrecords import Feature, TFRecordSchema, TFRecordSchemaError
 
 SCHEMA = TFRecordSchema((
     Feature("customer_id", "string"),

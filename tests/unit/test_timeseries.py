@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lab_utils import timeseries as ts
+from lab_utils.data import timeseries as ts
 
 SPEC = ts.ChurnSpec(400, seed=3, block_size=200)
 WSPEC = ts.WindowSpec(dt.date(2025, 1, 1), 180)  # 14-day windows, stride 7, horizon 28

@@ -11,7 +11,7 @@ For each model (the lab's CNN on 32x32 image files, ResNet-50 at 224x224) and ea
   the Spark/Arrow ceiling;
 * every Spark style of :mod:`lab_utils.inference`;
 * with ``--rest`` also ``rest``: the same rows scored over HTTP by the lab's model server
-  (:mod:`lab_utils.rest_scoring`, a server started for the run on a free port, CNN only),
+  (:mod:`lab_utils.inference.rest_scoring`, a server started for the run on a free port, CNN only),
   reported as a ratio to the in-Spark iterator UDF.
 
 Rules: the input bytes are cached in Spark (and in memory for the baseline) so neither side
@@ -42,7 +42,9 @@ import numpy as np
 import pandas as pd
 
 from lab_utils import config as lab_config
-from lab_utils import images, inference, models
+from lab_utils import inference
+from lab_utils.data import images
+from lab_utils.training import cnn as models
 
 STYLES = ("transfer_only", "row_pickled", "row_arrow", "pandas_series", "iterator",
           "predict_batch_udf", "map_in_pandas", "partition_predictor")
@@ -72,7 +74,7 @@ def prepare_models(
     cfg: lab_config.LabConfig, which: tuple[str, ...], max_n: int
 ) -> list[BenchModel]:
     """Build the data sets (enough files for ``max_n``) and the models, once."""
-    from lab_utils import resnet
+    from lab_utils.training import resnet
 
     out = []
     if "cnn" in which:
@@ -115,11 +117,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np
 args = json.loads(sys.stdin.read())
-from lab_utils import images, inference
+from lab_utils import inference
+from lab_utils.data import images
 t0 = time.perf_counter()
 inference.configure_tensorflow(args["threads"])
 if args["kind"] == "resnet50":
-    from lab_utils import resnet
+    from lab_utils.training import resnet
     predict = resnet.predict_fn_from_path(args["model_file"])()
 else:
     predict = inference.keras_predict_fn(args["model_file"], threads=args["threads"])()
@@ -262,7 +265,7 @@ def style_builder(style: str, model: BenchModel, make, batch: int,
     factory and therefore the model cached in each Python worker."""
     spec = model.spec
     if style == "rest":
-        from lab_utils import rest_scoring
+        from lab_utils.inference import rest_scoring
 
         udf = rest_scoring.rest_udf(spec, rest_url, batch_size=REST_BATCH)
         return lambda df: df.select(udf("path", "content").alias("r"))
@@ -406,7 +409,7 @@ def run(
     bench_models = [m for name, n in sizes.items() for m in prepare_models(cfg, (name,), max(n))]
     rest_server = None
     if "rest" in styles and any(m.name == "cnn" for m in bench_models):
-        from lab_utils import model_server
+        from lab_utils.serving import model_server
 
         # A server of its own, serving only the CNN (not ResNet-50's 100 MB) on a free port.
         served = out_dir / "rest-models"
@@ -614,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead: the CNN's iterator UDF at N=3000, one setting at a time")
     parser.add_argument("--suites", default="inference,training",
                         help="inference (UDF styles), training (one model per group; see "
-                        "lab_utils.bench_training), or both")
+                        "lab_utils.bench.training), or both")
     parser.add_argument("--groups", type=int, default=1000,
                         help="groups for the training suite (default 1000)")
     args = parser.parse_args(argv)
@@ -650,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row.ratio_to_iterator:.2f}x ({row.rows_per_s:,.0f} vs "
                   f"{row.rows_per_s / row.ratio_to_iterator:,.0f} rows/s)")
     if "training" in suites:
-        from lab_utils import bench_training
+        from lab_utils.bench import training as bench_training
 
         table = bench_training.run(spark, groups=args.groups)
         print(bench_training.report(table))

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from lab_utils import images
+from lab_utils.data import images
 
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
@@ -121,7 +121,7 @@ def load_image_folder(root: Path, size: tuple[int, int]):
     pairs = list(images.list_labelled_images(root))
     if not pairs:
         raise FileNotFoundError(f"no images under {root}/<label>/: build them with "
-                                "lab_utils.images.build_image_dataset (notebook 01)")
+                                "lab_utils.data.images.build_image_dataset (notebook 01)")
     class_names = sorted({label for _, label in pairs})
     index = {name: i for i, name in enumerate(class_names)}
     x = np.stack([images.decode_image(p.read_bytes(), size) for p, _ in pairs])

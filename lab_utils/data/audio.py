@@ -459,8 +459,8 @@ def write_bad_audio_corpus(dest: Path, seed: int = 7) -> dict[str, str | None]:
 
 
 def tfrecord_schema(words: Sequence[str], frames: int, n_mels: int = N_MELS):
-    """The TFRecord schema of the clips (``lab_utils.tfrecords``)."""
-    from lab_utils.tfrecords import Feature, TFRecordSchema
+    """The TFRecord schema of the clips (``lab_utils.data.tfrecords``)."""
+    from lab_utils.data.tfrecords import Feature, TFRecordSchema
 
     return TFRecordSchema((
         Feature("path", "string"),
@@ -485,7 +485,7 @@ def train_speech_classifier(train_dir, test_dir, *, epochs: int = 12, batch_size
     import keras
     import tensorflow as tf
 
-    from lab_utils import tfrecords
+    from lab_utils.data import tfrecords
 
     keras.utils.set_random_seed(seed)
     schema, info = tfrecords.load_schema(train_dir)

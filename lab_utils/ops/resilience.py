@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from lab_utils import config as lab_config
-from lab_utils import lab
+from lab_utils.ops import lab
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

@@ -2,9 +2,10 @@
 
 :func:`rest_udf` returns an iterator pandas UDF ``f(path, content)`` over ``binaryFile`` rows,
 shaped like the in-Spark factories of :mod:`lab_utils.inference`: images are decoded and resized
-in the Python workers (the same :func:`lab_utils.images.decode_image`), sent in micro-batches as
-``{"instances": [...]}`` to ``POST {url}/v1/models/{name}:predict``, and each row gets
-``prediction``, ``confidence``, ``error`` and ``attempts`` (HTTP requests its micro-batch took).
+in the Python workers (the same :func:`lab_utils.data.images.decode_image`), sent in
+micro-batches as ``{"instances": [...]}`` to ``POST {url}/v1/models/{name}:predict``, and
+each row gets ``prediction``, ``confidence``, ``error`` and ``attempts`` (HTTP requests its
+micro-batch took).
 
 Robustness, by design:
 
@@ -37,8 +38,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd  # at module level: pandas UDF type hints are resolved from these globals
 
-from lab_utils import images
-from lab_utils.models import ModelSpec, load_spec
+from lab_utils.data import images
+from lab_utils.training.cnn import ModelSpec, load_spec
 
 if TYPE_CHECKING:
     import requests
@@ -50,7 +51,7 @@ RESULT_FIELDS = ("prediction", "confidence", "error", "attempts")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 HOW_TO_START = ("start the lab with `make lab` (it runs the model server on "
                 "LAB_MODEL_SERVER_PORT, 8501), or one server alone with "
-                "`.venv/bin/python -m lab_utils.model_server --port 8501`, or pass the URL of your "
+                "`.venv/bin/python -m lab_utils.serving --port 8501`, or pass the URL of your "
                 "TensorFlow Serving (`docker run -p 127.0.0.1:8501:8501 tensorflow/serving`)")
 
 

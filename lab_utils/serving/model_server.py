@@ -1,7 +1,7 @@
 """The lab's model server: saved Keras models over TensorFlow Serving's REST API.
 
 Every model folder under ``share_storages/models/<name>/`` (``model.keras`` + ``metadata.json``,
-as :mod:`lab_utils.models` saves them) is served under its folder name, in the shape of
+as :mod:`lab_utils.training.cnn` saves them) is served under its folder name, in the shape of
 TensorFlow Serving's REST API, so a notebook written against it runs unchanged against a real
 TF Serving container serving the same model under the same name:
 
@@ -24,7 +24,7 @@ The version of a model is its ``model.keras`` modification time in whole seconds
 (``save_model`` swaps the folder) makes a new version, which is loaded on the next request.
 
 Run it: ``make lab`` (the ``model-server`` service), ``lab run model-server`` (containers),
-``python -m lab_utils.model_server --port 8501``, or :func:`launch` from Python (tests, notebook).
+``python -m lab_utils.serving --port 8501``, or :func:`launch` from Python (tests, notebook).
 FastAPI, uvicorn and TensorFlow are imported only when a server is built or runs.
 """
 
@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from lab_utils import models
+from lab_utils.training import cnn as models
 
 #: What a loader returns: uint8 pixels [N, H, W, C] -> probabilities [N, classes].
 PredictFn = Callable[[np.ndarray], np.ndarray]
@@ -640,7 +640,7 @@ def launch(models_dir: Path | str | None = None, *, port: int | None = None,
     port = port or free_port("127.0.0.1" if host in {"0.0.0.0", "::"} else host)
     where = advertise or cfg.driver_host or ("127.0.0.1" if host in {"0.0.0.0", "::"} else host)
     faults = faults or Faults()
-    argv = [sys.executable, "-m", "lab_utils.model_server", "--host", host, "--port", str(port),
+    argv = [sys.executable, "-m", "lab_utils.serving", "--host", host, "--port", str(port),
             "--models-dir", str(models_dir), "--fail-rate", str(faults.fail_rate),
             "--delay", str(faults.delay), "--delay-rate", str(faults.delay_rate),
             "--seed", str(faults.seed)]
@@ -660,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
     from lab_utils import config as lab_config
 
     cfg = lab_config.load()
-    parser = argparse.ArgumentParser(prog="python -m lab_utils.model_server",
+    parser = argparse.ArgumentParser(prog="python -m lab_utils.serving",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=cfg.host, help="address to bind (default LAB_HOST)")
     parser.add_argument("--port", type=int, default=cfg.model_server_port,

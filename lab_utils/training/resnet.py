@@ -76,7 +76,7 @@ def build_model(model_dir: Path):
 
 def save_model(model, model_dir: Path, imagenet: bool) -> Path:
     """Save model + metadata in the lab's layout, so ``models.load_spec`` can check it."""
-    from lab_utils import models
+    from lab_utils.training import cnn as models
 
     meta = {"name": "resnet50", "class_names": list(class_names(model_dir)),
             "image_size": list(IMAGE_SIZE), "channels": 3, "imagenet_weights": imagenet,

@@ -1,6 +1,6 @@
 """Benchmark: many models trained on the cluster vs. one Python process looping over the groups.
 
-Both sides run the same per-group code (:func:`lab_utils.group_training.fit_group`): read the
+Both sides run the same per-group code (:func:`lab_utils.training.groups.fit_group`): read the
 data, fit, save a joblib file, build the registry. The ratio is sequential seconds / Spark
 seconds, measured side by side in one run on one machine; with S task slots the ideal is S.
 
@@ -31,7 +31,7 @@ from typing import Any
 import pandas as pd
 
 from lab_utils import config as lab_config
-from lab_utils import group_training as gt
+from lab_utils.training import groups as gt
 
 #: name -> (kind, params, groups). "tens of ms" per fit is the issue's target workload.
 WORKLOADS: dict[str, tuple[str, dict[str, Any], int]] = {

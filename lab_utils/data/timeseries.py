@@ -469,8 +469,8 @@ def build_windows(clean: DataFrame, customers: DataFrame, spec: WindowSpec) -> D
 
 
 def tfrecord_schema(spec: WindowSpec):
-    """The TFRecord schema of the windows (``lab_utils.tfrecords``)."""
-    from lab_utils.tfrecords import Feature, TFRecordSchema
+    """The TFRecord schema of the windows (``lab_utils.data.tfrecords``)."""
+    from lab_utils.data.tfrecords import Feature, TFRecordSchema
 
     return TFRecordSchema((
         Feature("customer_id", "string"),
@@ -530,7 +530,7 @@ def train_churn_classifier(
 ) -> dict[str, Any]:
     """Train a small Keras classifier on TFRecord windows and score the held-out customers.
 
-    Reads both folders with :func:`lab_utils.tfrecords.read_tfrecords` (``tf.data``), trains a
+    Reads both folders with :func:`lab_utils.data.tfrecords.read_tfrecords` (``tf.data``), trains a
     1-D convolution over the daily features, and compares its ROC AUC on the held-out
     customers with chance (0.5) and with each one-feature rule of :func:`rule_scores`.
 
@@ -546,7 +546,7 @@ def train_churn_classifier(
     import tensorflow as tf
     from sklearn.metrics import roc_auc_score
 
-    from lab_utils import tfrecords
+    from lab_utils.data import tfrecords
 
     keras.utils.set_random_seed(seed)
     names = ["features", "baseline_calls"]

@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd  # at module level: pandas UDF type hints are resolved from these globals
 
-from lab_utils import images
-from lab_utils.models import ModelSpec, load_spec
+from lab_utils.data import images
+from lab_utils.training.cnn import ModelSpec, load_spec
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame

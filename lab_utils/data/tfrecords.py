@@ -13,7 +13,7 @@ TensorFlow, decoded to ``str`` by :func:`decode_strings`). Shapes: ``()`` for a 
 shape such as ``(14, 5)`` (stored flattened, row-major; read back in that shape), or ``None``
 for a variable-length 1-D list.
 
-TensorFlow is imported inside the functions that need it: ``import lab_utils.tfrecords`` does
+TensorFlow is imported inside the functions that need it: ``import lab_utils.data.tfrecords`` does
 not load it.
 """
 
@@ -135,8 +135,8 @@ def load_schema(folder: Path | str) -> tuple[TFRecordSchema, dict[str, Any]]:
     path = Path(folder) / SCHEMA_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {folder} was not written by "
-                                "lab_utils.tfrecords.write_tfrecords (or the write did not finish;"
-                                " run it again)")
+                                "lab_utils.data.tfrecords.write_tfrecords (or the write did not"
+                                " finish; run it again)")
     data = json.loads(path.read_text())
     return TFRecordSchema.from_dict(data), data
 

@@ -1,0 +1,8 @@
+"""``python -m lab_utils.bench``: run the benchmark (``make bench``)."""
+
+import sys
+
+from lab_utils.bench.inference import main
+
+if __name__ == "__main__":
+    sys.exit(main())

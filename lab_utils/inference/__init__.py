@@ -1,0 +1,43 @@
+"""Batch image inference on Spark: the scoring core, one factory per UDF style, files in and out.
+
+The public names are re-exported here, so notebooks write ``from lab_utils import inference``
+and call ``inference.iterator_udf(...)``. REST scoring against a model server lives in
+:mod:`lab_utils.inference.rest_scoring`.
+"""
+
+from lab_utils.inference.udfs import (
+    CACHE_SIZE,
+    DEFAULT_BATCH_SIZE,
+    LOAD_COUNTS,
+    RESULT_DDL,
+    RESULT_FIELDS,
+    InferenceError,
+    MakePredictFn,
+    PartitionPredictor,
+    PredictFn,
+    cached_predict_fn,
+    configure_tensorflow,
+    graph_predict,
+    image_partition_predictor,
+    iterator_udf,
+    keras_predict_fn,
+    local_path,
+    map_in_pandas,
+    pandas_udf_series,
+    place_by_class,
+    read_images,
+    row_udf,
+    score_images,
+    select_device,
+    spark_predict_batch_udf,
+    task_cpus,
+)
+
+__all__ = [
+    "CACHE_SIZE", "DEFAULT_BATCH_SIZE", "LOAD_COUNTS", "RESULT_DDL", "RESULT_FIELDS",
+    "InferenceError", "MakePredictFn", "PartitionPredictor", "PredictFn", "cached_predict_fn",
+    "configure_tensorflow", "graph_predict", "image_partition_predictor", "iterator_udf",
+    "keras_predict_fn", "local_path", "map_in_pandas", "pandas_udf_series", "place_by_class",
+    "read_images", "row_udf", "score_images", "select_device", "spark_predict_batch_udf",
+    "task_cpus",
+]
