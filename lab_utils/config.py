@@ -53,6 +53,9 @@ VARIABLES: dict[str, str] = {
     "LAB_DRIVER_HOST": "address executors use to reach the driver (containers: jupyterlab)",
     "LAB_START_TIMEOUT": "seconds `make lab` waits for each service to become healthy (120)",
     "LAB_SMOKE": "1 = notebooks use smoke-sized data (CI)",
+    "LAB_TF_THREADS": "executor-side override of TensorFlow's intra-op threads per Python "
+    "worker (default: the task's cores, spark.task.cpus); 'tf' leaves TensorFlow's own "
+    "machine-sized pools (the oversubscribed setup the benchmark compares against)",
 }
 
 

@@ -52,6 +52,19 @@ def test_every_variable_read_is_documented():
     assert read <= set(config.VARIABLES), read - set(config.VARIABLES)
 
 
+def test_every_lab_variable_read_anywhere_in_the_package_is_documented():
+    import re
+
+    import lab_utils
+
+    read = set()
+    for path in Path(lab_utils.__file__).parent.rglob("*.py"):
+        read |= set(re.findall(r'environ(?:\.get)?[\(\[]"((?:LAB|SPARK|JUPYTER)_[A-Z_]+)"',
+                               path.read_text()))
+    assert "LAB_TF_THREADS" in read, "the pattern must find the executor-side variable"
+    assert read <= set(config.VARIABLES), read - set(config.VARIABLES)
+
+
 def test_import_has_no_side_effects(tmp_path):
     import subprocess
     import sys
