@@ -16,7 +16,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 # The browser tests drive Debian's chromium: Playwright must never fetch a browser of its own.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: help venv env lab stop status models bench test test-unit test-cluster test-browser \
+.PHONY: help venv env lab stop status models bench test test-unit test-spark test-cluster test-browser \
         test-notebooks test-packaging lint format strip-notebooks docker-config docker-up \
         docker-down clean
 
@@ -51,6 +51,9 @@ test: venv ## Run every test: unit, cluster, browser, notebooks, packaging (what
 
 test-unit: venv ## Unit tests only (no cluster)
 	$(BIN)/pytest -m unit $(PYTEST_ARGS)
+
+test-spark: venv ## Spark functions on one local[2] session (no cluster)
+	$(BIN)/pytest -m spark $(PYTEST_ARGS)
 
 test-cluster: venv ## Tests against a real native standalone cluster
 	$(BIN)/pytest -m cluster $(PYTEST_ARGS)

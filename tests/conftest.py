@@ -1,6 +1,7 @@
 """Shared fixtures. The layout says what each test needs:
 
 * ``unit/``       pure Python, no cluster, no JVM;
+* ``spark/``      Spark functions on one ``local[2]`` session (no cluster, one JVM);
 * ``cluster/``    a real native standalone cluster (master + 2 workers + history + JupyterLab,
                   authentication on), started once per session by ``lab_cluster``;
 * ``browser/``    the lab as a user sees it: Debian's chromium driven by Playwright runs
@@ -27,7 +28,7 @@ from lab_utils.ops import lab
 
 ROOT = Path(__file__).resolve().parent.parent
 
-_DIR_MARKERS = {"unit": "unit", "cluster": "cluster", "browser": "browser",
+_DIR_MARKERS = {"unit": "unit", "spark": "spark", "cluster": "cluster", "browser": "browser",
                 "notebooks": "notebooks", "packaging": "packaging"}
 
 

@@ -298,20 +298,9 @@ def read_audio(spark: SparkSession, folder: Path | str, *, glob: str = "*.wav",
     zero-byte files; they are added back so they are reported as errors instead of vanishing.
     Files the glob leaves out are listed by :func:`files_not_matching`.
     """
-    from fnmatch import fnmatch
+    from lab_utils.common.files import read_binary_files
 
-    from pyspark.sql import functions as F
-
-    from lab_utils.inference import _empty_files
-
-    df = (spark.read.format("binaryFile").option("pathGlobFilter", glob)
-          .option("recursiveFileLookup", "true").load(str(folder)).select("path", "content"))
-    empty = [p for p in _empty_files(spark, str(folder)) if fnmatch(p.rsplit("/", 1)[-1], glob)]
-    if empty:
-        df = df.unionByName(spark.createDataFrame([(p, bytearray()) for p in empty],
-                                                  "path string, content binary"))
-    df = df.select("path", F.element_at(F.split("path", "/"), -2).alias("label"), "content")
-    return df.repartition(partitions) if partitions else df
+    return read_binary_files(spark, folder, glob=glob, partitions=partitions)
 
 
 def files_not_matching(folder: Path | str, glob: str = "*.wav") -> list[str]:

@@ -527,38 +527,12 @@ def read_images(spark, folder: Path | str, *, partitions: int | None = None) -> 
     """All files under ``folder`` (recursively) as ``path``, ``label``, ``content`` rows.
 
     Every file is read, not only ``*.png``/``*.jpg``: a stray non-image becomes a row with an
-    error rather than a silently skipped file. ``label`` is the parent folder's name (the true
-    class in the lab's layout).
+    error rather than a silently skipped file, and so does an empty file. ``label`` is the
+    parent folder's name (the true class in the lab's layout).
     """
-    from pyspark.sql import functions as F
+    from lab_utils.common.files import read_binary_files
 
-    df = (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
-          .load(str(folder)))
-    df = df.select("path", "content")
-    empty = _empty_files(spark, str(folder))
-    if empty:
-        # Spark's file sources skip zero-byte files; add them back so they are reported as
-        # errors instead of vanishing from the output.
-        df = df.unionByName(spark.createDataFrame([(p, bytearray()) for p in empty],
-                                                  "path string, content binary"))
-    df = df.select("path", F.element_at(F.split("path", "/"), -2).alias("label"), "content")
-    if partitions:
-        df = df.repartition(partitions)
-    return df
-
-
-def _empty_files(spark, folder: str) -> list[str]:
-    """Zero-byte files under ``folder``, listed through Hadoop's FileSystem like Spark lists."""
-    jvm = spark.sparkContext._jvm
-    root = jvm.org.apache.hadoop.fs.Path(folder)
-    fs = root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    found, files = [], fs.listFiles(root, True)
-    while files.hasNext():
-        status = files.next()
-        name = status.getPath().getName()
-        if status.getLen() == 0 and not name.startswith((".", "_")):  # Spark's hidden files
-            found.append(status.getPath().toString())
-    return found
+    return read_binary_files(spark, folder, partitions=partitions)
 
 
 def local_path(uri: str) -> str:
