@@ -11,6 +11,8 @@ import os
 import secrets
 from pathlib import Path
 
+from lab_utils.common.atomic import atomic_write_text
+
 #: Secrets generated on first run; values are URL-safe so they fit in a token URL and a conf file.
 GENERATED = ("JUPYTER_TOKEN", "SPARK_AUTH_SECRET")
 
@@ -44,11 +46,7 @@ def ensure(path: Path) -> dict[str, str]:
         for key in missing:
             values[key] = secrets.token_urlsafe(32)
         body = HEADER + "".join(f"{key}={value}\n" for key, value in values.items())
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(body)
-        os.replace(tmp, path)
+        atomic_write_text(path, body, mode=0o600)
     os.chmod(path, 0o600)
     return values
 

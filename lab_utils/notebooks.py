@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lab_utils import config as lab_config
+from lab_utils.common.atomic import atomic_write_text
 
 
 def results_path(notebook: str, cfg: lab_config.LabConfig | None = None) -> Path:
@@ -24,9 +25,7 @@ def record_results(notebook: str, results: dict[str, Any]) -> dict[str, Any]:
     """Write ``results`` (JSON-serialisable figures) for the notebook's test and return them."""
     path = results_path(notebook)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(results, indent=2, sort_keys=True, default=str))
     return results
 
 

@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd  # at module level: pandas UDF type hints are resolved from these globals
 
+from lab_utils.common.atomic import atomic_write
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
@@ -326,15 +328,16 @@ def synthesize(word: str, voice: str, speed: int, pitch: int, path: Path) -> byt
     """``espeak-ng -w path -v voice -s speed -p pitch word`` (22,050 Hz, 16-bit mono WAV),
     written under a temporary name and renamed; returns the bytes."""
     exe = require_espeak()
-    tmp = path.with_name(f"_tmp-{path.name}")
-    result = subprocess.run([exe, "-w", str(tmp), "-v", voice, "-s", str(speed), "-p",
-                             str(pitch), word], capture_output=True, timeout=60)
-    if result.returncode != 0 or not tmp.is_file() or tmp.stat().st_size <= 44:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"espeak-ng failed for {word!r} with voice {voice!r}: "
-                           f"{result.stderr.decode(errors='replace').strip() or 'no audio'}"
-                           " (list voices with `espeak-ng --voices=en`)")
-    tmp.replace(path)
+
+    def speak(tmp: Path) -> None:
+        result = subprocess.run([exe, "-w", str(tmp), "-v", voice, "-s", str(speed), "-p",
+                                 str(pitch), word], capture_output=True, timeout=60)
+        if result.returncode != 0 or not tmp.is_file() or tmp.stat().st_size <= 44:
+            raise RuntimeError(f"espeak-ng failed for {word!r} with voice {voice!r}: "
+                               f"{result.stderr.decode(errors='replace').strip() or 'no audio'}"
+                               " (list voices with `espeak-ng --voices=en`)")
+
+    atomic_write(path, speak)
     return path.read_bytes()
 
 

@@ -2,7 +2,8 @@
 
 No JVM TFRecord connector has a Spark 4 release, so the files are written from Python:
 ``mapInPandas`` with ``tf.io.TFRecordWriter``, one file per partition. Each task writes under a
-temporary name (``_tmp-...``, hidden from Spark and from :func:`read_tfrecords`) and renames it
+hidden temporary name (:mod:`lab_utils.common.atomic`, never read by Spark or by
+:func:`read_tfrecords`) and renames it
 to ``part-NNNNN.tfrecord`` only when the whole partition is written, so a failed or retried task
 never leaves a torn file behind. Next to the files, ``schema.json`` describes every feature
 (name, dtype, shape) with the file list and record counts; :func:`read_tfrecords` builds the
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,13 +31,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd  # at module level: mapInPandas functions are resolved with it
 
+from lab_utils.common.atomic import atomic_write, atomic_write_text
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
 DTYPES = ("int64", "float32", "bytes", "string")
 SCHEMA_FILE = "schema.json"
 PART_PREFIX = "part-"
-TMP_PREFIX = "_tmp-"
 STATS_DDL = "partition int, file string, records long, bytes long"
 _SUFFIX = {None: ".tfrecord", "GZIP": ".tfrecord.gz", "ZLIB": ".tfrecord.zz"}
 
@@ -245,17 +246,16 @@ def write_file(path: Path | str, records: Iterable[bytes], compression: str | No
     """Write ``records`` to ``path`` under a temporary name, renamed when complete; count them."""
     import tensorflow as tf
 
-    path = Path(path)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
     count = 0
-    try:
+
+    def write(tmp: Path) -> None:
+        nonlocal count
         with tf.io.TFRecordWriter(str(tmp), options=compression) as writer:
             for record in records:
                 writer.write(record)
                 count += 1
-        os.replace(tmp, path)  # atomic on POSIX: readers see the whole file or none
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(path, write)  # readers see the whole file or none
     return count
 
 
@@ -356,9 +356,8 @@ def _finish(folder: Path, schema: TFRecordSchema, stats: pd.DataFrame) -> dict[s
         "files": [{"name": r.file, "records": int(r.records), "bytes": int(r.bytes)}
                   for r in stats.itertuples()],
     }
-    tmp = folder / f"{TMP_PREFIX}{SCHEMA_FILE}"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(folder / SCHEMA_FILE)  # schema.json last: its presence means "complete"
+    # schema.json last: its presence means "complete"
+    atomic_write_text(folder / SCHEMA_FILE, json.dumps(summary, indent=2))
     return summary
 
 

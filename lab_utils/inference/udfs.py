@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd  # at module level: pandas UDF type hints are resolved from these globals
 
+from lab_utils.common.atomic import atomic_write
 from lab_utils.data import images
 from lab_utils.training.cnn import ModelSpec, load_spec
 
@@ -575,15 +576,8 @@ def place_by_class(predictions: DataFrame, dest: Path | str, *, link: bool = Fal
                     source = local_path(path)
                     folder.mkdir(parents=True, exist_ok=True)
                     target = folder / Path(source).name
-                    # Short and unique: a 250-byte file name plus a suffix would pass the
-                    # file system's 255-byte limit.
-                    tmp = folder / f".placing-{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp"
-                    if link:
-                        tmp.unlink(missing_ok=True)
-                        os.link(source, tmp)
-                    else:
-                        shutil.copyfile(source, tmp)
-                    os.replace(tmp, target)
+                    atomic_write(target, (lambda tmp, s=source: os.link(s, tmp)) if link
+                                 else (lambda tmp, s=source: shutil.copyfile(s, tmp)))
                     placed.append(str(target))
                     problems.append(None)
                 except (OSError, ValueError) as exc:

@@ -46,6 +46,8 @@ import numpy as np
 import pandas as pd
 
 from lab_utils import config as lab_config
+from lab_utils.common import atomic
+from lab_utils.common.atomic import atomic_write
 
 #: The seed article's two data sets: y = 2.5 x + noise and y = 3.0 x + noise.
 SEED_SLOPES = {"seed_a": 2.5, "seed_b": 3.0}
@@ -163,17 +165,6 @@ def model_filename(group: str, suffix: str) -> str:
     return safe + suffix
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    # Same folder, so the rename is atomic; unique per attempt, so concurrent attempts of one
-    # task (retries, speculation) never write into each other's temporary file.
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _make_estimator(kind: str | Callable[[], Any], params: Mapping[str, Any], seed: int):
     if callable(kind):
         return kind()
@@ -243,7 +234,7 @@ def _fit_in_memory(group: str, data: pd.DataFrame, opts: FitOptions) -> dict[str
         path = run_dir / model_filename(group, ".keras")
         model = _fit_keras(X[~hold], y[~hold], opts)
         pred = model(X[hold].astype(np.float32), training=False).numpy().ravel()
-        _atomic_write(path, lambda p: model.save(p))
+        atomic_write(path, lambda p: model.save(p))
     elif opts.kind == "noop":
         # Data movement only: the benchmark's measure of Spark's fixed cost per group.
         out.update(model_path=None, r2=float("nan"), rmse=float("nan"))
@@ -254,7 +245,7 @@ def _fit_in_memory(group: str, data: pd.DataFrame, opts: FitOptions) -> dict[str
         path = run_dir / model_filename(group, ".joblib")
         model = _make_estimator(opts.kind, opts.params, opts.seed).fit(X[~hold], y[~hold])
         pred = model.predict(X[hold])
-        _atomic_write(path, lambda p: joblib.dump(model, p))
+        atomic_write(path, lambda p: joblib.dump(model, p))
         if hasattr(model, "coef_"):
             out.update(slope=float(np.ravel(model.coef_)[0]),
                        intercept=float(np.ravel(model.intercept_)[0]))
@@ -385,7 +376,7 @@ def _fit_from_batches(group: str, batches: Iterator[pd.DataFrame], opts: FitOpti
     import joblib
 
     path = Path(opts.run_dir) / model_filename(group, ".joblib")
-    _atomic_write(path, lambda p: joblib.dump(model, p))
+    atomic_write(path, lambda p: joblib.dump(model, p))
     return {"n_rows": seen, "n_train": stats.n[False], "n_holdout": stats.n[True],
             "slope": float(model.coef_[0]), "intercept": float(model.intercept_), "r2": r2,
             "rmse": rmse, "streamed": True, "model_path": str(path)}
@@ -651,7 +642,7 @@ def train_groups(df, *, run: str, key: str = "group", features: Sequence[str] = 
     seconds = time.perf_counter() - t0
     # A killed attempt (executor lost, worker crash) can leave its temporary file behind; the
     # registry never points at one, and the rename of the successful attempt is what counts.
-    for leftover in run_dir.glob(".*.tmp*"):
+    for leftover in atomic.leftovers(run_dir):
         leftover.unlink(missing_ok=True)
     registry = _registry_frame(registry.to_dict("records")).sort_values("group")
     registry = registry.reset_index(drop=True)
@@ -667,13 +658,13 @@ def train_groups(df, *, run: str, key: str = "group", features: Sequence[str] = 
 
 def write_registry(registry: pd.DataFrame, run_dir: Path, opts: FitOptions | None = None) -> Path:
     path = run_dir / "registry.parquet"
-    _atomic_write(path, lambda p: registry.to_parquet(p, index=False))
+    atomic_write(path, lambda p: registry.to_parquet(p, index=False))
     if opts is not None:
         meta = {"kind": _kind_name(opts.kind), "features": list(opts.features),
                 "target": opts.target, "params": dict(opts.params), "min_rows": opts.min_rows,
                 "max_rows": opts.max_rows, "groups": len(registry),
                 "failed": int(registry["error"].notna().sum())}
-        _atomic_write(run_dir / "run.json",
+        atomic_write(run_dir / "run.json",
                       lambda p: p.write_text(json.dumps(meta, indent=2, default=str)))
     return path
 

@@ -1,0 +1,61 @@
+"""lab_utils.common.atomic: whole files or none, private from the first byte, nothing left."""
+
+import os
+import stat
+
+import pytest
+
+from lab_utils.common import atomic
+
+pytestmark = pytest.mark.unit
+
+
+def test_replaces_the_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "results.json"
+    target.write_text("old")
+    atomic.atomic_write_text(target, "new")
+    assert target.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path):
+    target = tmp_path / "model.joblib"
+    target.write_bytes(b"good")
+
+    def half_then_crash(tmp):
+        tmp.write_bytes(b"hal")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic.atomic_write(target, half_then_crash)
+    assert target.read_bytes() == b"good"
+    assert atomic.leftovers(tmp_path) == []
+
+
+def test_mode_is_set_before_the_content_is_written(tmp_path):
+    target = tmp_path / ".env"
+    seen = []
+
+    def write(tmp):
+        seen.append(stat.S_IMODE(os.stat(tmp).st_mode))
+        tmp.write_text("SECRET=x\n")
+
+    atomic.atomic_write(target, write, mode=0o600)
+    assert seen == [0o600]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_temporary_names_are_hidden_unique_keep_the_suffix_and_stay_short(tmp_path):
+    target = tmp_path / "model.keras"
+    names = {atomic.temporary_name(target).name for _ in range(50)}
+    assert len(names) == 50
+    assert all(n.startswith(".model.") and n.endswith(".tmp.keras") for n in names)
+    long = tmp_path / ("x" * 250 + ".png")
+    assert len(atomic.temporary_name(long).name.encode()) <= 255
+
+
+def test_leftovers_lists_only_temporary_files(tmp_path):
+    (tmp_path / "part-00000.tfrecord").write_bytes(b"")
+    stale = atomic.temporary_name(tmp_path / "part-00001.tfrecord")
+    stale.write_bytes(b"torn")
+    assert atomic.leftovers(tmp_path) == [stale]
