@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -16,44 +17,59 @@ if TYPE_CHECKING:
     import pandas as pd
     from pyspark.sql import SparkSession
 
-#: Libraries whose versions must agree between the driver and every executor.
-PARITY_MODULES = ("pyspark", "pandas", "pyarrow", "numpy", "tensorflow")
+#: Libraries whose versions must agree between the driver and every executor (import names; each
+#: is also the name of its distribution on PyPI).
+PARITY_MODULES = ("pyspark", "pandas", "pyarrow", "numpy", "tensorflow", "keras")
 
 
-def library_versions(modules: tuple[str, ...] = PARITY_MODULES) -> dict[str, str]:
-    """Python's and each module's version, read by importing the module (proves it loads)."""
+def library_versions(modules: tuple[str, ...] = PARITY_MODULES, *,
+                     load: bool = False) -> dict[str, str]:
+    """Python's and each library's version.
+
+    By default the versions come from the installed distributions' metadata, which is what
+    ``pip list`` shows and takes milliseconds. ``load=True`` imports each module instead and reads
+    its ``__version__``: slower (TensorFlow takes seconds), and it also proves the module loads.
+    """
     versions = {"python": platform.python_version()}
     for name in modules:
         try:
-            versions[name] = str(importlib.import_module(name).__version__)
+            if load:
+                versions[name] = str(importlib.import_module(name).__version__)
+            else:
+                versions[name] = importlib.metadata.version(name)
         except ImportError as exc:
-            versions[name] = f"missing ({exc.name})"
+            versions[name] = f"missing ({exc.name or name})"
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = f"missing ({name})"
     return versions
 
 
-def _partition_report(modules: tuple[str, ...]):
+def _partition_report(modules: tuple[str, ...], load: bool):
     def report(index, rows):
         for _ in rows:
             pass
         # A Python worker's cwd is its executor's work dir (.../app-id/executor-id): it tells
         # which worker and executor answered, in standalone mode.
         yield {"partition": index, "host": socket.gethostname(), "pid": os.getpid(),
-               "executor_dir": os.getcwd(), **library_versions(modules)}
+               "executor_dir": os.getcwd(), **library_versions(modules, load=load)}
     return report
 
 
 def executor_versions(
-    spark: SparkSession, partitions: int | None = None, modules: tuple[str, ...] = PARITY_MODULES
+    spark: SparkSession, partitions: int | None = None, modules: tuple[str, ...] = PARITY_MODULES,
+    *, load: bool = False,
 ) -> pd.DataFrame:
     """Ask the executors for their library versions, one row per partition.
 
-    ``partitions`` defaults to twice the default parallelism so every executor gets a task.
+    ``partitions`` defaults to twice the default parallelism so every executor gets a task;
+    ``load`` is :func:`library_versions`'s.
     """
     import pandas as pd
 
     sc = spark.sparkContext
     n = partitions or max(2 * sc.defaultParallelism, 2)
-    rows = sc.parallelize(range(n), n).mapPartitionsWithIndex(_partition_report(modules)).collect()
+    report = _partition_report(modules, load)
+    rows = sc.parallelize(range(n), n).mapPartitionsWithIndex(report).collect()
     return pd.DataFrame(rows)
 
 

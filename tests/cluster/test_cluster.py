@@ -29,9 +29,12 @@ def test_status_reports_every_service_healthy(lab_cluster):
 
 
 def test_executors_run_the_drivers_versions(spark):
-    driver = cluster.library_versions()
+    # load=True imports every library in every Python worker: the versions load, not only
+    # their metadata (notebook 00 reads the metadata, which takes milliseconds).
+    driver = cluster.library_versions(load=True)
     assert driver["tensorflow"].startswith("2.21.") and driver["pyspark"].startswith("4.3.")
-    executors = cluster.executor_versions(spark, partitions=8)
+    assert driver == cluster.library_versions()  # metadata and modules agree
+    executors = cluster.executor_versions(spark, partitions=8, load=True)
     assert len(executors) == 8
     # Each Python worker runs in its executor's work dir: two workers, two executors.
     assert executors["executor_dir"].str.contains("/work/worker-").all()
