@@ -13,10 +13,8 @@
 from __future__ import annotations
 
 import os
-import random
 import secrets
 import shutil
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from lab_utils import config as lab_config
+from lab_utils.common import net
+from lab_utils.common.net import free_ports
 from lab_utils.ops import lab
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,45 +59,6 @@ def pytest_collection_modifyitems(items):
         layer = Path(str(item.fspath)).relative_to(ROOT / "tests").parts[0]
         if layer in _DIR_MARKERS:
             item.add_marker(getattr(pytest.mark, _DIR_MARKERS[layer]))
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999  # Linux's default
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct ports free on 127.0.0.1 right now (held open together so none repeats).
-
-    Chosen below the OS's ephemeral range: a port picked there can be handed to any socket
-    bound to port 0 before the service meant for it starts (a worker's RPC port once took a
-    test lab's history server port, and the lab never became healthy).
-    """
-    low, _ = _ephemeral_range()
-    candidates = random.sample(range(20_000, low), min(2_000, low - 20_000)) if low > 21_000 else []
-    sockets: list[socket.socket] = []
-    try:
-        for port in candidates:
-            if len(sockets) == count:
-                break
-            sock = socket.socket()
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                sock.close()
-                continue
-            sockets.append(sock)
-        while len(sockets) < count:  # no room below the ephemeral range: let the OS pick
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def lab_env(tmp: Path, workers: int = 2, **extra: str) -> dict[str, str]:
@@ -152,7 +113,7 @@ def lab_env(tmp: Path, workers: int = 2, **extra: str) -> dict[str, str]:
     if workers > 1:
         # Worker UI ports count up from LAB_WORKER_UI_PORT: make sure the next ones are free too.
         base = int(env["LAB_WORKER_UI_PORT"])
-        if not all(lab.port_free("127.0.0.1", base + i) for i in range(workers)):
+        if not all(net.port_free("127.0.0.1", base + i) for i in range(workers)):
             env["LAB_WORKER_UI_PORT"] = str(free_ports(1)[0])
     return env
 

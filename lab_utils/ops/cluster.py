@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import json
 import os
 import platform
 import socket
-import urllib.request
 from typing import TYPE_CHECKING
 
 from lab_utils import config as lab_config
+from lab_utils.common.net import http_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -89,8 +88,7 @@ def master_json(cfg: lab_config.LabConfig | None = None, url: str | None = None)
     """The standalone master's JSON status (``/json/`` on its web UI)."""
     cfg = cfg or lab_config.load()
     url = url or cfg.master_ui_url
-    with urllib.request.urlopen(f"{url.rstrip('/')}/json/", timeout=5) as response:  # noqa: S310
-        return json.loads(response.read().decode())
+    return http_json(f"{url.rstrip('/')}/json/", timeout=5)
 
 
 def workers_table(state: dict) -> pd.DataFrame:

@@ -24,8 +24,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ from pathlib import Path
 from lab_utils import config as lab_config
 from lab_utils import envfile
 from lab_utils.common.atomic import atomic_write_text
+from lab_utils.common.net import http_json, port_free
 
 ROLES = ("master", "worker", "history", "model-server", "jupyter")
 #: Roles that run a Spark JVM (they need Java and the generated Spark conf with the secret).
@@ -95,23 +94,6 @@ def resolve_host(host: str) -> str:
     if host == "auto":
         return socket.gethostbyname(socket.gethostname())
     return host
-
-
-def port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def http_json(url: str, timeout: float = 3.0, headers: dict[str, str] | None = None):
-    """GET ``url`` and decode JSON; raise OSError/ValueError when it does not answer properly."""
-    request = urllib.request.Request(url, headers=headers or {})
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (http only)
-        return json.loads(response.read().decode())
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.5) -> bool:
@@ -490,8 +472,8 @@ def start(cfg: lab_config.LabConfig, *, jupyter: bool = True, out=print) -> dict
             out(f"Starting JupyterLab on {host}:{cfg.jupyter_port} ...")
             launch(service, lambda s=service: healthy(s, cfg), "answering on /api")
     found = urls(cfg)
-    (cfg.state_dir / "lab.json").write_text(json.dumps({k: v for k, v in found.items()
-                                                        if k != "jupyter"}, indent=2))
+    atomic_write_text(cfg.state_dir / "lab.json",
+                      json.dumps({k: v for k, v in found.items() if k != "jupyter"}, indent=2))
     return found
 
 

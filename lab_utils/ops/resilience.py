@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from lab_utils import config as lab_config
+from lab_utils.common import net
 from lab_utils.ops import lab
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ def executors(ui_url: str, app_id: str, cfg: lab_config.LabConfig | None = None)
     host = lab.resolve_host(cfg.host)
     names = {f"{host}:{cfg.worker_ui_port + i - 1}": f"worker-{i}"
              for i in range(1, cfg.workers + 1)}
-    found = lab.http_json(f"{ui_url.rstrip('/')}/api/v1/applications/{app_id}/allexecutors",
+    found = net.http_json(f"{ui_url.rstrip('/')}/api/v1/applications/{app_id}/allexecutors",
                           timeout=HTTP_TIMEOUT)
     result = []
     for item in found:
@@ -92,12 +93,12 @@ def _group_tasks(ui_url: str, app_id: str, group: str,
     base = f"{ui_url.rstrip('/')}/api/v1/applications/{app_id}"
     where = {e["id"]: e["worker"] for e in executors(ui_url, app_id, cfg)}
     found = []
-    for job in lab.http_json(f"{base}/jobs", timeout=HTTP_TIMEOUT):
+    for job in net.http_json(f"{base}/jobs", timeout=HTTP_TIMEOUT):
         if job.get("jobGroup") != group:
             continue
         for stage_id in job["stageIds"]:
             try:
-                attempts = lab.http_json(f"{base}/stages/{stage_id}?details=true",
+                attempts = net.http_json(f"{base}/stages/{stage_id}?details=true",
                                          timeout=HTTP_TIMEOUT)
             except urllib.error.HTTPError:
                 continue  # a stage the driver has not submitted (or skipped)

@@ -38,7 +38,6 @@ import math
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -46,10 +45,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from lab_utils.common.net import free_port, http_json
 from lab_utils.training import cnn as models
 
 #: What a loader returns: uint8 pixels [N, H, W, C] -> probabilities [N, classes].
@@ -520,23 +519,10 @@ def serve(host: str, port: int, models_dir: Path | str, *, faults: Faults | None
                 log_level=log_level, access_log=False)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def _get_json(url: str, timeout: float = 2.0) -> Any:
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (http only)
-        return json.loads(response.read().decode())
-
-
 def server_healthy(url: str, timeout: float = 2.0) -> bool:
     """True when a lab model server answers ``/healthz`` at ``url``."""
     try:
-        return _get_json(f"{url.rstrip('/')}/healthz", timeout).get("status") == "ok"
+        return http_json(f"{url.rstrip('/')}/healthz", timeout).get("status") == "ok"
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -581,7 +567,7 @@ class ServerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def stats(self) -> dict:
-        return _get_json(f"{self.url}/stats")
+        return http_json(f"{self.url}/stats")
 
     def kill(self) -> None:
         """SIGKILL, like a crash: in-flight requests get their connections reset."""

@@ -36,6 +36,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
 from lab_utils import notebooks
+from lab_utils.common import net
 from lab_utils.ops import lab
 from tests.notebooks.test_notebooks import CHECKS
 
@@ -382,7 +383,7 @@ def test_history_server_lists_the_notebooks_application(notebook_run, lab_cluste
     cfg = lab_cluster.cfg
 
     def finished_app() -> str | None:
-        for app in lab.http_json(f"{cfg.history_url}/api/v1/applications"):
+        for app in net.http_json(f"{cfg.history_url}/api/v1/applications"):
             attempt = app["attempts"][0]
             if (app["name"] == APP_NAME and attempt["completed"]
                     and attempt["startTimeEpoch"] >= notebook_run.started_ms):

@@ -10,6 +10,7 @@ import urllib.request
 
 import pytest
 
+from lab_utils.common import net
 from lab_utils.ops import cluster, lab
 
 
@@ -114,7 +115,7 @@ def test_history_server_lists_a_finished_application(lab_cluster, tmp_path):
     url = f"{lab_cluster.cfg.history_url}/api/v1/applications"
     assert lab.wait_until(
         lambda: any(app["name"] == "history-check" and app["attempts"][0]["completed"]
-                    for app in lab.http_json(url)), timeout=60)
+                    for app in net.http_json(url)), timeout=60)
 
 
 def test_applications_without_the_secret_cannot_run_a_job(lab_cluster, intruders):

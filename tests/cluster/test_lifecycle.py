@@ -7,8 +7,10 @@ import os
 import pytest
 
 from lab_utils import config as lab_config
+from lab_utils.common import net
+from lab_utils.common.net import free_ports
 from lab_utils.ops import lab
-from tests.conftest import free_ports, lab_env
+from tests.conftest import lab_env
 
 
 def test_start_over_stale_pids_then_stop_leaves_nothing(tmp_path):
@@ -26,7 +28,7 @@ def test_start_over_stale_pids_then_stop_leaves_nothing(tmp_path):
     assert stopped == ["model-server", "history", "worker-1", "master"]
     assert lab._lab_processes(cfg) == []
     assert list(pids.iterdir()) == []
-    assert all(lab.port_free("127.0.0.1", p) for p in (cfg.master_port, cfg.master_ui_port,
+    assert all(net.port_free("127.0.0.1", p) for p in (cfg.master_port, cfg.master_ui_port,
                                                        cfg.model_server_port))
 
 
@@ -87,10 +89,10 @@ def test_model_server_container_command_needs_no_spark_secret(tmp_path):
 
         assert lab.wait_until(health, timeout=60)
         assert (cfg.state_dir / "role").read_text() == "model-server"
-        assert lab.http_json(f"{cfg.model_server_url}/healthz") == {"status": "ok", "models": []}
+        assert net.http_json(f"{cfg.model_server_url}/healthz") == {"status": "ok", "models": []}
         assert not lab.spark_conf_path(cfg).exists()
         assert "lab_utils.serving" in Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
-    assert lab.port_free("127.0.0.1", cfg.model_server_port)
+    assert net.port_free("127.0.0.1", cfg.model_server_port)

@@ -12,6 +12,7 @@ import threading
 import pytest
 
 from lab_utils import inference
+from lab_utils.common import net
 from lab_utils.inference import rest_scoring
 from lab_utils.ops import lab
 from lab_utils.serving import model_server
@@ -135,7 +136,7 @@ def test_server_killed_mid_job_and_restarted(images_df, spec, reference, faulty_
 
 
 def test_no_server_is_a_driver_error_before_any_job(spark, spec):
-    url = f"http://127.0.0.1:{model_server.free_port()}"
+    url = f"http://127.0.0.1:{net.free_port()}"
     jobs_before = spark.sparkContext.statusTracker().getJobIdsForGroup()
     with pytest.raises(rest_scoring.ModelServerUnavailableError,
                        match=rf"the model server at {url} does not answer .*make lab"):

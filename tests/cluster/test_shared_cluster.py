@@ -33,6 +33,7 @@ import sys
 import textwrap
 import time
 
+from lab_utils.common import net
 from lab_utils.ops import lab
 from tests.cluster.conftest import Phases, assert_lab_ready
 
@@ -151,7 +152,7 @@ def test_three_apps_two_run_one_waits(tmp_path, private_lab):
         history = f"http://127.0.0.1:{cfg.history_port}/api/v1/applications"
         ids = {r["app"] for r in reports.values()}
         assert lab.wait_until(lambda: ids <= {
-            a["id"] for a in lab.http_json(history, timeout=30)
+            a["id"] for a in net.http_json(history, timeout=30)
             if a["attempts"] and a["attempts"][0]["completed"]}, 120), ids
         phase("history lists them")
     finally:

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from lab_utils import config
+from lab_utils.common import net
 from lab_utils.ops import lab
 
 
@@ -217,10 +218,8 @@ def test_model_server_role_needs_neither_java_nor_the_spark_secret(tmp_path):
 def test_test_lab_ports_are_free_and_outside_the_ephemeral_range():
     # A port inside the ephemeral range may be given to any socket bound to port 0 (a worker's
     # RPC port) before the test lab's service binds it.
-    from tests.conftest import _ephemeral_range, free_ports
-
-    ports = free_ports(12)
-    low, high = _ephemeral_range()
+    ports = net.free_ports(12)
+    low, high = net.ephemeral_range()
     assert len(set(ports)) == 12
     assert all(not low <= port <= high for port in ports), (ports, (low, high))
     for port in ports:

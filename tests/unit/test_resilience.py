@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import subprocess
+import urllib.error
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from lab_utils import config
+from lab_utils.common import net
 from lab_utils.ops import lab, resilience
 
 
@@ -72,9 +74,9 @@ def fake_rest(monkeypatch, stages):
         for suffix, answer in answers.items():
             if url.endswith(suffix):
                 return answer
-        raise lab.urllib.error.HTTPError(url, 404, "no such stage", {}, None)
+        raise urllib.error.HTTPError(url, 404, "no such stage", {}, None)
 
-    monkeypatch.setattr(lab, "http_json", http_json)
+    monkeypatch.setattr(net, "http_json", http_json)
 
 
 def tasks(*pairs):

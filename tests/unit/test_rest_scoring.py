@@ -12,6 +12,7 @@ import pytest
 import requests
 from PIL import Image
 
+from lab_utils.common import net
 from lab_utils.inference import rest_scoring
 from lab_utils.serving import model_server
 from tests.unit.test_model_server import brightness_loader, write_model
@@ -171,7 +172,7 @@ def live_server(tmp_path):
 
     write_model(tmp_path / "models" / "tiny")
     app = model_server.create_app(tmp_path / "models", loader=brightness_loader)
-    port = model_server.free_port()
+    port = net.free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -202,7 +203,7 @@ def test_driver_check_waits_until_available_then_scores_over_http(live_server):
 
 
 def test_driver_check_names_the_url_and_the_fix_when_nothing_answers():
-    url = f"http://127.0.0.1:{model_server.free_port()}"
+    url = f"http://127.0.0.1:{net.free_port()}"
     with pytest.raises(rest_scoring.ModelServerUnavailableError) as caught:
         rest_scoring.check_model_server(url, "tiny", timeout=1)
     assert url in str(caught.value) and "make lab" in str(caught.value)
