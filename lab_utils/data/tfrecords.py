@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd  # at module level: mapInPandas functions are resolved with it
 
 from lab_utils.common.atomic import atomic_write, atomic_write_text
+from lab_utils.common.task import partition_id
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -275,13 +276,10 @@ def _local(folder: Path | str) -> Path:
 
 def _partition_writer(dest: str, schema: TFRecordSchema):
     def write(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from pyspark import TaskContext
-
         from lab_utils.inference import configure_tensorflow
 
         configure_tensorflow()  # one TF thread per task core, before TF runs an op
-        ctx = TaskContext.get()
-        partition = ctx.partitionId() if ctx else 0
+        partition = partition_id(default=0)
         name = f"{PART_PREFIX}{partition:05d}{_SUFFIX[schema.compression]}"
         path = Path(dest) / name
         count = write_file(path, (record for frame in frames

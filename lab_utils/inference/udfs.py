@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd  # at module level: pandas UDF type hints are resolved from these globals
 
 from lab_utils.common.atomic import atomic_write
+from lab_utils.common.task import task_cpus, task_resources
 from lab_utils.data import images
 from lab_utils.training.cnn import ModelSpec, load_spec
 
@@ -84,19 +85,6 @@ def cached_predict_fn(key: Any, make_predict_fn: MakePredictFn) -> PredictFn:
                 _CACHE.popitem(last=False)
         _CACHE.move_to_end(key)
         return fn
-
-
-def task_cpus(default: int | None = None) -> int:
-    """Cores Spark gave the running task (``spark.task.cpus``); outside a task: ``default``."""
-    try:
-        from pyspark import TaskContext
-
-        ctx = TaskContext.get()
-    except ImportError:
-        ctx = None
-    if ctx is not None:
-        return max(int(ctx.cpus()), 1)
-    return default or int(os.environ.get("OMP_NUM_THREADS", 0)) or (os.cpu_count() or 1)
 
 
 _TF_CONFIGURED = False
@@ -394,13 +382,7 @@ def select_device(partition_index: int, gpu_count: int | None = None) -> str:
     3. Otherwise the CPU.
     Returns a TensorFlow device string: ``/GPU:<n>`` or ``/CPU:0``.
     """
-    try:
-        from pyspark import TaskContext
-
-        ctx = TaskContext.get()
-        resources = ctx.resources() if ctx is not None else {}
-    except ImportError:
-        resources = {}
+    resources = task_resources()
     if "gpu" in resources and resources["gpu"].addresses:
         return f"/GPU:{int(resources['gpu'].addresses[0])}"
     if gpu_count is None:

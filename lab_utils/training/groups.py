@@ -48,6 +48,7 @@ import pandas as pd
 from lab_utils import config as lab_config
 from lab_utils.common import atomic
 from lab_utils.common.atomic import atomic_write
+from lab_utils.common.task import partition_id
 
 #: The seed article's two data sets: y = 2.5 x + noise and y = 3.0 x + noise.
 SEED_SLOPES = {"seed_a": 2.5, "seed_b": 3.0}
@@ -327,7 +328,7 @@ def fit_group(group: str, batches: Iterable[pd.DataFrame], opts: FitOptions) -> 
     row: dict[str, Any] = {c: None for c in REGISTRY_COLUMNS}
     row.update(group=str(group), kind=_kind_name(opts.kind), n_rows=0, n_train=0, n_holdout=0,
                streamed=False,
-               pid=os.getpid(), partition=_partition_id())
+               pid=os.getpid(), partition=partition_id())
     try:
         row.update(_fit_from_batches(str(group), iter(batches), opts, row))
     except Exception as exc:  # noqa: BLE001 - the registry records every failure
@@ -390,16 +391,6 @@ def _size(nbytes: float) -> str:
         if nbytes < 1024:
             return f"{nbytes:.1f} {unit}"
     return f"{nbytes / 1024:.1f} GiB"
-
-
-def _partition_id() -> int:
-    try:
-        from pyspark import TaskContext
-
-        ctx = TaskContext.get()
-        return ctx.partitionId() if ctx is not None else -1
-    except ImportError:
-        return -1
 
 
 def _registry_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:

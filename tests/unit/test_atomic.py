@@ -7,8 +7,6 @@ import pytest
 
 from lab_utils.common import atomic
 
-pytestmark = pytest.mark.unit
-
 
 def test_replaces_the_file_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "results.json"
