@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 
 from lab_utils import config as lab_config
 from lab_utils import envfile
+from lab_utils.errors import LabError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 SPARKMONITOR_LISTENER = "sparkmonitor.listener.JupyterSparkMonitorListener"
 
 
-class ClusterUnavailableError(RuntimeError):
+class ClusterUnavailableError(LabError, RuntimeError):
     """The configured Spark master does not answer; the message says how to start it."""
 
 

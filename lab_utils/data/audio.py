@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd  # at module level: pandas UDF type hints are resolved from these globals
 
 from lab_utils.common.atomic import atomic_write
+from lab_utils.errors import LabError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -58,11 +59,11 @@ ESPEAK_INSTALL_HINT = ("install it with `apt-get install espeak-ng` (Debian/Ubun
                        "`brew install espeak-ng` (macOS) or `dnf install espeak-ng` (Fedora)")
 
 
-class AudioError(ValueError):
+class AudioError(LabError, ValueError):
     """One file cannot be used as a clip; the message says why."""
 
 
-class EspeakMissingError(RuntimeError):
+class EspeakMissingError(LabError, RuntimeError):
     """espeak-ng is not installed; the message says how to install it."""
 
 

@@ -21,13 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
+from lab_utils.errors import LabError
+
 #: Files the data set builder writes; reading accepts any file (bad ones become row errors).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: Decoding refuses images above this many pixels (a decompression bomb would exhaust memory).
 DEFAULT_MAX_PIXELS = 64_000_000
 
 
-class ImageError(ValueError):
+class ImageError(LabError, ValueError):
     """One file cannot be used as an image; the message says why."""
 
 

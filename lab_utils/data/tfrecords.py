@@ -33,6 +33,7 @@ import pandas as pd  # at module level: mapInPandas functions are resolved with 
 
 from lab_utils.common.atomic import atomic_write, atomic_write_text
 from lab_utils.common.task import partition_id
+from lab_utils.errors import LabError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -44,7 +45,7 @@ STATS_DDL = "partition int, file string, records long, bytes long"
 _SUFFIX = {None: ".tfrecord", "GZIP": ".tfrecord.gz", "ZLIB": ".tfrecord.zz"}
 
 
-class TFRecordSchemaError(ValueError):
+class TFRecordSchemaError(LabError, ValueError):
     """A value does not match its feature's declared dtype or shape; the message names both."""
 
 

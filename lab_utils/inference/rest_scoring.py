@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd  # at module level: pandas UDF type hints are resolved from these globals
 
 from lab_utils.data import images
+from lab_utils.errors import LabError
 from lab_utils.training.cnn import ModelSpec, load_spec
 
 if TYPE_CHECKING:
@@ -55,11 +56,11 @@ HOW_TO_START = ("start the lab with `make lab` (it runs the model server on "
                 "TensorFlow Serving (`docker run -p 127.0.0.1:8501:8501 tensorflow/serving`)")
 
 
-class ModelServerUnavailableError(RuntimeError):
+class ModelServerUnavailableError(LabError, RuntimeError):
     """The model server does not answer or does not serve the model (raised on the driver)."""
 
 
-class RestScoringError(RuntimeError):
+class RestScoringError(LabError, RuntimeError):
     """Raised in a task with ``fail_fast=True`` when a micro-batch could not be scored."""
 
 

@@ -41,6 +41,7 @@ import pandas as pd  # at module level: pandas UDF type hints are resolved from 
 from lab_utils.common.atomic import atomic_write
 from lab_utils.common.task import task_cpus, task_resources
 from lab_utils.data import images
+from lab_utils.errors import LabError
 from lab_utils.training.cnn import ModelSpec, load_spec
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ RESULT_FIELDS = ("prediction", "confidence", "error")
 DEFAULT_BATCH_SIZE = 256
 
 
-class InferenceError(RuntimeError):
+class InferenceError(LabError, RuntimeError):
     """Raised with ``fail_fast=True``: names the file that could not be scored."""
 
 

@@ -32,6 +32,7 @@ from lab_utils import config as lab_config
 from lab_utils import envfile
 from lab_utils.common.atomic import atomic_write_text
 from lab_utils.common.net import http_json, port_free
+from lab_utils.errors import LabError
 
 ROLES = ("master", "worker", "history", "model-server", "jupyter")
 #: Roles that run a Spark JVM (they need Java and the generated Spark conf with the secret).
@@ -42,8 +43,8 @@ SPARKMONITOR_KERNEL_CONFIG = (
 )
 
 
-class LabError(RuntimeError):
-    """A problem the user can fix; the message says how."""
+class LaunchError(LabError, RuntimeError):
+    """The native lab cannot start, stop or run a role as asked; the message says how to fix it."""
 
 
 # --------------------------------------------------------------------------- environment checks
@@ -55,20 +56,20 @@ def spark_home() -> Path:
 
     spec = importlib.util.find_spec("pyspark")
     if spec is None or spec.origin is None:
-        raise LabError("pyspark is not installed in this Python: run `make venv` (or `make lab`)")
+        raise LaunchError("pyspark is not installed in this Python: run `make venv` (or `make lab`)")
     home = Path(spec.origin).parent
     if not (home / "bin" / "spark-class").is_file():
-        raise LabError(f"{home} has no bin/spark-class: reinstall pyspark with `make venv`")
+        raise LaunchError(f"{home} has no bin/spark-class: reinstall pyspark with `make venv`")
     return home
 
 
 def java_version(java: str | None = None) -> tuple[int, str]:
-    """Return (major version, path) of the Java that Spark will use; raise LabError if unusable."""
+    """Return (major version, path) of the Java that Spark will use; raise LaunchError if unusable."""
     if java is None:
         java_home = os.environ.get("JAVA_HOME")
         java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
     if not java or not Path(java).exists():
-        raise LabError(
+        raise LaunchError(
             "Java not found: Spark needs Java 17 or newer. Install it "
             "(Debian/Ubuntu: `sudo apt-get install openjdk-17-jre-headless`, macOS: "
             "`brew install openjdk@17`) or set JAVA_HOME to a JDK 17+."
@@ -77,12 +78,12 @@ def java_version(java: str | None = None) -> tuple[int, str]:
     text = out.stderr + out.stdout
     match = re.search(r'version "(\d+)(?:\.(\d+))?', text)
     if not match:
-        raise LabError(f"could not read the Java version from `{java} -version`: {text.strip()!r}")
+        raise LaunchError(f"could not read the Java version from `{java} -version`: {text.strip()!r}")
     major = int(match.group(1))
     if major == 1 and match.group(2):  # "1.8.0_292" style
         major = int(match.group(2))
     if major < 17:
-        raise LabError(
+        raise LaunchError(
             f"Java {major} found at {java}, but Spark 4 needs Java 17 or newer: install "
             "openjdk-17-jre-headless (or newer) and put it first on PATH, or set JAVA_HOME to it."
         )
@@ -145,7 +146,7 @@ def write_spark_conf(cfg: lab_config.LabConfig) -> Path:
     Passing the secret in a file keeps it off command lines (``ps``) and out of launch logs.
     """
     if not cfg.auth_secret:
-        raise LabError(
+        raise LaunchError(
             "SPARK_AUTH_SECRET is not set: run `make env` (or `make lab`) to generate .env"
         )
     events = cfg.events_dir.as_uri()
@@ -226,13 +227,13 @@ def service_command(service: Service, cfg: lab_config.LabConfig) -> list[str]:
             # CI and some native setups run as root; the images never do (they run as `lab`).
             argv.append("--allow-root")
         return argv
-    raise LabError(f"unknown role {service.role!r}: expected one of {', '.join(ROLES)}")
+    raise LaunchError(f"unknown role {service.role!r}: expected one of {', '.join(ROLES)}")
 
 
 def require_token(cfg: lab_config.LabConfig) -> None:
     """JupyterLab never starts without a token."""
     if not cfg.jupyter_token:
-        raise LabError("JUPYTER_TOKEN is not set: run `make env` (or `make lab`) to generate .env")
+        raise LaunchError("JUPYTER_TOKEN is not set: run `make env` (or `make lab`) to generate .env")
 
 
 def prepare(cfg: lab_config.LabConfig, *, spark: bool = True) -> None:
@@ -376,7 +377,7 @@ def start(cfg: lab_config.LabConfig, *, jupyter: bool = True, out=print) -> dict
 
     Raises
     ------
-    LabError
+    LaunchError
         Java missing or too old, a port taken, services running without their master, or a
         service that did not become healthy in time (the message names the log to read and
         what to change).
@@ -393,7 +394,7 @@ def start(cfg: lab_config.LabConfig, *, jupyter: bool = True, out=print) -> dict
         return urls(cfg)
     if alive and "master" not in alive:
         # Workers re-registering with a fresh master is Spark's business, not a restart's.
-        raise LabError(f"the lab is partly running ({', '.join(alive)}) without its master: "
+        raise LaunchError(f"the lab is partly running ({', '.join(alive)}) without its master: "
                        "run `make stop`, then `make lab`")
     missing = [s for s in wanted if s.name not in alive]
     if alive:
@@ -403,7 +404,7 @@ def start(cfg: lab_config.LabConfig, *, jupyter: bool = True, out=print) -> dict
     for service in missing:
         for port, variable in service.ports:
             if not port_free(host, port):
-                raise LabError(
+                raise LaunchError(
                     f"port {port} on {host} ({service.name}) is already in use by another process:"
                     f" stop that process, or choose another port with {variable}=... in .env"
                 )
@@ -429,7 +430,7 @@ def start(cfg: lab_config.LabConfig, *, jupyter: bool = True, out=print) -> dict
         if not ok or _start_time(pid) is None:
             state = "exited" if _start_time(pid) is None else f"not {what} after {timeout}s"
             give_up()
-            raise LabError(
+            raise LaunchError(
                 f"{service.name} {state}: read {cfg.state_dir / 'logs' / (service.name + '.log')}"
                 f" (last lines below), fix the cause, then `make lab` again. A slow machine can "
                 f"raise LAB_START_TIMEOUT.\n{_log_tail(cfg, service.name)}"
@@ -455,7 +456,7 @@ def start(cfg: lab_config.LabConfig, *, jupyter: bool = True, out=print) -> dict
             tails = "\n".join(f"  {name}:\n{_log_tail(cfg, name)}" for name in (dead or pids))
             count = alive_workers(cfg) if healthy(master, cfg) else 0
             give_up()
-            raise LabError(
+            raise LaunchError(
                 f"only {count} of {len(all_workers)} workers registered with the master within "
                 f"{timeout}s: read the worker logs in {cfg.state_dir / 'logs'} (last lines below). "
                 "Common causes: not enough memory for LAB_WORKER_MEMORY, a firewall on LAB_HOST, "
@@ -573,7 +574,7 @@ def status(cfg: lab_config.LabConfig) -> dict[str, dict]:
 def run(role: str, cfg: lab_config.LabConfig) -> None:
     """Replace this process with one service in the foreground (a container's command)."""
     if role not in ROLES:
-        raise LabError(f"unknown role {role!r}: expected one of {', '.join(ROLES)}")
+        raise LaunchError(f"unknown role {role!r}: expected one of {', '.join(ROLES)}")
     if role == "jupyter":
         require_token(cfg)
     elif role in SPARK_ROLES:

@@ -140,7 +140,7 @@ def busy_workers(ui_url: str, app_id: str, group: str,
 def _worker_pid(cfg: lab_config.LabConfig, name: str) -> int:
     pid = lab.running_pid(cfg, name)
     if pid is None:
-        raise lab.LabError(
+        raise lab.LaunchError(
             f"{name} is not running in the native lab at {cfg.state_dir}: `make status` lists "
             "the workers; in Docker kill a worker container instead "
             "(`docker kill <project>-spark-worker-2`, back with `docker compose up -d`)")

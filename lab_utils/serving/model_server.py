@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from lab_utils.common.net import free_port, http_json
+from lab_utils.errors import LabError
 from lab_utils.training import cnn as models
 
 #: What a loader returns: uint8 pixels [N, H, W, C] -> probabilities [N, classes].
@@ -62,7 +63,7 @@ MAX_BODY_BYTES = 256 * 1024 * 1024
 DEFAULT_PORT = 8501
 
 
-class ServingError(Exception):
+class ServingError(LabError):
     """An error answered to the client as TF Serving does: ``{"error": message}``."""
 
     def __init__(self, status: int, message: str):

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from lab_utils.data import images
+from lab_utils.errors import LabError
 
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
@@ -31,7 +32,7 @@ DEFAULT_MODEL_NAME = "digits_cnn"
 HOW_TO_CREATE = "run notebook 01_udf_inference_keras or `make models` to create it"
 
 
-class ModelError(RuntimeError):
+class ModelError(LabError, RuntimeError):
     """The model is missing or does not fit its metadata; the message says how to fix it."""
 
 

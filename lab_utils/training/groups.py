@@ -49,6 +49,7 @@ from lab_utils import config as lab_config
 from lab_utils.common import atomic
 from lab_utils.common.atomic import atomic_write
 from lab_utils.common.task import partition_id
+from lab_utils.errors import LabError
 
 #: The seed article's two data sets: y = 2.5 x + noise and y = 3.0 x + noise.
 SEED_SLOPES = {"seed_a": 2.5, "seed_b": 3.0}
@@ -68,7 +69,7 @@ DEFAULT_MAX_ROWS = 2_000_000
 DEFAULT_MIN_ROWS = 10
 
 
-class GroupTrainingError(ValueError):
+class GroupTrainingError(LabError, ValueError):
     """A training run cannot start (bad columns, unusable run folder)."""
 
 
