@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +37,7 @@ import numpy as np
 import pandas as pd  # at module level: pandas UDF type hints are resolved from these globals
 
 from lab_utils.common.atomic import atomic_write
+from lab_utils.common.cache import WorkerCache
 from lab_utils.common.task import task_cpus, task_resources
 from lab_utils.data import images
 from lab_utils.errors import LabError
@@ -61,12 +60,11 @@ class InferenceError(LabError, RuntimeError):
 
 # --------------------------------------------------------------------------- per-worker state
 
-_CACHE: OrderedDict[Any, PredictFn] = OrderedDict()
-_CACHE_LOCK = threading.Lock()
 #: Models kept per Python worker, least recently used dropped first (predict_batch_udf keeps 3).
 CACHE_SIZE = 3
+_CACHE: WorkerCache[PredictFn] = WorkerCache(CACHE_SIZE)
 #: How many times each key was loaded in this process (tests read it to prove "once per worker").
-LOAD_COUNTS: dict[Any, int] = {}
+LOAD_COUNTS: dict[Any, int] = _CACHE.loads
 
 
 def cached_predict_fn(key: Any, make_predict_fn: MakePredictFn) -> PredictFn:
@@ -76,16 +74,7 @@ def cached_predict_fn(key: Any, make_predict_fn: MakePredictFn) -> PredictFn:
     model is loaded once per worker process, not per task or per batch. At most
     :data:`CACHE_SIZE` models stay cached; the least recently used is dropped.
     """
-    with _CACHE_LOCK:
-        fn = _CACHE.get(key)
-        if fn is None:
-            fn = make_predict_fn()
-            _CACHE[key] = fn
-            LOAD_COUNTS[key] = LOAD_COUNTS.get(key, 0) + 1
-            while len(_CACHE) > CACHE_SIZE:  # a long-lived worker must not pile up models
-                _CACHE.popitem(last=False)
-        _CACHE.move_to_end(key)
-        return fn
+    return _CACHE.get(key, make_predict_fn)
 
 
 _TF_CONFIGURED = False

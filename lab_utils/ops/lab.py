@@ -56,7 +56,8 @@ def spark_home() -> Path:
 
     spec = importlib.util.find_spec("pyspark")
     if spec is None or spec.origin is None:
-        raise LaunchError("pyspark is not installed in this Python: run `make venv` (or `make lab`)")
+        raise LaunchError(
+            "pyspark is not installed in this Python: run `make venv` (or `make lab`)")
     home = Path(spec.origin).parent
     if not (home / "bin" / "spark-class").is_file():
         raise LaunchError(f"{home} has no bin/spark-class: reinstall pyspark with `make venv`")
@@ -64,7 +65,7 @@ def spark_home() -> Path:
 
 
 def java_version(java: str | None = None) -> tuple[int, str]:
-    """Return (major version, path) of the Java that Spark will use; raise LaunchError if unusable."""
+    """(major version, path) of the Java that Spark will use; LaunchError if it is unusable."""
     if java is None:
         java_home = os.environ.get("JAVA_HOME")
         java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
@@ -78,7 +79,8 @@ def java_version(java: str | None = None) -> tuple[int, str]:
     text = out.stderr + out.stdout
     match = re.search(r'version "(\d+)(?:\.(\d+))?', text)
     if not match:
-        raise LaunchError(f"could not read the Java version from `{java} -version`: {text.strip()!r}")
+        raise LaunchError(
+            f"could not read the Java version from `{java} -version`: {text.strip()!r}")
     major = int(match.group(1))
     if major == 1 and match.group(2):  # "1.8.0_292" style
         major = int(match.group(2))
@@ -233,7 +235,8 @@ def service_command(service: Service, cfg: lab_config.LabConfig) -> list[str]:
 def require_token(cfg: lab_config.LabConfig) -> None:
     """JupyterLab never starts without a token."""
     if not cfg.jupyter_token:
-        raise LaunchError("JUPYTER_TOKEN is not set: run `make env` (or `make lab`) to generate .env")
+        raise LaunchError(
+            "JUPYTER_TOKEN is not set: run `make env` (or `make lab`) to generate .env")
 
 
 def prepare(cfg: lab_config.LabConfig, *, spark: bool = True) -> None:

@@ -48,6 +48,7 @@ import pandas as pd
 from lab_utils import config as lab_config
 from lab_utils.common import atomic
 from lab_utils.common.atomic import atomic_write
+from lab_utils.common.cache import WorkerCache
 from lab_utils.common.task import partition_id
 from lab_utils.errors import LabError
 
@@ -693,13 +694,16 @@ def train_sequential(data: pd.DataFrame, *, run: str, key: str = "group",
     return TrainingRun(run, run_dir, registry, seconds, 1, {"kind": _kind_name(kind)})
 
 
-_MODEL_CACHE: dict[str, Any] = {}
+#: Group models kept per Python worker (a scoring job touches one model per group).
+MODEL_CACHE_SIZE = 64
+_MODEL_CACHE: WorkerCache[Any] = WorkerCache(MODEL_CACHE_SIZE)
 
 
 def load_model(path: str, loads=None):
-    """A stored group model (joblib or .keras), cached per process; ``loads`` (a Spark
-    accumulator) counts the loads from disk."""
-    if path not in _MODEL_CACHE:
+    """A stored group model (joblib or .keras), cached per Python worker (least recently used
+    dropped first); ``loads`` (a Spark accumulator) counts the loads from disk."""
+
+    def load():
         if path.endswith(".keras"):
             from lab_utils.inference import configure_tensorflow
 
@@ -711,12 +715,11 @@ def load_model(path: str, loads=None):
             import joblib
 
             model = joblib.load(path)
-        if len(_MODEL_CACHE) >= 64:  # bounded: a long-lived worker scores many runs
-            _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
-        _MODEL_CACHE[path] = model
         if loads is not None:
             loads.add(1)
-    return _MODEL_CACHE[path]
+        return model
+
+    return _MODEL_CACHE.get(path, load)
 
 
 def _predict(model, X: np.ndarray) -> np.ndarray:

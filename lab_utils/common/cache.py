@@ -1,0 +1,59 @@
+"""A per-process cache of loaded models, shared by every task a Python worker runs.
+
+Spark reuses Python workers across tasks (``spark.python.worker.reuse``, on by default), so a
+model kept in a module-level cache is loaded once per worker, not once per task or batch. A
+long-lived worker may see many models (every run of a notebook, every group of a training
+run), so the cache is bounded and drops the least recently used entry first. The lock is held
+while a model loads: two threads of one worker asking for the same model load it once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
+
+
+class WorkerCache(Generic[V]):
+    """A thread-safe LRU of at most ``size`` values; ``loads`` counts the loads per key."""
+
+    def __init__(self, size: int):
+        if size < 1:
+            raise ValueError(f"a WorkerCache holds at least one value, not {size}")
+        self.size = size
+        self.loads: dict[Hashable, int] = {}
+        self._values: OrderedDict[Hashable, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, load: Callable[[], V]) -> V:
+        """The value for ``key``, calling ``load()`` on first use (or after it was dropped)."""
+        with self._lock:
+            if key in self._values:
+                self._values.move_to_end(key)
+                return self._values[key]
+            value = load()
+            self._values[key] = value
+            self.loads[key] = self.loads.get(key, 0) + 1
+            while len(self._values) > self.size:
+                self._values.popitem(last=False)
+            return value
+
+    def __getitem__(self, key: Hashable) -> V:
+        with self._lock:
+            return self._values[key]
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._values
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._values)
+
+    def clear(self) -> None:
+        """Drop every value (the load counts stay)."""
+        with self._lock:
+            self._values.clear()

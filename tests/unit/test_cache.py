@@ -1,0 +1,57 @@
+"""common.cache.WorkerCache: load once, bounded, least recently used dropped first."""
+
+import threading
+import time
+
+import pytest
+
+from lab_utils.common.cache import WorkerCache
+
+
+def test_loads_once_and_drops_the_least_recently_used():
+    cache = WorkerCache(2)
+    calls = []
+
+    def loader(key):
+        return lambda: calls.append(key) or key.upper()
+
+    assert cache.get("a", loader("a")) == "A"
+    assert cache.get("b", loader("b")) == "B"
+    assert cache.get("a", loader("a")) == "A"  # a is now the most recently used
+    assert cache.get("c", loader("c")) == "C"  # drops b, not a
+    assert "a" in cache and "b" not in cache and len(cache) == 2
+    assert cache.get("b", loader("b")) == "B"  # loaded again
+    assert calls == ["a", "b", "c", "b"]
+    assert cache.loads == {"a": 1, "b": 2, "c": 1}
+
+
+def test_threads_asking_for_one_key_load_it_once():
+    cache = WorkerCache(3)
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.05)
+        return object()
+
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get("m", slow)))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len({id(v) for v in got}) == 1
+
+
+def test_a_failed_load_caches_nothing():
+    cache = WorkerCache(1)
+
+    def broken():
+        raise OSError("model file missing")
+
+    with pytest.raises(OSError):
+        cache.get("m", broken)
+    assert "m" not in cache and cache.loads == {}
+    with pytest.raises(ValueError, match="at least one"):
+        WorkerCache(0)
