@@ -27,7 +27,6 @@ import re
 import shutil
 import struct
 import subprocess
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd  # at module level: pandas UDF type hints are resolved from these globals
 
+from lab_utils.common import split
 from lab_utils.common.atomic import atomic_write
 from lab_utils.errors import LabError
 
@@ -358,20 +358,20 @@ def clip_group(path: Path | str) -> str:
     return re.sub(r"_n\d+$", "", Path(str(path)).stem)
 
 
-def holdout(path: Path | str, every: int = 5) -> bool:
+def holdout(path: Path | str, every: int = split.EVERY) -> bool:
     """Deterministic held-out split by source utterance: noisy copies stay with their original.
 
     The same as the Spark column :func:`holdout_column`.
     """
-    return zlib.crc32(clip_group(path).encode()) % every == 0
+    return split.is_held_out(clip_group(path), every)
 
 
-def holdout_column(every: int = 5):
+def holdout_column(every: int = split.EVERY):
     """Spark column: True for the clips :func:`holdout` holds out (``path`` column)."""
     from pyspark.sql import functions as F
 
     group = F.regexp_extract(F.col("path"), r"([^/]+?)(_n\d+)?\.[^./]+$", 1)
-    return (F.crc32(group) % every) == 0
+    return split.held_out_column(group, every)
 
 
 def build_speech_dataset(

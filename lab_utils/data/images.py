@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lab_utils.common import split
 from lab_utils.errors import LabError
 
 #: Files the data set builder writes; reading accepts any file (bad ones become row errors).
@@ -135,14 +136,18 @@ def list_labelled_images(root: Path) -> Iterator[tuple[Path, str]]:
                 yield path, folder.name
 
 
-def holdout(path: Path | str, every: int = 5) -> bool:
-    """Deterministic held-out split by source scan: augmented copies stay with their original."""
+def holdout(path: Path | str, every: int = split.EVERY) -> bool:
+    """Deterministic held-out split by source scan: augmented copies stay with their original.
+
+    The lab's files are ``digit_<scan>_<copy>.png``: the scan index decides. Other names (the
+    user's own files) are hashed whole.
+    """
     name = Path(path).name
     try:
-        index = int(name.split("_")[1])
+        key: str | int = int(name.split("_")[1])
     except (IndexError, ValueError):
-        index = sum(name.encode())  # the user's own files: a stable hash of the name
-    return index % every == 0
+        key = name
+    return split.is_held_out(key, every)
 
 
 def _to_8bit(image):

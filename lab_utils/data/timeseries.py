@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd  # at module level: applyInPandas/mapInPandas functions are resolved with it
 
+from lab_utils.common import split
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
@@ -485,21 +487,17 @@ def tfrecord_schema(spec: WindowSpec):
                  "horizon_days": spec.horizon_days, "features": list(FEATURES)})
 
 
-def is_holdout_customer(customer_id: str, every: int = 5) -> bool:
+def is_holdout_customer(customer_id: str, every: int = split.EVERY) -> bool:
     """Deterministic split by customer: overlapping windows of one customer never straddle it.
 
     The same as Spark's ``crc32(customer_id) % every = 0`` (:func:`holdout_column`).
     """
-    import zlib
-
-    return zlib.crc32(customer_id.encode()) % every == 0
+    return split.is_held_out(str(customer_id), every)
 
 
-def holdout_column(every: int = 5):
+def holdout_column(every: int = split.EVERY):
     """Spark column: True for the customers :func:`is_holdout_customer` holds out."""
-    from pyspark.sql import functions as F
-
-    return (F.crc32(F.col("customer_id")) % every) == 0
+    return split.held_out_column("customer_id", every)
 
 
 # --------------------------------------------------------------------------- training

@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from lab_utils import config as lab_config
-from lab_utils.common import atomic
+from lab_utils.common import atomic, split
 from lab_utils.common.atomic import atomic_write
 from lab_utils.common.cache import WorkerCache
 from lab_utils.common.task import partition_id
@@ -65,7 +65,7 @@ REGISTRY_COLUMNS = [c.split()[0].strip("`") for c in REGISTRY_SCHEMA.split(", ")
 
 KINDS = ("linear", "gbm", "keras", "noop")
 #: Every HOLDOUT_EVERY-th row of a group (in arrival order) is held out for the metrics.
-HOLDOUT_EVERY = 5
+HOLDOUT_EVERY = split.EVERY
 DEFAULT_MAX_ROWS = 2_000_000
 DEFAULT_MIN_ROWS = 10
 
@@ -204,10 +204,6 @@ class FitOptions:
     keras_epochs: int = 30
 
 
-def _holdout_mask(n: int, start: int = 0) -> np.ndarray:
-    return (np.arange(start, start + n) % HOLDOUT_EVERY) == 0
-
-
 def _metrics(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float]:
     if len(y_true) == 0:
         return float("nan"), float("nan")
@@ -230,7 +226,7 @@ def _fit_in_memory(group: str, data: pd.DataFrame, opts: FitOptions) -> dict[str
     _check_finite(data, [*opts.features, opts.target], group)
     X = data[list(opts.features)].to_numpy(dtype=np.float64)
     y = data[opts.target].to_numpy(dtype=np.float64)
-    hold = _holdout_mask(len(y))
+    hold = split.every_nth(len(y), every=HOLDOUT_EVERY)
     out: dict[str, Any] = {"n_train": int((~hold).sum()), "n_holdout": int(hold.sum())}
     run_dir = Path(opts.run_dir)
     if opts.kind == "keras":
@@ -372,7 +368,7 @@ def _fit_from_batches(group: str, batches: Iterator[pd.DataFrame], opts: FitOpti
         _check_finite(batch, columns, group)
         X = batch[list(opts.features)].to_numpy(dtype=np.float64)
         y = batch[opts.target].to_numpy(dtype=np.float64)
-        stats.add(X, y, _holdout_mask(len(y), seen))
+        stats.add(X, y, split.every_nth(len(y), seen, every=HOLDOUT_EVERY))
         seen += len(y)
     held.clear()
     model, r2, rmse = stats.solve()
