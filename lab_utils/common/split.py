@@ -9,7 +9,7 @@ whole lesson: a split must keep together what the model would otherwise memorise
 * speech clips: the utterance (``yes_en-us_s130_p50``), so noisy copies stay with it
   (:func:`lab_utils.data.audio.holdout`);
 * churn windows: the customer, so overlapping windows of one customer never straddle the split
-  (:func:`lab_utils.data.timeseries.is_holdout_customer`);
+  (:func:`lab_utils.data.churn_windows.is_holdout_customer`);
 * per-group models: every fifth row of a group in arrival order (:func:`every_nth`), since the
   rows of one group are independent draws.
 
