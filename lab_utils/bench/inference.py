@@ -111,90 +111,22 @@ def list_files(data_dir: Path, n: int) -> list[Path]:
 # --------------------------------------------------------------------------- the baseline
 
 
-BASELINE_CODE = r"""
-import json, resource, sys, time
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-import numpy as np
-args = json.loads(sys.stdin.read())
-from lab_utils import inference
-from lab_utils.data import images
-t0 = time.perf_counter()
-inference.configure_tensorflow(args["threads"])
-if args["kind"] == "resnet50":
-    from lab_utils.training import resnet
-    predict = resnet.predict_fn_from_path(args["model_file"])()
-else:
-    predict = inference.keras_predict_fn(args["model_file"], threads=args["threads"])()
-contents = [Path(p).read_bytes() for p in args["files"]]
-size = tuple(args["size"])
-first = images.decode_image(contents[0], size)
-predict(np.stack([first]))  # first call traces
-load = time.perf_counter() - t0
-# Every batch shape the timed loops will use runs once first (kernels are set up per shape), so
-# neither mode pays that for the other.
-for rows in sorted({args["batch"], *(n % args["batch"] for n in args["sizes"])} - {0}):
-    predict(np.stack([first] * rows))
-# The best one process can do: Pillow decodes outside the GIL, so `threads` decoder threads
-# run in parallel, and the next batch is decoded while the model runs on this one.
-# The naive loop (decode, then predict, in one thread) is timed too: the baseline most
-# published comparisons use.
-decoders = ThreadPoolExecutor(args["threads"])
-ahead = ThreadPoolExecutor(1)
-
-
-def decode_parallel(chunk):
-    return np.stack(list(decoders.map(lambda c: images.decode_image(c, size), chunk)))
-
-
-def decode_serial(chunk):
-    return np.stack([images.decode_image(c, size) for c in chunk])
-
-
-def run_parallel(chunks):
-    done = 0
-    pending = ahead.submit(decode_parallel, chunks[0])
-    for k in range(len(chunks)):
-        x = pending.result()
-        if k + 1 < len(chunks):
-            pending = ahead.submit(decode_parallel, chunks[k + 1])
-        done += len(predict(x))
-    return done
-
-
-def run_naive(chunks):
-    return sum(len(predict(decode_serial(chunk))) for chunk in chunks)
-
-
-for n in args["sizes"]:
-    chunks = [contents[i:min(i + args["batch"], n)] for i in range(0, n, args["batch"])]
-    for mode, loop in (("parallel", run_parallel), ("naive", run_naive)):
-        t1 = time.perf_counter()
-        done = loop(chunks)
-        seconds = time.perf_counter() - t1
-        print(json.dumps({"n": n, "mode": mode, "load_s": load, "seconds": seconds,
-                          "rows": done, "peak_rss_mb":
-                          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
-
-
 def run_baselines(model: BenchModel, files: list[Path], sizes: list[int], threads: int,
                   batch: int) -> dict[int, dict[str, dict]]:
     """One plain Python process, all cores, same decode and model: the physical limit.
 
-    ``parallel``: the process decodes with ``threads`` threads (Pillow releases the GIL), one
-    batch ahead of the model, and TensorFlow uses ``threads`` intra-op threads: the best one
-    process does on these cores, the limit the Spark styles are measured against.
-    ``naive``: decode, then predict, in one thread: the baseline most published comparisons
-    use, reported beside it. One process times every size on the first N files; the model is
-    loaded once and its load time reported with each size.
+    Runs :mod:`lab_utils.bench.baseline` in a process of its own, which times its ``parallel``
+    loop (the best one process does on these cores, the limit the Spark styles are measured
+    against) and its ``naive`` loop (the baseline most published comparisons use) on the first
+    N files for every size; the model is loaded once and its load time reported with each size.
     Returns ``{n: {"parallel": {...}, "naive": {...}}}``.
     """
     args = {"kind": model.baseline_kind, "model_file": str(model.spec.model_file),
             "files": [str(f) for f in files[:max(sizes)]], "sizes": list(sizes),
             "size": list(model.spec.image_size), "threads": threads, "batch": batch}
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    done = subprocess.run([sys.executable, "-c", BASELINE_CODE], input=json.dumps(args),
+    done = subprocess.run([sys.executable, "-m", "lab_utils.bench.baseline"],
+                          input=json.dumps(args),
                           capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"baseline failed:\n{done.stderr[-2000:]}")

@@ -26,3 +26,35 @@ def test_rest_is_opt_in_and_unknown_styles_are_named(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--styles", "iterator,resst"])
     assert "unknown styles ['resst']" in capsys.readouterr().err
+
+
+def test_the_baselines_two_loops_score_every_row_in_order():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from lab_utils.bench import baseline
+
+    def png(value):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((6, 6, 3), value, dtype=np.uint8)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    contents = [png(v) for v in range(0, 250, 10)]  # 25 images
+    seen = []
+
+    def predict(x):
+        seen.append(x.shape[0])
+        return x.reshape(len(x), -1)[:, 0]
+
+    loops = baseline.Loops(predict, (4, 4), threads=2)
+    try:
+        chunks = [contents[i:i + 8] for i in range(0, 25, 8)]
+        assert loops.parallel(chunks) == loops.naive(chunks) == 25
+        assert seen == [8, 8, 8, 1] * 2
+        first = loops.decode_parallel(contents[:3])
+        assert first.shape[:3] == (3, 4, 4)
+        assert np.array_equal(first, loops.decode_serial(contents[:3]))
+    finally:
+        loops.close()
