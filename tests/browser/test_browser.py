@@ -38,7 +38,7 @@ from playwright.sync_api import sync_playwright
 from lab_utils import notebooks
 from lab_utils.common import net
 from lab_utils.ops import lab
-from tests.notebooks.test_notebooks import CHECKS
+from tests.notebooks.checks import CHECKS
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "test-output" / "browser"

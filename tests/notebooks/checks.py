@@ -1,0 +1,218 @@
+"""What each notebook must have computed: one check per notebook, in notebook order.
+
+Each notebook records its figures with :func:`lab_utils.notebooks.record_results`; the check of
+the same name asserts them. ``tests/notebooks/test_notebooks.py`` runs the notebooks and applies
+these; ``tests/browser/test_browser.py`` applies notebook 01's to its run in JupyterLab.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+def check_00_getting_started(r: dict) -> None:
+    assert r["master"].startswith("spark://127.0.0.1:")
+    assert r["alive_workers"] == 2
+    assert r["cluster_cores"] >= 2
+    assert r["executors_seen"] == 2
+    assert r["mismatches"] == []
+    assert r["driver_versions"]["pyspark"].startswith("4.3.")
+    n = r["n_rows"]
+    assert n == 20_000  # the smoke size
+    assert r["expected_sum"] == n * (n + 1) // 2
+    assert r["udf_sums"] == {style: r["expected_sum"] for style in
+                             ("python UDF (pickled)", "python UDF (Arrow)", "pandas UDF")}
+    assert (r["bucket_rows"], r["bucket_total"]) == (n, n * (n - 1) // 2)
+    assert all(t["seconds"] > 0 for t in r["timings"])
+
+
+def check_01_udf_inference_keras(r: dict) -> None:
+    assert r["n_images"] == 300  # smoke: 30 scans x 10 classes
+    assert r["classes"] == [str(d) for d in range(10)]
+    assert r["holdout_accuracy"] >= 0.7 and r["baseline_accuracy"] <= 0.2
+    assert r["folder_accuracy"] >= 0.8
+    assert r["styles"] == sorted(["row UDF (pickled)", "row UDF (Arrow)", "pandas UDF",
+                                  "iterator UDF", "predict_batch_udf", "mapInPandas",
+                                  "partition predictor"])
+    assert all(r["styles_agree"].values()), r["styles_agree"]
+    assert set(r["rows_per_style"].values()) == {300}
+    assert r["placed_files"] == r["files_in_class_folders"] == 300
+    assert r["mixed_files"] == r["mixed_expected"] >= 12
+    assert r["bad_files_reported"] == r["bad_files_expected"] >= 5
+    # Section 8 at smoke size, no worker killed (KILL_A_WORKER defaults to False): every key
+    # once, every row scored, the job committed.
+    assert r["worker_loss"] == {"rows_expected": 2000, "rows_written": 2000, "duplicates": 0,
+                                "missing": 0, "unexpected": 0, "null_values": 0,
+                                "committed": True, "temporary_left": False,
+                                "worker_killed": False}
+
+
+def check_02_benchmark_udf_styles(r: dict) -> None:
+    n = r["wrong_way_n"]
+    assert r["wrong_way_rows"]["df.count()"] == 0  # the UDF column is pruned away
+    assert r["wrong_way_rows"]["df.show(1)"] < 10  # the limit is pushed below the UDF
+    assert r["wrong_way_rows"]["noop write (every row)"] == n
+    expected = {"baseline_pipelined", "baseline_naive", "transfer_only", "row_pickled", "row_arrow",
+                "pandas_series", "iterator", "predict_batch_udf", "map_in_pandas",
+                "partition_predictor"}
+    assert set(r["styles_measured"]) == expected
+    runs = {(row["model"], row["n"], row["style"]): row["rows"] for row in r["rows"]}
+    for model, sizes in r["sizes"].items():
+        for size in sizes:
+            for style in expected:
+                assert runs[(model, size, style)] == size, (model, size, style)  # complete
+    assert set(r["best_ratio"]) == {f"cnn@{n}" for n in r["sizes"]["cnn"]} | {
+        f"resnet50@{n}" for n in r["sizes"]["resnet50"]}
+    assert all(v > 0 for v in r["best_ratio"].values())
+    # Each Python worker loads a model once for all styles and sizes (2 workers; a worker Spark
+    # replaces loads again), not once per style: that would be 2 x 6 styles x sizes.
+    assert set(r["model_loads"]) == {"cnn", "resnet50"}
+    assert all(1 <= loads <= 4 for loads in r["model_loads"].values()), r["model_loads"]
+    assert r["plots"] == ["cnn.png", "resnet50.png"]
+
+
+def check_03_resnet50_batch_inference(r: dict) -> None:
+    n = r["n_images"]
+    assert n == 24
+    assert r["rows"] == {"broadcast weights": n, "shared storage": n}
+    assert r["errors"] == {"broadcast weights": 0, "shared storage": 0}
+    assert r["same_predictions"] is True
+    assert r["max_records_per_batch"] == 64
+    assert len(r["timings"]) == 4 and all(t["seconds"] > 0 for t in r["timings"])
+
+
+def check_04_partition_predictor(r: dict) -> None:
+    assert r["rows"] >= 300
+    assert r["top1_accuracy"] >= 0.8 and r["top3_accuracy"] >= r["top1_accuracy"]
+    assert r["top3_accuracy"] >= 0.95
+    assert r["agrees_with_iterator_udf"] is True
+    assert r["errors"] == 0
+    assert r["devices"] == ["/CPU:0"]  # no GPU on the test machines
+    assert r["modulo_devices"] == ["/GPU:0", "/GPU:1"]
+    assert r["partitions"] >= 2
+
+
+def check_05_parallel_training(r: dict) -> None:
+    # Registry complete: every group exactly once, every row accounted for.
+    assert r["groups"] == 102 and r["registry_groups"] == r["groups"]  # smoke: 100 + 2 broken
+    assert r["registry_missing"] == [] and r["registry_extra"] == []
+    assert r["rows_in_registry"] == r["rows"]
+    # The broken groups fail with their reason; all the others train.
+    assert set(r["failed"]) == {"bad_tiny", "bad_nan"}
+    assert "at least 10 are needed" in r["failed"]["bad_tiny"]
+    assert "NaN" in r["failed"]["bad_nan"]
+    assert r["trained_groups"] == r["groups"] - 2
+    # Coefficients recovered: the seed's slopes within 0.05, every slope within 6 standard errors.
+    assert abs(r["seed_slopes"]["seed_a"] - 2.5) < 0.05
+    assert abs(r["seed_slopes"]["seed_b"] - 3.0) < 0.05
+    assert r["slopes_within_6se"] == r["trained_groups"]
+    # The seed's scalar-UDF recipe trains one model per Arrow batch: 5,000 rows / 1,024.
+    assert r["seed_recipe_models_for_one_group"] == 5
+    # The partitioning trap: AQE coalesces the naive plan; the lab's plan keeps its tasks.
+    assert r["tasks_naive"] < r["tasks_lab"] == 8
+    assert r["streamed_groups"] > 0 and r["streamed_max_slope_difference"] < 1e-9
+    assert r["gbm_refused_too_big"] == r["streamed_groups"]
+    assert len(r["keras_r2"]) == 2 and all(v > 0.9 for v in r["keras_r2"].values())
+    assert r["search_candidates"] == 4 and set(r["search_best"]) == {"n_estimators", "max_depth"}
+    assert r["gbm_trained"] == r["trained_groups"]
+    # Scoring: nothing lost; broken and unknown groups marked; each model loaded once.
+    assert r["scored_rows_in"] == r["scored_rows_out"] == r["rows"] + 2
+    assert r["scored_errors"] == {"bad_nan": 200, "bad_tiny": 3, "never_trained": 2}
+    assert r["scored_ok"] == r["scored_rows_in"] - 205
+    assert r["model_loads"] == r["trained_groups"]
+    assert r["score_rmse"] < 1.1 * r["noise_rms"]
+    styles = {b["style"] for b in r["bench"]}
+    assert {"sequential", "spark (naive)"} <= styles and len(styles) >= 4
+    assert all(b["seconds"] > 0 and b["ratio_to_sequential"] > 0 for b in r["bench"])
+
+
+def check_06_timeseries_windows_tfrecord(r: dict) -> None:
+    assert r["n_customers"] == r["customers"] == 300  # the smoke size
+    # Cleaning finds exactly what the generator injected, and every raw row is accounted for.
+    rejected, injected = r["rejected"], r["injected_without_customer"]
+    assert r["duplicates_dropped"] == r["injected_duplicates"] > 0
+    assert rejected["missing customer_id"] == injected["missing_customer_id"] > 0
+    assert rejected["unknown customer"] == injected["unknown_customer"] > 0
+    invalid = {"unknown event_type", "missing or negative value",
+               "timestamp outside the observation period"}
+    assert set(rejected) == invalid | {"missing customer_id", "unknown customer"}
+    assert sum(rejected[k] for k in invalid) == r["injected_invalid"] > 0
+    assert r["clean_events"] + sum(rejected.values()) + r["duplicates_dropped"] == r["raw_events"]
+    # Windows: every customer has windows or one error row; no-event customers are kept.
+    assert r["customers_with_windows"] + r["error_customers"] == r["customers"]
+    assert r["error_customers"] == len(r["errors"]) >= 1
+    assert all("is before signup_date" in e for e in r["errors"])
+    assert r["customers_without_events"] >= 1 and r["windows_of_customers_without_events"] >= 10
+    assert 4000 < r["windows"] < 7000 and 0.02 < r["positives"] / r["windows"] < 0.12
+    # TFRecords: one file per partition, nothing temporary left, what is written is read.
+    parts = ["part-00000.tfrecord", "part-00001.tfrecord"]
+    assert r["tfrecord_files"] == {"train": parts, "test": parts}
+    assert r["files_on_disk"] == {"train": [*parts, "schema.json"],
+                                  "test": [*parts, "schema.json"]}
+    assert sum(r["tfrecord_records"].values()) == r["windows"]
+    assert r["read_back"] == r["tfrecord_records"]
+    # The model beats chance and every one-feature rule on held-out customers.
+    assert r["test_positives"] >= 40
+    assert set(r["rule_auc"]) == {"complaints in window", "fewer calls in window",
+                                  "smaller top-ups in window"}
+    assert r["best_rule_auc"] == max(r["rule_auc"].values())
+    assert r["auc"] >= 0.72 and r["auc"] >= r["best_rule_auc"] + 0.03, r
+
+
+def check_07_audio_features(r: dict) -> None:
+    words = ["down", "left", "no", "right", "up", "yes"]
+    assert r["n_clips"] == r["feature_rows"] == 192  # 6 words x 4 voices x 2 x 2 x (1 + 1)
+    assert r["per_word"] == {w: 32 for w in words}
+    assert r["feature_errors"] == 0 and r["source_rates"] == [22050] and r["frames"] == 98
+    assert sum(r["tfrecord_records"].values()) == 192 and r["tfrecord_records"]["test"] >= 20
+    assert r["read_back"] == r["tfrecord_records"]
+    parts = ["part-00000.tfrecord", "part-00001.tfrecord"]
+    assert r["tfrecord_files"] == {"train": parts, "test": parts}
+    assert r["chance"] == 1 / 6
+    assert r["accuracy"] >= 0.6 and r["accuracy"] > r["majority"] + 0.25, r
+    assert r["plotted_labels"] == words
+    # Broken files: each has the error it should, usable odd formats have features, and the
+    # text file outside the *.wav glob is listed as skipped, not lost.
+    expected = r["bad_expected"]
+    assert r["bad_skipped"] == ["notes.txt"] and expected.pop("notes.txt") == "skipped"
+    assert set(r["bad_outcome"]) == set(expected) and len(expected) >= 12
+    for name, want in expected.items():
+        got = r["bad_outcome"][name]
+        assert (got is None) if want is None else (got is not None and want in got), (name, got)
+
+
+def check_08_external_api_scoring(r: dict) -> None:
+    n = r["n_images"]
+    assert n == 120  # the smoke size
+    assert r["server"] == "lab"  # the test cluster runs the lab's model server: it was used
+    assert r["status_state"] == "AVAILABLE" and r["bad_request_status"] == 400
+    assert r["rows_rest"] == r["rows_in_spark"] == r["unique_paths_rest"] == n
+    assert r["errors_rest"] == 0
+    assert r["agree"] is True and r["max_confidence_diff"] < 1e-4
+    no_retries, retries = r["faults"]["no retries"], r["faults"]["with retries"]
+    for run in (no_retries, retries):
+        assert run["rows"] == run["unique_paths"] == n  # no lost or duplicated rows
+        assert run["agree_on_scored"] is True
+    # Without retries exactly the rows of the requests the server failed carry an error.
+    assert no_retries["errors"] == no_retries["server_failed_rows"] > 0
+    assert no_retries["retried_row_attempts"] == 0
+    # With retries every row is scored; each extra attempt matches one injected failure.
+    assert retries["errors"] == 0
+    assert retries["retried_row_attempts"] == retries["server_failed_rows"] > 0
+    assert retries["server_503s"] > 0
+    assert r["rest_to_spark_ratio"] > 0
+    assert r["rest_rows_per_s"] > 0 and r["spark_rows_per_s"] > 0
+
+
+#: Notebook stem -> its check, in notebook order.
+CHECKS: dict[str, Callable[[dict], None]] = {
+    "00_getting_started": check_00_getting_started,
+    "01_udf_inference_keras": check_01_udf_inference_keras,
+    "02_benchmark_udf_styles": check_02_benchmark_udf_styles,
+    "03_resnet50_batch_inference": check_03_resnet50_batch_inference,
+    "04_partition_predictor": check_04_partition_predictor,
+    "05_parallel_training": check_05_parallel_training,
+    "06_timeseries_windows_tfrecord": check_06_timeseries_windows_tfrecord,
+    "07_audio_features": check_07_audio_features,
+    "08_external_api_scoring": check_08_external_api_scoring,
+}
