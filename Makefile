@@ -35,7 +35,7 @@ $(VENV)/.synced: $(UV) uv.lock pyproject.toml
 venv: $(VENV)/.synced ## Create/refresh the virtualenv from uv.lock (the lab's one lock file)
 
 env: ## Create .env with a Jupyter token and a Spark secret (needed before `docker compose up`)
-	python3 -m lab_utils.ops.lab env
+	python3 -m lab_utils.ops.cli env
 
 lab: venv ## Start the native lab (master, workers, history server, model server, JupyterLab), or just what is missing (a lost worker); print URLs
 	$(BIN)/lab start

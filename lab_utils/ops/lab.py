@@ -13,7 +13,6 @@ the tests that start the native lab exercise the code containers run.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -29,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab_utils import config as lab_config
-from lab_utils import envfile
 from lab_utils.common.atomic import atomic_write_text
 from lab_utils.common.net import http_json, port_free
 from lab_utils.errors import LabError
@@ -589,70 +587,3 @@ def run(role: str, cfg: lab_config.LabConfig) -> None:
     argv = service_command(service, cfg)
     sys.stdout.flush()
     os.execvpe(argv[0], argv, service_env(cfg))
-
-
-def _print_urls(found: dict[str, str]) -> None:
-    print()
-    print("The lab is up.")
-    print(f"  JupyterLab      {found['jupyter']}")
-    print(f"  Spark master    {found['master']}  (UI {found['master_ui']})")
-    print(f"  History server  {found['history']}")
-    print(f"  Model server    {found['model_server']}  (TF Serving REST: /v1/models/NAME)")
-    print("Stop it with `make stop`; logs are in .lab/logs/.")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lab", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("start", help="start the native lab, or its missing services (a lost worker), "
-                   "and wait until it is healthy")
-    sub.add_parser("stop", help="stop the native lab, leaving no process behind")
-    sub.add_parser("status", help="show each service's pid and health")
-    sub.add_parser("env", help="create .env with a Jupyter token and a Spark secret if missing")
-    run_parser = sub.add_parser("run", help="run one service in the foreground (containers)")
-    run_parser.add_argument("role", choices=ROLES)
-    health_parser = sub.add_parser("health", help="exit 0 if a service is healthy (healthchecks)")
-    health_parser.add_argument("role", nargs="?", choices=ROLES,
-                               help="default: the role `lab run` started here")
-    args = parser.parse_args(argv)
-
-    env_path = lab_config.load().root / ".env"
-    try:
-        if args.command in {"start", "env", "run"}:
-            envfile.export(envfile.ensure(env_path) if args.command != "run"
-                           else envfile.read(env_path))
-            if args.command == "env":
-                print(f"{env_path} holds the Jupyter token and the Spark secret (mode 0600).")
-                return 0
-        else:
-            envfile.export(envfile.read(env_path))
-        cfg = lab_config.load()
-        if args.command == "start":
-            _print_urls(start(cfg))
-        elif args.command == "stop":
-            stop(cfg)
-        elif args.command == "status":
-            report = status(cfg)
-            for name, item in report.items():
-                state = "healthy" if item["healthy"] else ("running" if item["pid"] else "stopped")
-                print(f"{name:12s} {state:8s} {item['pid'] or ''}")
-            if any(item["pid"] for item in report.values()):
-                _print_urls(urls(cfg))
-            return 0 if all(item["healthy"] for item in report.values()) else 3
-        elif args.command == "run":
-            run(args.role, cfg)
-        elif args.command == "health":
-            role_file = cfg.state_dir / "role"
-            role = args.role or (role_file.read_text().strip() if role_file.is_file() else "")
-            if role not in ROLES:
-                print("lab: no role given and none recorded by `lab run`", file=sys.stderr)
-                return 1
-            return 0 if healthy(Service(role, role, index=1), cfg) else 1
-    except LabError as exc:
-        print(f"lab: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,125 @@
+"""``lab``: the command line of the lab (``make lab``, ``make stop``, the containers' commands).
+
+One table, :data:`COMMANDS`, says for each command what it does, which arguments it takes and
+whether it may create ``.env``; :func:`main` parses, loads the configuration once and dispatches.
+The work itself is in :mod:`lab_utils.ops.lab`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lab_utils import config as lab_config
+from lab_utils import envfile
+from lab_utils.errors import LabError
+from lab_utils.ops import lab
+
+
+def _print_urls(found: dict[str, str]) -> None:
+    print()
+    print("The lab is up.")
+    print(f"  JupyterLab      {found['jupyter']}")
+    print(f"  Spark master    {found['master']}  (UI {found['master_ui']})")
+    print(f"  History server  {found['history']}")
+    print(f"  Model server    {found['model_server']}  (TF Serving REST: /v1/models/NAME)")
+    print("Stop it with `make stop`; logs are in .lab/logs/.")
+
+
+def _start(args, cfg) -> int:
+    _print_urls(lab.start(cfg))
+    return 0
+
+
+def _stop(args, cfg) -> int:
+    lab.stop(cfg)
+    return 0
+
+
+def _status(args, cfg) -> int:
+    report = lab.status(cfg)
+    for name, item in report.items():
+        state = "healthy" if item["healthy"] else ("running" if item["pid"] else "stopped")
+        print(f"{name:12s} {state:8s} {item['pid'] or ''}")
+    if any(item["pid"] for item in report.values()):
+        _print_urls(lab.urls(cfg))
+    return 0 if all(item["healthy"] for item in report.values()) else 3
+
+
+def _env(args, cfg) -> int:
+    print(f"{cfg.root / '.env'} holds the Jupyter token and the Spark secret (mode 0600).")
+    return 0
+
+
+def _run(args, cfg) -> int:
+    lab.run(args.role, cfg)  # replaces this process (exec); returns only on error
+    return 0
+
+
+def _health(args, cfg) -> int:
+    role_file = cfg.state_dir / "role"
+    role = args.role or (role_file.read_text().strip() if role_file.is_file() else "")
+    if role not in lab.ROLES:
+        print("lab: no role given and none recorded by `lab run`", file=sys.stderr)
+        return 1
+    return 0 if lab.healthy(lab.Service(role, role, index=1), cfg) else 1
+
+
+def _role(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("role", choices=lab.ROLES)
+
+
+def _optional_role(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("role", nargs="?", choices=lab.ROLES,
+                        help="default: the role `lab run` started here")
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    handler: Callable[[argparse.Namespace, lab_config.LabConfig], int]
+    #: ``ensure``: create ``.env`` (and missing secrets) if needed; ``read``: use it if present.
+    env: str = "read"
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+
+
+COMMANDS: dict[str, Command] = {
+    "start": Command("start the native lab, or its missing services (a lost worker), and wait "
+                     "until it is healthy", _start, env="ensure"),
+    "stop": Command("stop the native lab, leaving no process behind", _stop),
+    "status": Command("show each service's pid and health", _status),
+    "env": Command("create .env with a Jupyter token and a Spark secret if missing", _env,
+                   env="ensure"),
+    "run": Command("run one service in the foreground (containers)", _run, arguments=_role),
+    "health": Command("exit 0 if a service is healthy (healthchecks)", _health,
+                      arguments=_optional_role),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="lab", description=lab.__doc__.splitlines()[0])
+    sub = top.add_subparsers(dest="command", required=True)
+    for name, command in COMMANDS.items():
+        one = sub.add_parser(name, help=command.help)
+        if command.arguments:
+            command.arguments(one)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    command = COMMANDS[args.command]
+    env_path = lab_config.load().root / ".env"
+    try:
+        envfile.export(envfile.ensure(env_path) if command.env == "ensure"
+                       else envfile.read(env_path))
+        return command.handler(args, lab_config.load())
+    except LabError as exc:
+        print(f"lab: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
