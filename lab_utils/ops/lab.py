@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab_utils import config as lab_config
+from lab_utils.common import process
 from lab_utils.common.atomic import atomic_write_text
 from lab_utils.common.net import http_json, port_free
+from lab_utils.common.process import wait_until
 from lab_utils.errors import LabError
 
 ROLES = ("master", "worker", "history", "model-server", "jupyter")
@@ -95,20 +97,6 @@ def resolve_host(host: str) -> str:
     if host == "auto":
         return socket.gethostbyname(socket.gethostname())
     return host
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.5) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` seconds pass; return its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if predicate():
-                return True
-        except (OSError, ValueError):
-            pass
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 # --------------------------------------------------------------------------- services
@@ -329,26 +317,18 @@ def running_pid(cfg: lab_config.LabConfig, name: str) -> int | None:
 
 
 def _spawn(service: Service, cfg: lab_config.LabConfig, env: dict[str, str]) -> int:
-    log = cfg.state_dir / "logs" / f"{service.name}.log"
-    with open(log, "ab") as handle:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        handle.write(f"\n==== {stamp} starting {service.name}\n".encode())
-        handle.flush()
-        proc = subprocess.Popen(
-            service_command(service, cfg), stdin=subprocess.DEVNULL, stdout=handle,
-            stderr=subprocess.STDOUT, env=env, cwd=cfg.root, start_new_session=True,
-        )
+    proc = process.spawn(service_command(service, cfg), log=_log_path(cfg, service.name),
+                         env=env, cwd=cfg.root, header=f"starting {service.name}")
     _pid_file(cfg, service.name).write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
     return proc.pid
 
 
+def _log_path(cfg: lab_config.LabConfig, name: str) -> Path:
+    return cfg.state_dir / "logs" / f"{name}.log"
+
+
 def _log_tail(cfg: lab_config.LabConfig, name: str, lines: int = 15) -> str:
-    path = cfg.state_dir / "logs" / f"{name}.log"
-    try:
-        text = path.read_text(errors="replace").splitlines()[-lines:]
-    except OSError:
-        return ""
-    return "\n".join("    " + line for line in text)
+    return process.log_tail(_log_path(cfg, name), lines)
 
 
 # --------------------------------------------------------------------------- commands
@@ -518,23 +498,12 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(os.getpgid(pid), sig)
-    except (ProcessLookupError, PermissionError):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-
 def _stop_service(cfg: lab_config.LabConfig, service: Service, grace: float = 15.0) -> int | None:
     """Stop one service (its whole process group); return its pid, or None if not running."""
     pid = running_pid(cfg, service.name)
     if pid is None:
         return None
-    _signal_group(pid, signal.SIGTERM)
-    if not wait_until(lambda: _start_time(pid) is None, grace, 0.2):
-        _signal_group(pid, signal.SIGKILL)
-        wait_until(lambda: _start_time(pid) is None, 5, 0.1)
+    process.terminate_group(pid, lambda: _start_time(pid) is None, grace=grace)
     _pid_file(cfg, service.name).unlink(missing_ok=True)
     return pid
 

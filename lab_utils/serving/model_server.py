@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lab_utils.common import process
 from lab_utils.common.net import free_port, http_json
 from lab_utils.errors import LabError
 from lab_utils.training import cnn as models
@@ -540,24 +541,13 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 90.0) -> "ServerProcess":
-        if self.log_file:
-            self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
-        try:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, env=self.env,
-                                         start_new_session=True)
-        finally:
-            if self.log_file:
-                log.close()
+        self.proc = process.spawn(self.argv, log=self.log_file, env=self.env)
         deadline = time.monotonic() + timeout
         while not server_healthy(self.url, timeout=1.0):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 state = "exited" if self.proc.poll() is not None else f"not healthy in {timeout}s"
                 self.stop()
-                tail = ""
-                if self.log_file and self.log_file.is_file():
-                    tail = "\n".join(self.log_file.read_text(errors="replace").splitlines()[-15:])
+                tail = process.log_tail(self.log_file, indent="") if self.log_file else ""
                 raise RuntimeError(f"model server {self.url} {state}: {' '.join(self.argv)}\n"
                                    f"{tail}")
             time.sleep(0.2)
@@ -573,18 +563,14 @@ class ServerProcess:
     def kill(self) -> None:
         """SIGKILL, like a crash: in-flight requests get their connections reset."""
         if self.running:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            process.signal_group(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
     def stop(self, grace: float = 10.0) -> None:
         if not self.running:
             return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        proc = self.proc
+        process.terminate_group(proc.pid, lambda: proc.poll() is not None, grace=grace)
 
     def restart(self, timeout: float = 90.0) -> "ServerProcess":
         self.stop()

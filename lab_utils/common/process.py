@@ -1,0 +1,81 @@
+"""Child processes the lab starts and stops: the native services (:mod:`lab_utils.ops.lab`) and
+private model servers (:mod:`lab_utils.serving.model_server`).
+
+Every process starts in a session of its own (``start_new_session``), so that stopping it
+stops what it started too (a worker's executors, a server's reloader): signals go to the whole
+process group. Output is appended to a log file, never to the caller's terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.5) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass; return its last value.
+
+    A predicate that raises OSError or ValueError (a service not answering yet) counts as false.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if predicate():
+                return True
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def spawn(argv: Sequence[str], *, log: Path | None, env: dict[str, str] | None = None,
+          cwd: Path | None = None, header: str | None = None) -> subprocess.Popen:
+    """Start ``argv`` in a new session, stdin closed, stdout and stderr appended to ``log``
+    (discarded when ``log`` is None), after a ``header`` line if given."""
+    if log is None:
+        return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env,
+                                cwd=cwd, start_new_session=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as handle:
+        if header:
+            handle.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {header}\n".encode())
+            handle.flush()
+        return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=handle,
+                                stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                start_new_session=True)
+
+
+def signal_group(pid: int, sig: int) -> None:
+    """Send ``sig`` to ``pid``'s process group (to ``pid`` alone if the group is gone)."""
+    try:
+        os.killpg(os.getpgid(pid), sig)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def terminate_group(pid: int, gone: Callable[[], bool], *, grace: float = 15.0) -> bool:
+    """SIGTERM ``pid``'s group, and SIGKILL it if ``gone()`` is not true within ``grace``
+    seconds. Returns whether it had to be killed."""
+    signal_group(pid, signal.SIGTERM)
+    if wait_until(gone, grace, 0.2):
+        return False
+    signal_group(pid, signal.SIGKILL)
+    wait_until(gone, 5, 0.1)
+    return True
+
+
+def log_tail(path: Path, lines: int = 15, indent: str = "    ") -> str:
+    """The last ``lines`` of a log file, indented for an error message ("" if unreadable)."""
+    try:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "\n".join(indent + line for line in text)
