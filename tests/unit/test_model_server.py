@@ -15,7 +15,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
     from fastapi.testclient import TestClient
 
-from lab_utils.serving import model_server
+from lab_utils.serving import model_server, registry
 
 CLASSES = ("dark", "light")
 
@@ -121,7 +121,7 @@ def test_bad_payloads_are_400_naming_the_problem_and_the_shape(models_dir, body,
 
 
 def test_too_many_instances_is_413(models_dir, monkeypatch):
-    monkeypatch.setattr(model_server, "MAX_INSTANCES", 3)
+    monkeypatch.setattr(registry, "MAX_INSTANCES", 3)
     with client_for(models_dir) as client:
         response = client.post("/v1/models/tiny:predict", json={"instances": [image(0)] * 4})
         assert response.status_code == 413
