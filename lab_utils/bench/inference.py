@@ -29,12 +29,10 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,70 +41,25 @@ import pandas as pd
 
 from lab_utils import config as lab_config
 from lab_utils import inference
-from lab_utils.data import images
-from lab_utils.training import cnn as models
-
-STYLES = ("transfer_only", "row_pickled", "row_arrow", "pandas_series", "iterator",
-          "predict_batch_udf", "map_in_pandas", "partition_predictor")
-ROW_STYLES = {"row_pickled", "row_arrow"}
-#: The single-process loops; the faster of the two is the baseline every ratio is taken against.
-BASELINES = ("baseline_pipelined", "baseline_naive")
-#: Opt-in styles, not in the default run (``--rest`` or ``--styles ...,rest``).
-EXTRA_STYLES = ("rest",)
-#: Images per REST request (each 32x32 image is ~10 KB of JSON).
-REST_BATCH = 64
-FIELD_SIZES = (100, 500, 1000, 1500, 2000, 2500, 3000)
-
-
-@dataclass(frozen=True)
-class BenchModel:
-    name: str
-    spec: models.ModelSpec
-    make_predict_fn: inference.MakePredictFn | None  # None: the factories' Keras default
-    data_dir: Path
-    baseline_kind: str  # "keras" or "resnet50"
-
-
-# --------------------------------------------------------------------------- data and models
-
-
-def prepare_models(
-    cfg: lab_config.LabConfig, which: tuple[str, ...], max_n: int
-) -> list[BenchModel]:
-    """Build the data sets (enough files for ``max_n``) and the models, once."""
-    from lab_utils.training import resnet
-
-    out = []
-    if "cnn" in which:
-        spec = models.ensure_model(cfg)
-        data = cfg.share_dir / "data" / "bench-images"
-        per_scan = max(1, -(-max_n // 1797))
-        marker = data / ".dataset.json"
-        if not marker.is_file() or json.loads(marker.read_text())["files"] < max_n:
-            images.build_image_dataset(data, copies=per_scan, image_format="jpeg")
-        out.append(BenchModel("cnn", spec, None, data, "keras"))
-    if "resnet50" in which:
-        model_dir = cfg.share_dir / "models" / "resnet50"
-        data = cfg.share_dir / "data" / "bench-photos"
-        if len(list(data.rglob("*.jpg"))) < max_n:
-            resnet.build_photo_dataset(data, max_n)
-        try:
-            spec = models.load_spec(model_dir)
-        except models.ModelError:
-            model, imagenet = resnet.build_model(model_dir)
-            resnet.save_model(model, model_dir, imagenet)
-            spec = models.load_spec(model_dir)
-        out.append(BenchModel("resnet50", spec, resnet.predict_fn_from_path(spec.model_file),
-                              data, "resnet50"))
-    return out
-
-
-def list_files(data_dir: Path, n: int) -> list[Path]:
-    files = sorted(p for p in data_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
-    if len(files) < n:
-        raise ValueError(f"{data_dir} has {len(files)} files, {n} requested")
-    return files[:n]
-
+from lab_utils.bench.cases import (  # noqa: F401 (re-exported: bench.STYLES, ...)
+    BASELINES,
+    EXTRA_STYLES,
+    FIELD_SIZES,
+    REST_BATCH,
+    ROW_STYLES,
+    STYLES,
+    BenchModel,
+    list_files,
+    prepare_models,
+)
+from lab_utils.bench.report import plot, report, summarize  # noqa: F401 (re-exported)
+from lab_utils.bench.styles import (
+    cached_input,
+    driver_rss_mb,
+    recording_maker,
+    run_style,
+    spark_settings,
+)
 
 # --------------------------------------------------------------------------- the baseline
 
@@ -142,173 +95,6 @@ def run_baseline(model: BenchModel, files: list[Path], threads: int, batch: int)
     """The baseline for all of ``files``: the faster of the two single-process loops."""
     modes = run_baselines(model, files, [len(files)], threads, batch)[len(files)]
     return min(modes.values(), key=lambda m: m["seconds"])
-
-
-# --------------------------------------------------------------------------- Spark styles
-
-
-def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _rss_recording(make: inference.MakePredictFn, folder: str) -> inference.MakePredictFn:
-    """Wrap a predict fn so each Python worker records the largest RSS it had after a batch
-    in ``folder/rss-<pid>`` and each model load in ``folder/loads-<pid>``. The driver empties
-    ``folder`` before each run (workers are reused across runs, so lifetime peaks would carry
-    one run's memory into the next)."""
-
-    def wrapped() -> inference.PredictFn:
-        predict = make()
-        with open(Path(folder, f"loads-{os.getpid()}"), "a") as loads:
-            loads.write("1\n")
-
-        def recording(pixels):
-            out = predict(pixels)
-            mark = Path(folder, f"rss-{os.getpid()}")
-            seen = float(mark.read_text()) if mark.exists() else 0.0
-            mark.write_text(f"{max(seen, _rss_mb()):.1f}")
-            return out
-
-        return recording
-
-    return wrapped
-
-
-def transfer_only_udf():
-    """Moves rows through Arrow and back with the same output struct, doing no work at all."""
-    from pyspark.sql.functions import pandas_udf
-
-    @pandas_udf(inference.RESULT_DDL)
-    def transfer(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
-        for _paths, contents in batches:
-            n = len(contents)
-            yield pd.DataFrame({"prediction": ["x"] * n, "confidence": np.ones(n, "float32"),
-                                "error": [None] * n})
-
-    return transfer
-
-
-def style_builder(style: str, model: BenchModel, make, batch: int,
-                  rest_url: str | None = None) -> Callable:
-    """``df -> scored df`` for ``style``; built once, so warm-up and timed run share the
-    factory and therefore the model cached in each Python worker."""
-    spec = model.spec
-    if style == "rest":
-        from lab_utils.inference import rest_scoring
-
-        udf = rest_scoring.rest_udf(spec, rest_url, batch_size=REST_BATCH)
-        return lambda df: df.select(udf("path", "content").alias("r"))
-    if style == "transfer_only":
-        udf = transfer_only_udf()
-        return lambda df: df.select(udf("path", "content").alias("r"))
-    if style == "map_in_pandas":
-        return lambda df: inference.map_in_pandas(df, spec, make, batch_size=batch)
-    if style == "partition_predictor":
-        # The CPU here; on a GPU machine the predictor's own loader places the model.
-        predictor = inference.image_partition_predictor(
-            spec, lambda device: make(), batch_size=batch)
-        return predictor.transform
-    factory: Callable = {
-        "row_pickled": lambda: inference.row_udf(spec, make, use_arrow=False),
-        "row_arrow": lambda: inference.row_udf(spec, make, use_arrow=True),
-        "pandas_series": lambda: inference.pandas_udf_series(spec, make, batch_size=batch),
-        "iterator": lambda: inference.iterator_udf(spec, make, batch_size=batch),
-        "predict_batch_udf": lambda: inference.spark_predict_batch_udf(spec, make,
-                                                                      batch_size=batch),
-    }[style]
-    udf = factory()
-    return lambda df: df.select(udf("path", "content").alias("r"))
-
-
-def spark_settings(spark) -> dict[str, str]:
-    keys = ["spark.master", "spark.cores.max", "spark.executor.cores", "spark.task.cpus",
-            "spark.executor.memory", "spark.python.worker.reuse",
-            "spark.sql.execution.arrow.maxRecordsPerBatch",
-            "spark.sql.execution.pythonUDF.arrow.enabled", "spark.sql.shuffle.partitions"]
-    conf = spark.sparkContext.getConf()
-    return {k: spark.conf.get(k, None) or conf.get(k, "default") for k in keys}
-
-
-def driver_rss_mb(spark) -> dict[str, float]:
-    """Peak RSS of this Python process and of the driver JVM (from /proc)."""
-    python = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    jvm = None
-    proc = getattr(spark.sparkContext._gateway, "proc", None)
-    if proc is not None:
-        try:
-            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    jvm = int(line.split()[1]) / 1024
-        except OSError:
-            pass
-    return {"driver_python_peak_rss_mb": round(python, 1),
-            "driver_jvm_peak_rss_mb": None if jvm is None else round(jvm, 1)}
-
-
-def cached_input(spark, files: list[Path], partitions: int):
-    """The N files' bytes, read once and cached in ``partitions`` partitions: ``(df, rows)``.
-
-    Spark lists more than 32 explicit paths with a distributed job of one task per path
-    (``spark.sql.sources.parallelPartitionDiscovery.threshold``): 3,000 tasks to stat 3,000
-    local files. The driver lists them itself here, which takes milliseconds.
-    """
-    key = "spark.sql.sources.parallelPartitionDiscovery.threshold"
-    before = spark.conf.get(key)
-    spark.conf.set(key, str(max(len(files) + 1, 32)))
-    try:
-        df = (spark.read.format("binaryFile").load([f.as_uri() for f in files])
-              .select("path", "content").repartition(partitions).cache())
-        rows = df.count()
-    finally:
-        spark.conf.set(key, before)
-    return df, rows
-
-
-def recording_maker(model: BenchModel, rss_dir: Path) -> inference.MakePredictFn:
-    """The predict-fn maker the styles of ``model`` share, recording peak RSS in ``rss_dir``.
-
-    One maker for all styles means one cache key, so each Python worker loads the model once
-    and every later style finds it loaded (as a notebook that scores twice does); the first
-    style that needs the model pays the load in its warm-up.
-    """
-    return _rss_recording(model.make_predict_fn or inference.keras_predict_fn(
-        model.spec.model_file), str(rss_dir))
-
-
-def run_style(spark, style: str, model: BenchModel, files: list[Path], *, batch: int,
-              partitions: int, rss_dir: Path, rest_url: str | None = None,
-              data=None, make: inference.MakePredictFn | None = None) -> dict:
-    """Warm up on a slice, then time the full run; both force every row through the UDF.
-
-    ``data``: ``(df, rows)`` from :func:`cached_input`, shared by the styles of one N;
-    without it the files are read and cached for this run alone. ``make``: from
-    :func:`recording_maker` for ``rss_dir``, shared by the styles of one model; without it
-    this run's workers load the model afresh.
-    """
-    owned = data is None
-    df, rows = cached_input(spark, files, partitions) if owned else data
-    rss_dir.mkdir(parents=True, exist_ok=True)
-    for mark in rss_dir.iterdir():  # peaks of this run only (the workers outlive runs)
-        mark.unlink()
-    make = make or recording_maker(model, rss_dir)
-    build = style_builder(style, model, make, batch, rest_url)
-    warm = df.limit(max(partitions * 2, 8)).repartition(partitions)
-    start = time.perf_counter()
-    build(warm).write.format("noop").mode("overwrite").save()
-    warmup = time.perf_counter() - start
-    start = time.perf_counter()
-    build(df).write.format("noop").mode("overwrite").save()
-    seconds = time.perf_counter() - start
-    if owned:
-        df.unpersist()
-    rss = [float(p.read_text()) for p in rss_dir.glob("rss-*")]
-    loads = sum(len(p.read_text().split()) for p in rss_dir.glob("loads-*"))
-    return {"rows": rows, "warmup_s": warmup, "seconds": seconds,
-            "worker_peak_rss_mb": max(rss) if rss else None, "python_workers": len(rss),
-            "model_loads": loads}
 
 
 # --------------------------------------------------------------------------- the run
@@ -469,69 +255,6 @@ def sweep(*, n: int = 3000, out_dir: Path | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "sweep.csv", index=False)
     return table
-
-
-def summarize(table: pd.DataFrame) -> pd.DataFrame:
-    """Add rows/s, ratio to the baseline and share of the predicted ceiling."""
-    table = table.copy()
-    if "skipped" not in table:
-        table["skipped"] = None
-    table["rows_per_s"] = table["rows"] / table["seconds"]
-    if "model_loads" in table:  # Spark runs only; none for the baselines
-        table["model_loads"] = table["model_loads"].astype("Int64")
-    keys = ["model", "n"]
-    # The physical limit is the faster of the two single-process loops for that model and N.
-    base = (table[table["style"].isin(BASELINES)].groupby(keys)["rows_per_s"].max())
-    transfer = table[table["style"] == "transfer_only"].set_index(keys)["rows_per_s"]
-    index = pd.MultiIndex.from_frame(table[keys])
-    table["baseline_rows_per_s"] = base.reindex(index).to_numpy()
-    table["transfer_rows_per_s"] = transfer.reindex(index).to_numpy()
-    table["ratio_to_baseline"] = table["rows_per_s"] / table["baseline_rows_per_s"]
-    ceiling = 1.0 / (1.0 / table["baseline_rows_per_s"] + 1.0 / table["transfer_rows_per_s"])
-    table["predicted_ceiling_rows_per_s"] = ceiling
-    table["share_of_ceiling"] = table["rows_per_s"] / ceiling
-    iterator = table[table["style"] == "iterator"].set_index(keys)["rows_per_s"]
-    table["ratio_to_iterator"] = table["rows_per_s"] / iterator.reindex(index).to_numpy()
-    return table
-
-
-def plot(table: pd.DataFrame, out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    palette = plt.get_cmap("tab10")
-    shown = (*BASELINES, *STYLES, *EXTRA_STYLES)
-    colors = {style: palette(i % 10) for i, style in enumerate(shown)}
-    for model, part in table.groupby("model"):
-        fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
-        for style, rows in part[part["rows"] > 0].groupby("style"):
-            rows = rows.sort_values("n")
-            kw = {"marker": "o", "label": style, "color": colors.get(style)}
-            left.plot(rows["n"], rows["seconds"], **kw)
-            right.plot(rows["n"], rows["ratio_to_baseline"], **kw)
-        left.set(xlabel="images (N)", ylabel="seconds (steady state)",
-                 title=f"{model}: time vs N")
-        right.axhline(1.0, color="black", lw=1, ls="--")
-        right.set(xlabel="images (N)", ylabel="throughput / single-process baseline",
-                  title=f"{model}: share of the baseline (the faster single-process loop)")
-        left.legend(fontsize=8)
-        right.legend(fontsize=8)
-        fig.tight_layout()
-        path = out_dir / f"{model}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    return written
-
-
-def report(table: pd.DataFrame) -> str:
-    columns = ["model", "n", "style", "rows", "warmup_s", "seconds", "rows_per_s",
-               "ratio_to_baseline", "share_of_ceiling", "worker_peak_rss_mb", "model_loads"]
-    shown = table[table["rows"] > 0][[c for c in columns if c in table]].copy()
-    return shown.to_string(index=False, float_format=lambda v: f"{v:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,73 @@
+"""What the inference benchmark measures: the styles, the sizes, the models and their data."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab_utils import config as lab_config
+from lab_utils import inference
+from lab_utils.data import images
+from lab_utils.training import cnn as models
+
+STYLES = ("transfer_only", "row_pickled", "row_arrow", "pandas_series", "iterator",
+          "predict_batch_udf", "map_in_pandas", "partition_predictor")
+ROW_STYLES = {"row_pickled", "row_arrow"}
+#: The single-process loops; the faster of the two is the baseline every ratio is taken against.
+BASELINES = ("baseline_pipelined", "baseline_naive")
+#: Opt-in styles, not in the default run (``--rest`` or ``--styles ...,rest``).
+EXTRA_STYLES = ("rest",)
+#: Images per REST request (each 32x32 image is ~10 KB of JSON).
+REST_BATCH = 64
+FIELD_SIZES = (100, 500, 1000, 1500, 2000, 2500, 3000)
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    name: str
+    spec: models.ModelSpec
+    make_predict_fn: inference.MakePredictFn | None  # None: the factories' Keras default
+    data_dir: Path
+    baseline_kind: str  # "keras" or "resnet50"
+
+
+# --------------------------------------------------------------------------- data and models
+
+
+def prepare_models(
+    cfg: lab_config.LabConfig, which: tuple[str, ...], max_n: int
+) -> list[BenchModel]:
+    """Build the data sets (enough files for ``max_n``) and the models, once."""
+    from lab_utils.training import resnet
+
+    out = []
+    if "cnn" in which:
+        spec = models.ensure_model(cfg)
+        data = cfg.share_dir / "data" / "bench-images"
+        per_scan = max(1, -(-max_n // 1797))
+        marker = data / ".dataset.json"
+        if not marker.is_file() or json.loads(marker.read_text())["files"] < max_n:
+            images.build_image_dataset(data, copies=per_scan, image_format="jpeg")
+        out.append(BenchModel("cnn", spec, None, data, "keras"))
+    if "resnet50" in which:
+        model_dir = cfg.share_dir / "models" / "resnet50"
+        data = cfg.share_dir / "data" / "bench-photos"
+        if len(list(data.rglob("*.jpg"))) < max_n:
+            resnet.build_photo_dataset(data, max_n)
+        try:
+            spec = models.load_spec(model_dir)
+        except models.ModelError:
+            model, imagenet = resnet.build_model(model_dir)
+            resnet.save_model(model, model_dir, imagenet)
+            spec = models.load_spec(model_dir)
+        out.append(BenchModel("resnet50", spec, resnet.predict_fn_from_path(spec.model_file),
+                              data, "resnet50"))
+    return out
+
+
+def list_files(data_dir: Path, n: int) -> list[Path]:
+    files = sorted(p for p in data_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if len(files) < n:
+        raise ValueError(f"{data_dir} has {len(files)} files, {n} requested")
+    return files[:n]

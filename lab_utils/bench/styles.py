@@ -1,0 +1,180 @@
+"""The Spark side of the inference benchmark: one builder per style, run on a cached input
+with a warm-up and a timed run, and the memory and settings recorded with every result."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lab_utils import inference
+from lab_utils.bench.cases import REST_BATCH, BenchModel
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _rss_recording(make: inference.MakePredictFn, folder: str) -> inference.MakePredictFn:
+    """Wrap a predict fn so each Python worker records the largest RSS it had after a batch
+    in ``folder/rss-<pid>`` and each model load in ``folder/loads-<pid>``. The driver empties
+    ``folder`` before each run (workers are reused across runs, so lifetime peaks would carry
+    one run's memory into the next)."""
+
+    def wrapped() -> inference.PredictFn:
+        predict = make()
+        with open(Path(folder, f"loads-{os.getpid()}"), "a") as loads:
+            loads.write("1\n")
+
+        def recording(pixels):
+            out = predict(pixels)
+            mark = Path(folder, f"rss-{os.getpid()}")
+            seen = float(mark.read_text()) if mark.exists() else 0.0
+            mark.write_text(f"{max(seen, _rss_mb()):.1f}")
+            return out
+
+        return recording
+
+    return wrapped
+
+
+def transfer_only_udf():
+    """Moves rows through Arrow and back with the same output struct, doing no work at all."""
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf(inference.RESULT_DDL)
+    def transfer(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+        for _paths, contents in batches:
+            n = len(contents)
+            yield pd.DataFrame({"prediction": ["x"] * n, "confidence": np.ones(n, "float32"),
+                                "error": [None] * n})
+
+    return transfer
+
+
+def style_builder(style: str, model: BenchModel, make, batch: int,
+                  rest_url: str | None = None) -> Callable:
+    """``df -> scored df`` for ``style``; built once, so warm-up and timed run share the
+    factory and therefore the model cached in each Python worker."""
+    spec = model.spec
+    if style == "rest":
+        from lab_utils.inference import rest_scoring
+
+        udf = rest_scoring.rest_udf(spec, rest_url, batch_size=REST_BATCH)
+        return lambda df: df.select(udf("path", "content").alias("r"))
+    if style == "transfer_only":
+        udf = transfer_only_udf()
+        return lambda df: df.select(udf("path", "content").alias("r"))
+    if style == "map_in_pandas":
+        return lambda df: inference.map_in_pandas(df, spec, make, batch_size=batch)
+    if style == "partition_predictor":
+        # The CPU here; on a GPU machine the predictor's own loader places the model.
+        predictor = inference.image_partition_predictor(
+            spec, lambda device: make(), batch_size=batch)
+        return predictor.transform
+    factory: Callable = {
+        "row_pickled": lambda: inference.row_udf(spec, make, use_arrow=False),
+        "row_arrow": lambda: inference.row_udf(spec, make, use_arrow=True),
+        "pandas_series": lambda: inference.pandas_udf_series(spec, make, batch_size=batch),
+        "iterator": lambda: inference.iterator_udf(spec, make, batch_size=batch),
+        "predict_batch_udf": lambda: inference.spark_predict_batch_udf(spec, make,
+                                                                      batch_size=batch),
+    }[style]
+    udf = factory()
+    return lambda df: df.select(udf("path", "content").alias("r"))
+
+
+def spark_settings(spark) -> dict[str, str]:
+    keys = ["spark.master", "spark.cores.max", "spark.executor.cores", "spark.task.cpus",
+            "spark.executor.memory", "spark.python.worker.reuse",
+            "spark.sql.execution.arrow.maxRecordsPerBatch",
+            "spark.sql.execution.pythonUDF.arrow.enabled", "spark.sql.shuffle.partitions"]
+    conf = spark.sparkContext.getConf()
+    return {k: spark.conf.get(k, None) or conf.get(k, "default") for k in keys}
+
+
+def driver_rss_mb(spark) -> dict[str, float]:
+    """Peak RSS of this Python process and of the driver JVM (from /proc)."""
+    python = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    jvm = None
+    proc = getattr(spark.sparkContext._gateway, "proc", None)
+    if proc is not None:
+        try:
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    jvm = int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return {"driver_python_peak_rss_mb": round(python, 1),
+            "driver_jvm_peak_rss_mb": None if jvm is None else round(jvm, 1)}
+
+
+def cached_input(spark, files: list[Path], partitions: int):
+    """The N files' bytes, read once and cached in ``partitions`` partitions: ``(df, rows)``.
+
+    Spark lists more than 32 explicit paths with a distributed job of one task per path
+    (``spark.sql.sources.parallelPartitionDiscovery.threshold``): 3,000 tasks to stat 3,000
+    local files. The driver lists them itself here, which takes milliseconds.
+    """
+    key = "spark.sql.sources.parallelPartitionDiscovery.threshold"
+    before = spark.conf.get(key)
+    spark.conf.set(key, str(max(len(files) + 1, 32)))
+    try:
+        df = (spark.read.format("binaryFile").load([f.as_uri() for f in files])
+              .select("path", "content").repartition(partitions).cache())
+        rows = df.count()
+    finally:
+        spark.conf.set(key, before)
+    return df, rows
+
+
+def recording_maker(model: BenchModel, rss_dir: Path) -> inference.MakePredictFn:
+    """The predict-fn maker the styles of ``model`` share, recording peak RSS in ``rss_dir``.
+
+    One maker for all styles means one cache key, so each Python worker loads the model once
+    and every later style finds it loaded (as a notebook that scores twice does); the first
+    style that needs the model pays the load in its warm-up.
+    """
+    return _rss_recording(model.make_predict_fn or inference.keras_predict_fn(
+        model.spec.model_file), str(rss_dir))
+
+
+def run_style(spark, style: str, model: BenchModel, files: list[Path], *, batch: int,
+              partitions: int, rss_dir: Path, rest_url: str | None = None,
+              data=None, make: inference.MakePredictFn | None = None) -> dict:
+    """Warm up on a slice, then time the full run; both force every row through the UDF.
+
+    ``data``: ``(df, rows)`` from :func:`cached_input`, shared by the styles of one N;
+    without it the files are read and cached for this run alone. ``make``: from
+    :func:`recording_maker` for ``rss_dir``, shared by the styles of one model; without it
+    this run's workers load the model afresh.
+    """
+    owned = data is None
+    df, rows = cached_input(spark, files, partitions) if owned else data
+    rss_dir.mkdir(parents=True, exist_ok=True)
+    for mark in rss_dir.iterdir():  # peaks of this run only (the workers outlive runs)
+        mark.unlink()
+    make = make or recording_maker(model, rss_dir)
+    build = style_builder(style, model, make, batch, rest_url)
+    warm = df.limit(max(partitions * 2, 8)).repartition(partitions)
+    start = time.perf_counter()
+    build(warm).write.format("noop").mode("overwrite").save()
+    warmup = time.perf_counter() - start
+    start = time.perf_counter()
+    build(df).write.format("noop").mode("overwrite").save()
+    seconds = time.perf_counter() - start
+    if owned:
+        df.unpersist()
+    rss = [float(p.read_text()) for p in rss_dir.glob("rss-*")]
+    loads = sum(len(p.read_text().split()) for p in rss_dir.glob("loads-*"))
+    return {"rows": rows, "warmup_s": warmup, "seconds": seconds,
+            "worker_peak_rss_mb": max(rss) if rss else None, "python_workers": len(rss),
+            "model_loads": loads}
