@@ -5,7 +5,7 @@ and call ``inference.iterator_udf(...)``. REST scoring against a model server li
 :mod:`lab_utils.inference.rest_scoring`.
 """
 
-from lab_utils.inference.udfs import (
+from lab_utils.inference.core import (
     CACHE_SIZE,
     DEFAULT_BATCH_SIZE,
     LOAD_COUNTS,
@@ -13,24 +13,26 @@ from lab_utils.inference.udfs import (
     RESULT_FIELDS,
     InferenceError,
     MakePredictFn,
-    PartitionPredictor,
     PredictFn,
     cached_predict_fn,
     configure_tensorflow,
     graph_predict,
-    image_partition_predictor,
-    iterator_udf,
     keras_predict_fn,
-    local_path,
+    score_images,
+    task_cpus,
+)
+from lab_utils.inference.files import local_path, place_by_class, read_images
+from lab_utils.inference.partition import (
+    PartitionPredictor,
+    image_partition_predictor,
+    select_device,
+)
+from lab_utils.inference.udfs import (
+    iterator_udf,
     map_in_pandas,
     pandas_udf_series,
-    place_by_class,
-    read_images,
     row_udf,
-    score_images,
-    select_device,
     spark_predict_batch_udf,
-    task_cpus,
 )
 
 __all__ = [

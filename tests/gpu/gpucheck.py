@@ -237,9 +237,9 @@ def reset_peak() -> None:
 
 
 def free_models() -> dict:
-    from lab_utils.inference import udfs
+    from lab_utils.inference import core as udfs_core
 
-    udfs._CACHE.clear()
+    udfs_core._CACHE.clear()
     gc.collect()
     torch = torch_or_none()
     if torch is not None and torch.cuda.is_available():
@@ -319,7 +319,8 @@ def throughput(name: str, spec_dir: Path, rows: list[dict], lab_device: str, gpu
 
     from lab_utils import inference
     from lab_utils.data import images
-    from lab_utils.inference import image_partition_predictor, udfs
+    from lab_utils.inference import core as udfs_core
+    from lab_utils.inference import image_partition_predictor
 
     stats: dict = {}
     loader = make_loader(str(spec_dir / "model.keras"), stats)
@@ -359,7 +360,7 @@ def throughput(name: str, spec_dir: Path, rows: list[dict], lab_device: str, gpu
            else ("partition", id(loader), lab_device))  # before commit d1c88ca
     entry["cache_key_kind"] = "uuid made at construction" if hasattr(
         predictor, "_cache_key") else "id(model_loader)"
-    predict = udfs._CACHE[key]
+    predict = udfs_core._CACHE[key]
     batches = [np.stack(pixels[i:i + batch_size]) for i in range(0, len(pixels), batch_size)]
     started = time.perf_counter()
     for b in batches:

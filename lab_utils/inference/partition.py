@@ -1,0 +1,158 @@
+"""The partition predictor: scoring with ``mapPartitionsWithIndex``, one model per Python worker,
+a pluggable model loader, row pre/post-processors, a batch size and GPU placement (by the task's
+scheduled GPU when Spark assigns one, else partition index modulo the visible GPUs)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lab_utils.common.task import task_resources
+from lab_utils.data import images
+from lab_utils.training.cnn import ModelSpec, load_spec
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+from lab_utils.inference.core import (
+    DEFAULT_BATCH_SIZE,
+    RESULT_DDL,
+    PredictFn,
+    cached_predict_fn,
+    configure_tensorflow,
+    graph_predict,
+)
+
+
+def select_device(partition_index: int, gpu_count: int | None = None) -> str:
+    """Where a partition runs: Spark's GPU assignment, else index mod GPUs, else the CPU.
+
+    1. When Spark schedules GPUs (``spark.task.resource.gpu.amount``), the task's own
+       ``TaskContext.resources()["gpu"]`` address: Spark guarantees no two tasks share it.
+    2. Otherwise, with ``gpu_count`` GPUs visible, ``partition_index % gpu_count`` (the seed's
+       rule: fine for one executor per machine, racy when several share the GPUs).
+    3. Otherwise the CPU.
+    Returns a TensorFlow device string: ``/GPU:<n>`` or ``/CPU:0``.
+    """
+    resources = task_resources()
+    if "gpu" in resources and resources["gpu"].addresses:
+        return f"/GPU:{int(resources['gpu'].addresses[0])}"
+    if gpu_count is None:
+        import tensorflow as tf
+
+        gpu_count = len(tf.config.list_physical_devices("GPU"))
+    if gpu_count > 0:
+        return f"/GPU:{partition_index % gpu_count}"
+    return "/CPU:0"
+
+
+class PartitionPredictor:
+    """The seed's partition-level predictor, on ``mapPartitionsWithIndex``.
+
+    Parameters
+    ----------
+    model_loader : Callable[[str], PredictFn]
+        Given a device string (``/GPU:0``, ``/CPU:0``), returns ``predict(batch) -> outputs``.
+        Called once per Python worker and device (cached).
+    preprocess : Callable[[Row], np.ndarray]
+        Row -> model input for that row; raise to mark the row as an error.
+    postprocess : Callable[[Row, np.ndarray | None, str | None], dict]
+        (row, model output or None, error or None) -> output fields matching ``schema``.
+    schema : str
+        DDL of the output rows.
+    batch_size : int
+    gpu_count : int, optional
+        Visible GPUs for the modulo rule; default: ask TensorFlow.
+    """
+
+    def __init__(self, model_loader: Callable[[str], PredictFn],
+                 preprocess: Callable[[Any], np.ndarray],
+                 postprocess: Callable[[Any, np.ndarray | None, str | None], dict],
+                 schema: str, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                 gpu_count: int | None = None):
+        self.model_loader = model_loader
+        self.preprocess = preprocess
+        self.postprocess = postprocess
+        self.schema = schema
+        self.batch_size = batch_size
+        self.gpu_count = gpu_count
+        # Made on the driver and pickled with the predictor: every task unpickles a new copy
+        # of ``model_loader``, so its id() would differ per task and reload the model each time.
+        self._cache_key = ("partition", uuid.uuid4().hex)
+
+    def _predict_partition(self, index: int, rows: Iterator[Any]) -> Iterator[tuple]:
+        device = select_device(index, self.gpu_count)
+        predict = cached_predict_fn((*self._cache_key, device),
+                                    lambda: self.model_loader(device))
+        fields = [f.strip().split(" ")[0] for f in self.schema.split(",")]
+        # Rows leave in the order they came: a bad row waits in the batch with its error.
+        pending: list[tuple[Any, str | None]] = []
+        inputs: list[np.ndarray] = []
+
+        def flush() -> Iterator[tuple]:
+            outputs = iter(predict(np.stack(inputs)) if inputs else ())
+            for row, error in pending:
+                out = None if error is not None else next(outputs)
+                record = self.postprocess(row, out, error)
+                yield tuple(record[f] for f in fields)
+            pending.clear()
+            inputs.clear()
+
+        for row in rows:
+            try:
+                inputs.append(self.preprocess(row))
+                pending.append((row, None))
+            except Exception as exc:  # noqa: BLE001 - any bad row becomes that row's error
+                pending.append((row, f"{type(exc).__name__}: {exc}"))
+            if len(inputs) >= self.batch_size:
+                yield from flush()
+        yield from flush()
+
+    def transform(self, df: DataFrame) -> DataFrame:
+        """Score every row of ``df``; the result has ``schema``."""
+        rdd = df.rdd.mapPartitionsWithIndex(self._predict_partition)
+        return df.sparkSession.createDataFrame(rdd, self.schema)
+
+
+def image_partition_predictor(
+    model: ModelSpec | Path | str,
+    model_loader: Callable[[str], PredictFn] | None = None,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    gpu_count: int | None = None,
+) -> PartitionPredictor:
+    """A :class:`PartitionPredictor` for ``binaryFile`` image rows and a saved Keras model."""
+    spec = model if isinstance(model, ModelSpec) else load_spec(model)
+    names, size, model_file = spec.class_names, spec.image_size, str(spec.model_file)
+
+    def keras_on_device(device: str) -> PredictFn:
+        configure_tensorflow()
+        import keras
+        import tensorflow as tf
+
+        with tf.device(device):
+            net = keras.saving.load_model(model_file, compile=False)
+            call = graph_predict(net)
+
+        def predict(pixels: np.ndarray) -> np.ndarray:
+            with tf.device(device):
+                return call(pixels)
+
+        return predict
+
+    def preprocess(row) -> np.ndarray:
+        return images.decode_image(row["content"], size)
+
+    def postprocess(row, output, error) -> dict:
+        if error is not None:
+            return {"path": row["path"], "prediction": None, "confidence": None, "error": error}
+        k = int(np.argmax(output))
+        return {"path": row["path"], "prediction": names[k], "confidence": float(output[k]),
+                "error": None}
+
+    return PartitionPredictor(model_loader or keras_on_device, preprocess, postprocess,
+                              f"path string, {RESULT_DDL}", batch_size=batch_size,
+                              gpu_count=gpu_count)
