@@ -38,6 +38,7 @@ import pandas as pd  # at module level: pandas UDF type hints are resolved from 
 
 from lab_utils.common import split
 from lab_utils.common.atomic import atomic_write
+from lab_utils.data.wav import SAMPLE_RATE, AudioError, decode_wav, encode_wav, resample, to_mono
 from lab_utils.errors import LabError
 
 if TYPE_CHECKING:
@@ -47,7 +48,6 @@ WORDS = ("yes", "no", "up", "down", "left", "right")
 VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-us+f3", "en-gb+m4")
 SPEEDS = (130, 160, 190)
 PITCHES = (35, 50, 70)
-SAMPLE_RATE = 16_000
 CLIP_SECONDS = 1.0
 N_MELS = 40
 N_FFT = 512
@@ -57,10 +57,6 @@ FEATURES_DDL = ("features array<float>, frames int, source_rate int, channels in
                 "seconds float, error string")
 ESPEAK_INSTALL_HINT = ("install it with `apt-get install espeak-ng` (Debian/Ubuntu), "
                        "`brew install espeak-ng` (macOS) or `dnf install espeak-ng` (Fedora)")
-
-
-class AudioError(LabError, ValueError):
-    """One file cannot be used as a clip; the message says why."""
 
 
 class EspeakMissingError(LabError, RuntimeError):
@@ -79,125 +75,6 @@ def require_espeak() -> str:
             f"espeak-ng not found on PATH: the speech data set (notebook 07) is synthesized "
             f"with it; {ESPEAK_INSTALL_HINT}. The lab's images and .ci/run install it.")
     return path
-
-
-# --------------------------------------------------------------------------- WAV in and out
-
-
-def encode_wav(samples: np.ndarray, sample_rate: int, *, sample_format: str = "int16") -> bytes:
-    """A WAV file's bytes: ``samples`` float in [-1, 1], shape ``(n,)`` or ``(n, channels)``.
-
-    ``sample_format``: ``uint8``, ``int16``, ``int32`` or ``float32``.
-    """
-    x = np.asarray(samples, dtype=np.float64)
-    x = x[:, None] if x.ndim == 1 else x
-    x = np.clip(x, -1.0, 1.0)
-    if sample_format == "float32":
-        data, tag, bits = x.astype("<f4").tobytes(), 3, 32
-    elif sample_format == "uint8":
-        data, tag, bits = np.round(x * 127 + 128).astype(np.uint8).tobytes(), 1, 8
-    elif sample_format in {"int16", "int32"}:
-        bits = 16 if sample_format == "int16" else 32
-        scale = 2 ** (bits - 1) - 1
-        data, tag = np.round(x * scale).astype(f"<i{bits // 8}").tobytes(), 1
-    else:
-        raise ValueError(f"sample_format {sample_format!r}: use uint8, int16, int32 or float32")
-    channels = x.shape[1]
-    block = channels * bits // 8
-    fmt = struct.pack("<HHIIHH", tag, channels, sample_rate, sample_rate * block, block, bits)
-    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
-    body += b"data" + struct.pack("<I", len(data)) + data
-    return b"RIFF" + struct.pack("<I", len(body)) + body
-
-
-_PCM, _FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE
-
-
-def decode_wav(data: bytes | None) -> tuple[np.ndarray, int]:
-    """``(samples, sample_rate)`` of a WAV file: float32 in [-1, 1], shape ``(n, channels)``.
-
-    Raises
-    ------
-    AudioError
-        Empty, not a RIFF/WAVE file, truncated (a chunk or the samples shorter than the header
-        says), an encoding other than PCM/float (e.g. ADPCM, mu-law), or no samples at all.
-    """
-    if data is None or len(data) == 0:
-        raise AudioError("empty file (0 bytes)")
-    data = bytes(data)
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        if data[:3] == b"ID3" or data[:2] in {b"\xff\xfb", b"\xff\xf3"}:
-            raise AudioError("not a WAV file: it is MP3 data; convert it, e.g. "
-                             "`ffmpeg -i in.mp3 out.wav`")
-        raise AudioError(f"not a WAV file (no RIFF/WAVE header; starts with {data[:12]!r})")
-    fmt, samples, truncated, pos = None, None, False, 12
-    while pos + 8 <= len(data):
-        chunk, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
-        body = data[pos + 8:pos + 8 + size]
-        if len(body) < size:
-            truncated = True
-        if chunk == b"fmt ":
-            if len(body) < 16:
-                raise AudioError("truncated WAV: the fmt chunk is incomplete")
-            fmt = struct.unpack("<HHIIHH", body[:16]) + (body,)
-        elif chunk == b"data":
-            samples = body
-            if truncated:
-                break
-        pos += 8 + size + (size & 1)  # chunks are padded to even sizes
-    if fmt is None:
-        raise AudioError("truncated WAV: no fmt chunk" if truncated or samples is None
-                         else "not a valid WAV file: no fmt chunk")
-    if samples is None:
-        raise AudioError("truncated WAV: no data chunk (the file ends after the header)")
-    tag, channels, rate, _, block, bits, raw = fmt
-    if tag == _EXTENSIBLE and len(raw) >= 26:
-        tag = struct.unpack("<H", raw[24:26])[0]  # the sub-format GUID starts with the real tag
-    if tag not in {_PCM, _FLOAT}:
-        raise AudioError(f"unsupported WAV encoding (format tag {tag}): only PCM and float are "
-                         "read; convert it, e.g. `ffmpeg -i in.wav -c:a pcm_s16le out.wav`")
-    if channels < 1 or rate < 1 or bits not in {8, 16, 24, 32, 64} or block != channels * bits // 8:
-        raise AudioError(f"corrupt WAV header: {channels} channels, {rate} Hz, {bits} bits")
-    if truncated:
-        raise AudioError(f"truncated WAV: the header declares {size} bytes of audio, the file "
-                         f"holds {len(samples)}")
-    n = len(samples) // block
-    if n == 0:
-        raise AudioError("WAV file without samples (0 frames)")
-    raw = samples[:n * block]
-    if tag == _FLOAT:
-        if bits not in {32, 64}:
-            raise AudioError(f"corrupt WAV header: float samples of {bits} bits")
-        x = np.frombuffer(raw, dtype=f"<f{bits // 8}").astype(np.float32)
-        x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
-    elif bits == 8:
-        x = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
-    elif bits == 24:
-        b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
-        v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
-        x = (np.where(v >= 2**23, v - 2**24, v) / 2**23).astype(np.float32)
-    else:
-        x = (np.frombuffer(raw, dtype=f"<i{bits // 8}") / float(2 ** (bits - 1))).astype(
-            np.float32)
-    return x.reshape(n, channels), rate
-
-
-def to_mono(samples: np.ndarray) -> np.ndarray:
-    """Downmix ``(n, channels)`` to ``(n,)`` by averaging the channels."""
-    return samples.mean(axis=1) if samples.ndim == 2 else samples
-
-
-def resample(x: np.ndarray, rate_in: int, rate_out: int = SAMPLE_RATE) -> np.ndarray:
-    """Band-limited polyphase resampling (scipy ``resample_poly``) from ``rate_in`` to
-    ``rate_out``."""
-    if rate_in == rate_out:
-        return x.astype(np.float32)
-    from math import gcd
-
-    from scipy.signal import resample_poly
-
-    g = gcd(rate_in, rate_out)
-    return resample_poly(x, rate_out // g, rate_in // g).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- features
@@ -463,74 +340,6 @@ def tfrecord_schema(words: Sequence[str], frames: int, n_mels: int = N_MELS):
         Feature("source_rate", "int64", (), "sample rate of the file before resampling"),
     ), metadata={"classes": list(words), "sample_rate": SAMPLE_RATE, "n_mels": n_mels,
                  "clip_seconds": CLIP_SECONDS, "hop": HOP, "win": WIN, "n_fft": N_FFT})
-
-
-def train_speech_classifier(train_dir, test_dir, *, epochs: int = 12, batch_size: int = 16,
-                            seed: int = 0) -> dict[str, Any]:
-    """Train a small CNN on log-mel TFRecords; accuracy on held-out clips against chance.
-
-    Returns ``accuracy``, ``chance`` (1 / words), ``majority`` (most common test word's share),
-    ``per_word`` accuracy, ``confusion`` (rows: true word), counts, ``history`` and
-    ``train_seconds``.
-    """
-    import time
-
-    import keras
-    import tensorflow as tf
-
-    from lab_utils.data import tfrecords
-
-    keras.utils.set_random_seed(seed)
-    schema, info = tfrecords.load_schema(train_dir)
-    classes = list(schema.metadata["classes"])
-    frames, n_mels = schema["mel"].shape
-
-    def standardise(x, y):
-        mean, var = tf.nn.moments(x, axes=[1, 2], keepdims=True)
-        return (x - mean) / tf.sqrt(var + 1e-6), y
-
-    train = tfrecords.read_tfrecords(train_dir, label="label", features="mel",
-                                     batch_size=batch_size, shuffle_buffer=10_000,
-                                     seed=seed).map(standardise)
-    test = tfrecords.read_tfrecords(test_dir, label="label", features="mel",
-                                    batch_size=256).map(standardise)
-    # Convolutions over time with the mel bands as channels: small, and fast on 2 cores.
-    layers = keras.layers
-    model = keras.Sequential([
-        keras.Input((frames, n_mels)),
-        layers.Conv1D(32, 5, padding="same"), layers.BatchNormalization(), layers.ReLU(),
-        layers.MaxPooling1D(2),
-        layers.Conv1D(32, 5, padding="same"), layers.BatchNormalization(), layers.ReLU(),
-        layers.MaxPooling1D(2),
-        layers.Flatten(),
-        layers.Dropout(0.3),
-        layers.Dense(len(classes), activation="softmax"),
-    ])
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  loss="sparse_categorical_crossentropy")
-    began = time.perf_counter()
-    history = model.fit(train, epochs=epochs, verbose=0)
-    seconds = time.perf_counter() - began
-    predicted, truth = [], []
-    for x, y in test.as_numpy_iterator():
-        predicted.append(np.argmax(model(x, training=False).numpy(), axis=1))
-        truth.append(y)
-    y_pred, y_true = np.concatenate(predicted), np.concatenate(truth)
-    confusion = np.zeros((len(classes), len(classes)), dtype=int)
-    np.add.at(confusion, (y_true, y_pred), 1)
-    return {
-        "accuracy": float((y_pred == y_true).mean()),
-        "chance": 1.0 / len(classes),
-        "majority": float(np.bincount(y_true).max() / len(y_true)),
-        "per_word": {w: float(confusion[i, i] / max(confusion[i].sum(), 1))
-                     for i, w in enumerate(classes)},
-        "confusion": confusion.tolist(),
-        "classes": classes,
-        "train_clips": int(info["records"]),
-        "test_clips": int(len(y_true)),
-        "history": [round(float(v), 4) for v in history.history["loss"]],
-        "train_seconds": round(seconds, 2),
-    }
 
 
 def plot_spectrograms(rows: pd.DataFrame, frames: int, n_mels: int = N_MELS, ncols: int = 4):

@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from lab_utils.data import audio
+from lab_utils.data import audio, wav
 
 
 def tone(freq: float, rate: int, seconds: float = 0.5, amp: float = 0.5) -> np.ndarray:
@@ -30,18 +30,18 @@ def test_missing_espeak_names_the_install_command(monkeypatch):
                                             ("float32", 0)])
 def test_wav_round_trip(fmt, tolerance):
     x = np.stack([tone(440, 8000), tone(660, 8000, amp=0.25)], axis=1)
-    samples, rate = audio.decode_wav(audio.encode_wav(x, 8000, sample_format=fmt))
+    samples, rate = wav.decode_wav(wav.encode_wav(x, 8000, sample_format=fmt))
     assert rate == 8000 and samples.shape == x.shape and samples.dtype == np.float32
     np.testing.assert_allclose(samples, x, atol=tolerance)
 
 
 def test_stereo_is_downmixed_by_averaging():
     x = np.stack([tone(440, 8000), np.zeros(4000, np.float32)], axis=1)
-    np.testing.assert_allclose(audio.to_mono(x), x[:, 0] / 2)
+    np.testing.assert_allclose(wav.to_mono(x), x[:, 0] / 2)
 
 
 def test_resampling_keeps_the_pitch():
-    y = audio.resample(tone(1000, 44_100, seconds=1.0), 44_100, 16_000)
+    y = wav.resample(tone(1000, 44_100, seconds=1.0), 44_100, 16_000)
     assert len(y) == 16_000
     peak = np.argmax(np.abs(np.fft.rfft(y))) * 16_000 / len(y)
     assert peak == pytest.approx(1000, abs=2)
@@ -91,9 +91,9 @@ def test_bad_input_corpus_each_file_has_its_outcome(tmp_path):
 
 
 def test_truncation_errors_say_how_much_is_missing():
-    data = audio.encode_wav(tone(440, 8000), 8000)
-    with pytest.raises(audio.AudioError, match="declares 8000 bytes of audio, the file holds 956"):
-        audio.decode_wav(data[:1000])
+    data = wav.encode_wav(tone(440, 8000), 8000)
+    with pytest.raises(wav.AudioError, match="declares 8000 bytes of audio, the file holds 956"):
+        wav.decode_wav(data[:1000])
 
 
 def test_holdout_keeps_noisy_copies_with_their_clip():
@@ -123,8 +123,8 @@ def test_speech_dataset_is_deterministic(tmp_path):
                                               "no/no_en-us_s160_p50_n1.wav",
                                               "yes/yes_en-us_s160_p50_n0.wav",
                                               "yes/yes_en-us_s160_p50_n1.wav"]
-    clean, rate = audio.decode_wav((tmp_path / "a/yes/yes_en-us_s160_p50_n0.wav").read_bytes())
-    noisy, _ = audio.decode_wav((tmp_path / "a/yes/yes_en-us_s160_p50_n1.wav").read_bytes())
+    clean, rate = wav.decode_wav((tmp_path / "a/yes/yes_en-us_s160_p50_n0.wav").read_bytes())
+    noisy, _ = wav.decode_wav((tmp_path / "a/yes/yes_en-us_s160_p50_n1.wav").read_bytes())
     assert rate == 22_050 and 0.2 < len(clean) / rate < 1.5
     assert len(noisy) >= len(clean) and not np.array_equal(noisy[: len(clean)], clean)
 
