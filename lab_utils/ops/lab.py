@@ -16,271 +16,39 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from lab_utils import config as lab_config
 from lab_utils.common import process
 from lab_utils.common.atomic import atomic_write_text
-from lab_utils.common.net import http_json, port_free
+from lab_utils.common.net import port_free
 from lab_utils.common.process import wait_until
-from lab_utils.errors import LabError
-
-ROLES = ("master", "worker", "history", "model-server", "jupyter")
-#: Roles that run a Spark JVM (they need Java and the generated Spark conf with the secret).
-SPARK_ROLES = ("master", "worker", "history")
-SHARE_SUBDIRS = ("data", "models", "output", "spark-events")
-SPARKMONITOR_KERNEL_CONFIG = (
-    "c.InteractiveShellApp.extensions.append('sparkmonitor.kernelextension')\n"
+from lab_utils.ops.services import (  # noqa: F401 (the launcher's API: lab.ROLES, ...)
+    ROLES,
+    SHARE_SUBDIRS,
+    SPARK_ROLES,
+    SPARKMONITOR_KERNEL_CONFIG,
+    LaunchError,
+    Service,
+    alive_workers,
+    healthy,
+    java_version,
+    master_state,
+    prepare,
+    require_token,
+    resolve_host,
+    service_command,
+    service_env,
+    services,
+    spark_conf_path,
+    spark_home,
+    write_spark_conf,
 )
-
-
-class LaunchError(LabError, RuntimeError):
-    """The native lab cannot start, stop or run a role as asked; the message says how to fix it."""
-
-
-# --------------------------------------------------------------------------- environment checks
-
-
-def spark_home() -> Path:
-    """The Spark runtime shipped inside the pyspark wheel (``bin/spark-class`` and the jars)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("pyspark")
-    if spec is None or spec.origin is None:
-        raise LaunchError(
-            "pyspark is not installed in this Python: run `make venv` (or `make lab`)")
-    home = Path(spec.origin).parent
-    if not (home / "bin" / "spark-class").is_file():
-        raise LaunchError(f"{home} has no bin/spark-class: reinstall pyspark with `make venv`")
-    return home
-
-
-def java_version(java: str | None = None) -> tuple[int, str]:
-    """(major version, path) of the Java that Spark will use; LaunchError if it is unusable."""
-    if java is None:
-        java_home = os.environ.get("JAVA_HOME")
-        java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
-    if not java or not Path(java).exists():
-        raise LaunchError(
-            "Java not found: Spark needs Java 17 or newer. Install it "
-            "(Debian/Ubuntu: `sudo apt-get install openjdk-17-jre-headless`, macOS: "
-            "`brew install openjdk@17`) or set JAVA_HOME to a JDK 17+."
-        )
-    out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60)
-    text = out.stderr + out.stdout
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', text)
-    if not match:
-        raise LaunchError(
-            f"could not read the Java version from `{java} -version`: {text.strip()!r}")
-    major = int(match.group(1))
-    if major == 1 and match.group(2):  # "1.8.0_292" style
-        major = int(match.group(2))
-    if major < 17:
-        raise LaunchError(
-            f"Java {major} found at {java}, but Spark 4 needs Java 17 or newer: install "
-            "openjdk-17-jre-headless (or newer) and put it first on PATH, or set JAVA_HOME to it."
-        )
-    return major, java
-
-
-def resolve_host(host: str) -> str:
-    """``auto`` means this machine's own address (containers advertise their IP)."""
-    if host == "auto":
-        return socket.gethostbyname(socket.gethostname())
-    return host
-
-
-# --------------------------------------------------------------------------- services
-
-
-@dataclass(frozen=True)
-class Service:
-    name: str  # master, worker-1, ..., history, model-server, jupyter
-    role: str
-    index: int = 0
-    ports: tuple[tuple[int, str], ...] = ()
-
-
-def services(cfg: lab_config.LabConfig) -> list[Service]:
-    """The native lab's services in start order."""
-    items = [Service("master", "master", ports=((cfg.master_port, "LAB_MASTER_PORT"),
-                                               (cfg.master_ui_port, "LAB_MASTER_UI_PORT")))]
-    for i in range(1, cfg.workers + 1):
-        ui_port = cfg.worker_ui_port + i - 1
-        items.append(Service(f"worker-{i}", "worker", i, ((ui_port, "LAB_WORKER_UI_PORT"),)))
-    items.append(Service("history", "history", ports=((cfg.history_port, "LAB_HISTORY_PORT"),)))
-    items.append(Service("model-server", "model-server",
-                         ports=((cfg.model_server_port, "LAB_MODEL_SERVER_PORT"),)))
-    items.append(Service("jupyter", "jupyter", ports=((cfg.jupyter_port, "LAB_JUPYTER_PORT"),)))
-    return items
-
-
-def spark_conf_path(cfg: lab_config.LabConfig) -> Path:
-    return cfg.state_dir / "conf" / "spark-defaults.conf"
-
-
-def write_spark_conf(cfg: lab_config.LabConfig) -> Path:
-    """Write the daemons' properties file (0600: it holds the authentication secret).
-
-    Passing the secret in a file keeps it off command lines (``ps``) and out of launch logs.
-    """
-    if not cfg.auth_secret:
-        raise LaunchError(
-            "SPARK_AUTH_SECRET is not set: run `make env` (or `make lab`) to generate .env"
-        )
-    events = cfg.events_dir.as_uri()
-    lines = {
-        "spark.authenticate": "true",
-        "spark.authenticate.secret": cfg.auth_secret,
-        # The REST submission server has no authentication; Spark refuses it with a secret set.
-        "spark.master.rest.enabled": "false",
-        # Apps that do not set spark.cores.max (e.g. a bare spark-submit) get the lab's cap too.
-        "spark.deploy.defaultCores": str(cfg.app_cores_max),
-        "spark.worker.cleanup.enabled": "true",
-        "spark.history.fs.logDirectory": events,
-        "spark.history.fs.update.interval": "5s",
-        "spark.history.ui.port": str(cfg.history_port),
-    }
-    path = spark_conf_path(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    body = "# Generated by lab_utils.ops.lab on every start: edit .env, not this file.\n"
-    body += "".join(f"{key} {value}\n" for key, value in lines.items())
-    return atomic_write_text(path, body, mode=0o600)  # it holds the cluster's secret
-
-
-def service_env(cfg: lab_config.LabConfig) -> dict[str, str]:
-    """Environment shared by every service and, through JupyterLab, by every notebook kernel."""
-    # The lab's own variables come from cfg alone, never half from a stale environment.
-    env = {k: v for k, v in os.environ.items() if k not in lab_config.VARIABLES}
-    env.update(lab_config.to_env(cfg))
-    host = resolve_host(cfg.host)
-    env.update(
-        SPARK_HOME=str(spark_home()),
-        # Driver and executors run the very same interpreter (and so the same libraries).
-        PYSPARK_PYTHON=sys.executable,
-        PYSPARK_DRIVER_PYTHON=sys.executable,
-        SPARK_MASTER_URL=cfg.master_url or f"spark://{host}:{cfg.master_port}",
-        # Marks every process of this lab (inherited by executors and kernels) for `lab stop`.
-        LAB_INSTANCE=str(cfg.state_dir),
-        IPYTHONDIR=str(cfg.state_dir / "ipython"),
-        JUPYTER_RUNTIME_DIR=str(cfg.state_dir / "jupyter-runtime"),
-    )
-    # TensorFlow's INFO lines (oneDNN, CUDA probing) flood executor logs and notebook output.
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-    if host not in {"0.0.0.0", "::"}:
-        # Web UIs bind to all interfaces unless told otherwise; keep them on LAB_HOST.
-        env["SPARK_LOCAL_IP"] = host
-    return env
-
-
-def service_command(service: Service, cfg: lab_config.LabConfig) -> list[str]:
-    """The argv that runs ``service``; native mode and containers both use it."""
-    host = resolve_host(cfg.host)
-    spark_class = str(spark_home() / "bin" / "spark-class")
-    props = ["--properties-file", str(spark_conf_path(cfg))]
-    if service.role == "master":
-        return [spark_class, "org.apache.spark.deploy.master.Master", "--host", host,
-                "--port", str(cfg.master_port), "--webui-port", str(cfg.master_ui_port), *props]
-    if service.role == "worker":
-        ui_port = cfg.worker_ui_port + max(service.index, 1) - 1
-        work_dir = cfg.state_dir / "work" / service.name
-        master = cfg.master_url or f"spark://{host}:{cfg.master_port}"
-        return [spark_class, "org.apache.spark.deploy.worker.Worker", master, "--host", host,
-                "--cores", str(cfg.worker_cores), "--memory", cfg.worker_memory,
-                "--webui-port", str(ui_port), "--work-dir", str(work_dir), *props]
-    if service.role == "history":
-        return [spark_class, "org.apache.spark.deploy.history.HistoryServer", *props]
-    if service.role == "model-server":
-        # Serves share_storages/models/<name>/ over TF Serving's REST API; no fault injection.
-        return [sys.executable, "-m", "lab_utils.serving", "--host", host,
-                "--port", str(cfg.model_server_port), "--models-dir",
-                str(cfg.share_dir / "models")]
-    if service.role == "jupyter":
-        # The token comes from JUPYTER_TOKEN in the environment, never from the command line.
-        argv = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ip={host}",
-                f"--port={cfg.jupyter_port}", f"--ServerApp.root_dir={cfg.notebooks_dir}",
-                "--ServerApp.port_retries=0"]
-        if host in {"0.0.0.0", "::"}:
-            argv.append("--ServerApp.allow_remote_access=True")  # container: reached via Docker
-        if os.geteuid() == 0:
-            # CI and some native setups run as root; the images never do (they run as `lab`).
-            argv.append("--allow-root")
-        return argv
-    raise LaunchError(f"unknown role {service.role!r}: expected one of {', '.join(ROLES)}")
-
-
-def require_token(cfg: lab_config.LabConfig) -> None:
-    """JupyterLab never starts without a token."""
-    if not cfg.jupyter_token:
-        raise LaunchError(
-            "JUPYTER_TOKEN is not set: run `make env` (or `make lab`) to generate .env")
-
-
-def prepare(cfg: lab_config.LabConfig, *, spark: bool = True) -> None:
-    """Create the folders and generated files every service expects (idempotent).
-
-    ``spark=False`` (the model server's container) skips the Spark conf, which needs the secret
-    that service neither has nor needs.
-    """
-    for sub in SHARE_SUBDIRS:
-        (cfg.share_dir / sub).mkdir(parents=True, exist_ok=True)
-    (cfg.state_dir / "logs").mkdir(parents=True, exist_ok=True)
-    (cfg.state_dir / "pids").mkdir(parents=True, exist_ok=True)
-    if spark:
-        write_spark_conf(cfg)
-    # Load sparkmonitor's kernel extension in every kernel, so its live job view is ready
-    # before the first cell runs; lab_utils.session then attaches the listener.
-    profile = cfg.state_dir / "ipython" / "profile_default"
-    profile.mkdir(parents=True, exist_ok=True)
-    (profile / "ipython_kernel_config.py").write_text(SPARKMONITOR_KERNEL_CONFIG)
-
-
-# --------------------------------------------------------------------------- health probes
-
-
-def master_state(cfg: lab_config.LabConfig, timeout: float = 3.0) -> dict:
-    """The master's JSON status page (workers, cores, running applications)."""
-    return http_json(f"http://{resolve_host(cfg.host)}:{cfg.master_ui_port}/json/",
-                     timeout=timeout)
-
-
-def alive_workers(cfg: lab_config.LabConfig) -> int:
-    state = master_state(cfg)
-    return sum(1 for worker in state.get("workers", []) if worker.get("state") == "ALIVE")
-
-
-def healthy(service: Service, cfg: lab_config.LabConfig) -> bool:
-    """True when ``service`` answers on its port the way a ready service does."""
-    host = resolve_host(cfg.host)
-    probe = "127.0.0.1" if host in {"0.0.0.0", "::"} else host
-    try:
-        if service.role == "master":
-            return master_state(cfg).get("status") == "ALIVE"
-        if service.role == "worker":
-            port = cfg.worker_ui_port + max(service.index, 1) - 1
-            worker = http_json(f"http://{probe}:{port}/json/")
-            return bool(worker.get("masterurl")) and worker.get("cores", 0) > 0
-        if service.role == "history":
-            http_json(f"http://{probe}:{cfg.history_port}/api/v1/applications")
-            return True
-        if service.role == "model-server":
-            found = http_json(f"http://{probe}:{cfg.model_server_port}/healthz")
-            return found.get("status") == "ok"
-        if service.role == "jupyter":
-            return "version" in http_json(f"http://{probe}:{cfg.jupyter_port}/api")
-    except (OSError, ValueError):
-        return False
-    return False
-
 
 # --------------------------------------------------------------------------- pid files
 

@@ -36,7 +36,7 @@ def test_worker_that_cannot_register_is_a_clear_error(tmp_path):
     wrong_master = f"spark://127.0.0.1:{free_ports(1)[0]}"
     cfg = lab_config.load(lab_env(tmp_path, workers=1, SPARK_MASTER_URL=wrong_master,
                                   LAB_START_TIMEOUT="8"))
-    with pytest.raises(lab.LabError, match=r"only 0 of 1 workers registered with the master "
+    with pytest.raises(lab.LaunchError, match=r"only 0 of 1 workers registered with the master "
                                            r"within 8s: read the worker logs"):
         lab.start(cfg, jupyter=False, out=lambda *_: None)
     assert lab._lab_processes(cfg) == []  # the failed start cleaned up after itself

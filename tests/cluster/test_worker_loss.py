@@ -167,6 +167,6 @@ def test_worker_killed_mid_job_loses_no_row_and_comes_back(tmp_path, lab_cluster
         # reports the state of the lab.
         try:
             lab.start(cfg, jupyter=False, out=lambda *_: None)
-        except lab.LabError as exc:
+        except lab.LaunchError as exc:
             print(f"could not restart the private lab's missing services: {exc}")
         print(phase)

@@ -29,12 +29,12 @@ def test_java_17_and_newer_accepted(tmp_path):
 @pytest.mark.parametrize("line, found", [('openjdk version "11.0.2" 2019-01-15', "Java 11"),
                                          ('java version "1.8.0_292"', "Java 8")])
 def test_old_java_names_the_fix(tmp_path, line, found):
-    with pytest.raises(lab.LabError, match=f"{found} found .* needs Java 17 or newer: install"):
+    with pytest.raises(lab.LaunchError, match=f"{found} found .* needs Java 17 or newer: install"):
         lab.java_version(fake_java(tmp_path, line))
 
 
 def test_missing_java_names_the_fix(tmp_path):
-    with pytest.raises(lab.LabError, match="Java not found.*openjdk-17-jre-headless"):
+    with pytest.raises(lab.LaunchError, match="Java not found.*openjdk-17-jre-headless"):
         lab.java_version(str(tmp_path / "no-java"))
 
 
@@ -50,8 +50,8 @@ def test_port_taken_is_a_clear_error(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         cfg = make_cfg(tmp_path, LAB_MASTER_PORT=str(port))  # the first port checked
-        with pytest.raises(lab.LabError, match=f"port {port} on 127.0.0.1 \\(master\\) is already "
-                                               "in use.*LAB_MASTER_PORT"):
+        with pytest.raises(lab.LaunchError, match=f"port {port} on 127.0.0.1 \\(master\\) is "
+                                                  "already in use.*LAB_MASTER_PORT"):
             lab.start(cfg, out=lambda *_: None)
     assert not (tmp_path / ".lab" / "pids" / "master.pid").exists()  # nothing was started
 
@@ -139,7 +139,7 @@ def pretend_running(cfg, pid: int, *names: str) -> None:
 def test_services_without_their_master_are_not_restarted(tmp_path, stand_in):
     cfg = make_cfg(tmp_path, LAB_WORKERS="2")
     pretend_running(cfg, stand_in, "worker-1", "worker-2")
-    with pytest.raises(lab.LabError, match=r"partly running \(worker-1, worker-2\) without its "
+    with pytest.raises(lab.LaunchError, match=r"partly running \(worker-1, worker-2\) without its "
                                            r"master: run `make stop`, then `make lab`"):
         lab.start(cfg, jupyter=False, out=lambda *_: None)
     assert lab.running_pid(cfg, "worker-1") == stand_in  # nothing was stopped
@@ -157,7 +157,7 @@ def test_restart_checks_only_the_missing_services(tmp_path, stand_in):
                        LAB_MASTER_PORT=str(port))
         pretend_running(cfg, stand_in, "master", "worker-1", "history", "model-server")
         lines = []
-        with pytest.raises(lab.LabError, match=f"port {port} on 127.0.0.1 \\(worker-2\\) is "
+        with pytest.raises(lab.LaunchError, match=f"port {port} on 127.0.0.1 \\(worker-2\\) is "
                                                "already in use"):
             lab.start(cfg, jupyter=False, out=lines.append)
     assert any("partly running: starting worker-2 (running: master, worker-1, history, "
@@ -178,7 +178,7 @@ def test_service_env_shares_one_interpreter(tmp_path):
 
 def test_jupyter_never_starts_without_a_token(tmp_path):
     cfg = config.load({"LAB_ROOT": str(tmp_path), "SPARK_AUTH_SECRET": "s"})
-    with pytest.raises(lab.LabError, match="JUPYTER_TOKEN is not set: run `make env`"):
+    with pytest.raises(lab.LaunchError, match="JUPYTER_TOKEN is not set: run `make env`"):
         lab.run("jupyter", cfg)
     # Spark roles do not need it (the compose file gives it to JupyterLab only).
     lab.prepare(cfg)
@@ -211,7 +211,7 @@ def test_model_server_role_needs_neither_java_nor_the_spark_secret(tmp_path):
     assert not lab.spark_conf_path(cfg).exists()
     assert "model-server" in lab.ROLES and "model-server" not in lab.SPARK_ROLES
     assert lab.urls(cfg)["model_server"] == cfg.model_server_url == "http://127.0.0.1:9501"
-    with pytest.raises(lab.LabError, match="SPARK_AUTH_SECRET is not set"):
+    with pytest.raises(lab.LaunchError, match="SPARK_AUTH_SECRET is not set"):
         lab.prepare(cfg)  # the Spark roles still refuse to start without it
 
 

@@ -114,7 +114,7 @@ def test_job_tasks_and_busy_workers(tmp_path, monkeypatch):
 
 
 def test_kill_worker_names_the_way_when_not_native(tmp_path):
-    with pytest.raises(lab.LabError, match="worker-2 is not running in the native lab .*"
+    with pytest.raises(lab.LaunchError, match="worker-2 is not running in the native lab .*"
                                            "`make status`.*docker kill"):
         resilience.kill_worker(lab_cfg(tmp_path), "worker-2")
 
