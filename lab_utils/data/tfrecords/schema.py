@@ -1,29 +1,11 @@
-"""TFRecord files from Spark, and ``tf.data`` back from them, driven by one schema.
-
-No JVM TFRecord connector has a Spark 4 release, so the files are written from Python:
-``mapInPandas`` with ``tf.io.TFRecordWriter``, one file per partition. Each task writes under a
-hidden temporary name (:mod:`lab_utils.common.atomic`, never read by Spark or by
-:func:`read_tfrecords`) and renames it
-to ``part-NNNNN.tfrecord`` only when the whole partition is written, so a failed or retried task
-never leaves a torn file behind. Next to the files, ``schema.json`` describes every feature
-(name, dtype, shape) with the file list and record counts; :func:`read_tfrecords` builds the
-``tf.data`` parser from it, so the reader never re-types what the writer knew.
-
-Feature dtypes: ``int64``, ``float32``, ``bytes`` and ``string`` (UTF-8 text; ``tf.string`` in
-TensorFlow, decoded to ``str`` by :func:`decode_strings`). Shapes: ``()`` for a scalar, a fixed
-shape such as ``(14, 5)`` (stored flattened, row-major; read back in that shape), or ``None``
-for a variable-length 1-D list.
-
-TensorFlow is imported inside the functions that need it: ``import lab_utils.data.tfrecords`` does
-not load it.
-"""
+"""The schema that drives both sides (features: name, dtype, shape), the checks a value must
+pass, and the encoding of rows into ``tf.train.Example`` records written to one file."""
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd  # at module level: mapInPandas functions are resolved with it
 
-from lab_utils.common.atomic import atomic_write, atomic_write_text
-from lab_utils.common.task import partition_id
+from lab_utils.common.atomic import atomic_write
 from lab_utils.errors import LabError
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    pass
+
 
 DTYPES = ("int64", "float32", "bytes", "string")
 SCHEMA_FILE = "schema.json"
@@ -259,213 +241,3 @@ def write_file(path: Path | str, records: Iterable[bytes], compression: str | No
 
     atomic_write(path, write)  # readers see the whole file or none
     return count
-
-
-# --------------------------------------------------------------------------- Spark writer
-
-
-def _local(folder: Path | str) -> Path:
-    from urllib.parse import unquote, urlparse
-
-    parsed = urlparse(str(folder))
-    if parsed.scheme not in {"", "file"}:
-        raise ValueError(f"{folder}: TFRecords are written with Python file I/O, so the folder "
-                         "must be local or on storage every executor mounts at the same path "
-                         "(share_storages/); copy the files to object storage afterwards")
-    return Path(unquote(parsed.path) if parsed.scheme else str(folder))
-
-
-def _partition_writer(dest: str, schema: TFRecordSchema):
-    def write(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from lab_utils.inference import configure_tensorflow
-
-        configure_tensorflow()  # one TF thread per task core, before TF runs an op
-        partition = partition_id(default=0)
-        name = f"{PART_PREFIX}{partition:05d}{_SUFFIX[schema.compression]}"
-        path = Path(dest) / name
-        count = write_file(path, (record for frame in frames
-                                  for record in encode_records(frame, schema)),
-                           schema.compression)
-        yield pd.DataFrame({"partition": [partition], "file": [name], "records": [count],
-                            "bytes": [path.stat().st_size]})
-
-    return write
-
-
-def write_tfrecords(
-    df: DataFrame,
-    dest: Path | str,
-    schema: TFRecordSchema,
-    *,
-    partitions: int | None = None,
-    sort_within: Sequence[str] = (),
-) -> dict[str, Any]:
-    """Write ``df`` as TFRecord files, one per partition, with ``schema.json`` beside them.
-
-    Parameters
-    ----------
-    df : pyspark.sql.DataFrame
-        Must hold every column of ``schema`` (others are ignored). Array columns may be flat or
-        nested; fixed shapes are checked per row.
-    dest : Path or str
-        Folder on storage every executor sees at the same path (``share_storages/``). Its old
-        contents are replaced.
-    schema : TFRecordSchema
-    partitions : int, optional
-        ``repartition(partitions)`` first: this is the number of files. Choose it for the reader
-        (files of 100-200 MB let ``tf.data`` interleave them), not for the previous stage.
-        None keeps ``df``'s partitioning.
-    sort_within : sequence of str
-        Sort each partition by these columns, so a file's order is deterministic.
-
-    Returns
-    -------
-    dict
-        What ``schema.json`` holds: the schema, ``files`` (name, records, bytes) and
-        ``records``.
-
-    Raises
-    ------
-    TFRecordSchemaError
-        A row does not match the schema (the message names the feature, the expected and the
-        actual shape or dtype). Nothing is left in ``dest`` but the files already complete.
-    """
-    folder = _local(dest)
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    frame = df.select(*schema.names)
-    if partitions:
-        frame = frame.repartition(partitions)
-    if sort_within:
-        frame = frame.sortWithinPartitions(*sort_within)
-    stats = (frame.mapInPandas(_partition_writer(str(folder), schema), STATS_DDL)
-             .toPandas().sort_values("partition").reset_index(drop=True))
-    written = sorted(p.name for p in folder.glob(f"{PART_PREFIX}*"))
-    if written != sorted(stats["file"]):
-        raise RuntimeError(f"{folder}: the files on disk {written} differ from the tasks' report "
-                           f"{sorted(stats['file'])}; is {folder} shared by every executor?")
-    return _finish(folder, schema, stats)
-
-
-def _finish(folder: Path, schema: TFRecordSchema, stats: pd.DataFrame) -> dict[str, Any]:
-    summary = {
-        **schema.to_dict(),
-        "records": int(stats["records"].sum()),
-        "files": [{"name": r.file, "records": int(r.records), "bytes": int(r.bytes)}
-                  for r in stats.itertuples()],
-    }
-    # schema.json last: its presence means "complete"
-    atomic_write_text(folder / SCHEMA_FILE, json.dumps(summary, indent=2))
-    return summary
-
-
-def write_tfrecords_local(
-    frame: pd.DataFrame, dest: Path | str, schema: TFRecordSchema, *, files: int = 1
-) -> dict[str, Any]:
-    """:func:`write_tfrecords` for a pandas DataFrame in this process (same layout, same
-    ``schema.json``): for data that fits one machine, and for tests."""
-    folder = _local(dest)
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    rows = []
-    for index, chunk in enumerate(np.array_split(np.arange(len(frame)), max(files, 1))):
-        name = f"{PART_PREFIX}{index:05d}{_SUFFIX[schema.compression]}"
-        count = write_file(folder / name, encode_records(frame.iloc[chunk], schema),
-                           schema.compression)
-        rows.append((index, name, count, (folder / name).stat().st_size))
-    return _finish(folder, schema, pd.DataFrame(rows, columns=["partition", "file", "records",
-                                                               "bytes"]))
-
-
-# --------------------------------------------------------------------------- tf.data reader
-
-
-def feature_description(schema: TFRecordSchema) -> dict[str, Any]:
-    """The ``tf.io.parse_example`` spec for ``schema`` (imports TensorFlow)."""
-    import tensorflow as tf
-
-    kinds = {"int64": tf.int64, "float32": tf.float32, "bytes": tf.string, "string": tf.string}
-    return {f.name: (tf.io.VarLenFeature(kinds[f.dtype]) if f.shape is None
-                     else tf.io.FixedLenFeature(f.shape, kinds[f.dtype]))
-            for f in schema.features}
-
-
-def tfrecord_files(folder: Path | str) -> list[str]:
-    """The complete part files of ``folder`` in order (temporary files are not listed)."""
-    _, data = load_schema(folder)
-    files = [str(Path(folder) / f["name"]) for f in data["files"]]
-    absent = [f for f in files if not Path(f).is_file()]
-    if absent:
-        raise FileNotFoundError(f"{len(absent)} files listed in {Path(folder) / SCHEMA_FILE} are"
-                                f" missing (first: {absent[0]}): rewrite the data set")
-    return files
-
-
-def read_tfrecords(
-    folder: Path | str,
-    *,
-    label: str | None = None,
-    features: str | Sequence[str] | None = None,
-    batch_size: int | None = None,
-    shuffle_buffer: int = 0,
-    seed: int = 0,
-    files: Sequence[str] | None = None,
-):
-    """A ``tf.data.Dataset`` over a folder written by :func:`write_tfrecords`.
-
-    Parameters
-    ----------
-    folder : Path or str
-        Holds ``schema.json`` and the part files.
-    label : str, optional
-        Yield ``(features, label)`` pairs, as ``Model.fit`` takes them.
-    features : str or sequence of str, optional
-        Keep only these features; a single name yields that tensor instead of a dict.
-    batch_size : int, optional
-        Batch (and parse whole batches at once, which is faster); None yields single records.
-    shuffle_buffer : int
-        Shuffle records with this buffer (0: file order, deterministic).
-    seed : int
-        Seed of the shuffle.
-    files : sequence of str, optional
-        A subset of the part files (default: all, in order).
-
-    Returns
-    -------
-    tf.data.Dataset
-    """
-    import tensorflow as tf
-
-    schema, _ = load_schema(folder)
-    paths = list(files) if files is not None else tfrecord_files(folder)
-    spec = feature_description(schema)
-    wanted = ([features] if isinstance(features, str) else list(features)) if features \
-        else [n for n in schema.names if n != label]
-    keep = [*wanted, *([label] if label else [])]
-    spec = {name: spec[name] for name in keep}
-    variable = [name for name in keep if schema[name].shape is None]
-
-    def parse(records):
-        parsed = (tf.io.parse_example(records, spec) if batch_size
-                  else tf.io.parse_single_example(records, spec))
-        for name in variable:
-            parsed[name] = tf.sparse.to_dense(parsed[name])
-        x = parsed[wanted[0]] if isinstance(features, str) else {n: parsed[n] for n in wanted}
-        return (x, parsed[label]) if label else x
-
-    ds = tf.data.TFRecordDataset(paths, compression_type=schema.compression or "")
-    if shuffle_buffer:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if batch_size:
-        ds = ds.batch(batch_size)
-    return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(
-        tf.data.AUTOTUNE)
-
-
-def decode_strings(values: Any) -> Any:
-    """``tf.string`` values as numpy gives them (bytes) back to ``str``, for ``string`` features."""
-    if isinstance(values, bytes):
-        return values.decode("utf-8")
-    return np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(values)
