@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from lab_utils import config as lab_config
 from lab_utils.ops import lab
-from tests.conftest import lab_env
-
-
-class Phases:
-    """Seconds spent in each named phase of a long test, printed at its end (``-s`` or on
-    failure), so a slow run says where its time went."""
-
-    def __init__(self) -> None:
-        self.began = time.monotonic()
-        self.seconds: dict[str, float] = {}
-
-    def __call__(self, name: str) -> None:
-        self.seconds[name] = round(time.monotonic() - self.began - sum(self.seconds.values()), 1)
-
-    def __str__(self) -> str:
-        return f"phases (s): {self.seconds}"
+from tests.utils.labs import lab_env
 
 
 @pytest.fixture(scope="session")
@@ -42,11 +26,3 @@ def private_lab(tmp_path_factory) -> Iterator[lab_config.LabConfig]:
         yield cfg
     finally:
         lab.stop(cfg, out=lambda *_: None)
-
-
-def assert_lab_ready(cfg: lab_config.LabConfig) -> None:
-    """Both workers ALIVE, 4 cores free, no application running: what each test starts from."""
-    state = lab.master_state(cfg, timeout=30)
-    assert (state["aliveworkers"], state["cores"], state["coresused"]) == (2, 4, 0), (
-        "the private lab is not idle with two workers (an earlier test left it broken)",
-        {k: state[k] for k in ("aliveworkers", "cores", "coresused", "activeapps")})

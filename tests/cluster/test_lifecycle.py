@@ -10,7 +10,7 @@ from lab_utils import config as lab_config
 from lab_utils.common import net
 from lab_utils.common.net import free_ports
 from lab_utils.ops import lab
-from tests.conftest import lab_env
+from tests.utils.labs import lab_env
 
 
 def test_start_over_stale_pids_then_stop_leaves_nothing(tmp_path):

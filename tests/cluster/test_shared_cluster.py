@@ -35,7 +35,7 @@ import time
 
 from lab_utils.common import net
 from lab_utils.ops import lab
-from tests.cluster.conftest import Phases, assert_lab_ready
+from tests.utils.phases import Phases, assert_lab_ready
 
 APPS = ("shared-a", "shared-b", "shared-c")
 TASKS = 4  # twice the cap: every application needs all its cores, twice over

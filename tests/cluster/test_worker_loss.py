@@ -30,7 +30,7 @@ from urllib.parse import urlparse
 from lab_utils.data import images
 from lab_utils.ops import lab, resilience
 from lab_utils.training import cnn as models
-from tests.cluster.conftest import Phases, assert_lab_ready
+from tests.utils.phases import Phases, assert_lab_ready
 
 ROWS = 2400
 PARTITIONS = 24  # 100 rows per task, 4 model batches of 25

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import warnings
-import zipfile
 
 import numpy as np
 import pytest
@@ -16,28 +15,7 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from lab_utils.serving import model_server, registry
-
-CLASSES = ("dark", "light")
-
-
-def write_model(folder, size=(4, 4), classes=CLASSES):
-    folder.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(folder / "model.keras", "w") as archive:
-        archive.writestr("config.json", json.dumps({"config": {"layers": [
-            {"class_name": "InputLayer", "config": {"batch_shape": [None, *size, 3]}},
-            {"class_name": "Dense", "config": {"units": len(classes)}}]}}))
-    (folder / "metadata.json").write_text(json.dumps(
-        {"class_names": list(classes), "image_size": list(size), "channels": 3}))
-    return folder
-
-
-def brightness_loader(spec):
-    def predict(pixels):
-        assert pixels.dtype == np.uint8
-        light = pixels.reshape(len(pixels), -1).mean(axis=1) / 255
-        return np.stack([1 - light, light], axis=1)
-
-    return predict
+from tests.utils.fake_models import CLASSES, brightness_loader, write_model
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from PIL import Image
 from lab_utils.common import net
 from lab_utils.inference import rest_scoring
 from lab_utils.serving import model_server
-from tests.unit.test_model_server import brightness_loader, write_model
+from tests.utils.fake_models import brightness_loader, write_model
 
 CLASSES = ("dark", "light")
 URL = "http://127.0.0.1:1/v1/models/tiny:predict"
