@@ -28,9 +28,12 @@ MARK = ".tmp"
 
 def temporary_name(path: Path) -> Path:
     """A fresh, hidden, unique name next to ``path`` (short: a 250-byte name stays legal)."""
-    suffix = path.suffix if len(path.suffix) <= 16 else ""
+    suffix = path.suffix if len(path.suffix.encode()) <= 16 else ""
     stem = path.name[:len(path.name) - len(suffix)] if suffix else path.name
-    return path.with_name(f"{PREFIX}{stem[:180]}.{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    # Cut in bytes, not characters: file systems limit a name to 255 bytes, and 180 characters
+    # of a non-Latin name can be 540.
+    stem = stem.encode()[:160].decode("utf-8", "ignore")
+    return path.with_name(f"{PREFIX}{stem}.{os.getpid()}-{uuid.uuid4().hex[:12]}"
                           f"{MARK}{suffix}")
 
 

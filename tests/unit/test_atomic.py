@@ -48,8 +48,11 @@ def test_temporary_names_are_hidden_unique_keep_the_suffix_and_stay_short(tmp_pa
     names = {atomic.temporary_name(target).name for _ in range(50)}
     assert len(names) == 50
     assert all(n.startswith(".model.") and n.endswith(".tmp.keras") for n in names)
-    long = tmp_path / ("x" * 250 + ".png")
-    assert len(atomic.temporary_name(long).name.encode()) <= 255
+    for name in ("x" * 250 + ".png", "數" * 80 + ".png"):  # 254 and 244 bytes
+        tmp = atomic.temporary_name(tmp_path / name)
+        assert len(tmp.name.encode()) <= 255 and tmp.name.endswith(".tmp.png"), name
+        atomic.atomic_write_bytes(tmp_path / name, b"ok")  # the real file system agrees
+        assert (tmp_path / name).read_bytes() == b"ok"
 
 
 def test_leftovers_lists_only_temporary_files(tmp_path):
