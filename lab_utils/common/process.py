@@ -39,12 +39,12 @@ def spawn(argv: Sequence[str], *, log: Path | None, env: dict[str, str] | None =
     """Start ``argv`` in a new session, stdin closed, stdout and stderr appended to ``log``
     (discarded when ``log`` is None), after a ``header`` line if given."""
     if log is None:
-        return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env,
-                                cwd=cwd, start_new_session=True)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as handle:
-        if header:
+        sink = contextlib.nullcontext(subprocess.DEVNULL)
+    else:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        sink = open(log, "ab")  # noqa: SIM115 (closed below; the child keeps its own copy)
+    with sink as handle:
+        if header and log is not None:
             handle.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {header}\n".encode())
             handle.flush()
         return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=handle,
