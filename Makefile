@@ -17,8 +17,8 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 .PHONY: help venv env lab stop status models bench test test-unit test-spark test-cluster test-browser \
-        test-notebooks test-packaging lint format strip-notebooks docker-config docker-up \
-        docker-down clean
+        test-notebooks test-packaging lint format strip-notebooks docker-config docker-build \
+        docker-up docker-urls docker-down test-docker clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -67,6 +67,9 @@ test-notebooks: venv ## Execute every notebook against the cluster at smoke size
 test-packaging: venv ## Validate the compose file and lint the Dockerfiles
 	$(BIN)/pytest -m packaging $(PYTEST_ARGS)
 
+test-docker: venv ## Build both images, run the compose lab and notebooks 00, 01, 05 in it (needs a Docker engine)
+	$(BIN)/pytest -m docker $(PYTEST_ARGS)
+
 models: venv ## Build the image data set and train the lab's CNN (if missing) into share_storages/
 	$(BIN)/python -m lab_utils.training.cnn
 
@@ -85,12 +88,21 @@ strip-notebooks: venv ## Strip outputs and execution counts from every notebook
 docker-config: ## Validate docker-compose.yaml offline
 	docker-compose config --quiet
 
-docker-up: env ## Build both images (Spark first: JupyterLab builds FROM it) and start the lab in Docker
-	docker compose build spark-master
-	docker compose up --build --detach --wait
+# Behind a TLS-intercepting proxy: make docker-up EXTRA_CA_CERTS=/usr/local/share/ca-certificates
+EXTRA_CA_CERTS ?=
+DOCKER_LAB := python3 -m lab_utils.ops.docker
 
-docker-down: ## Stop the Docker lab
-	docker compose down
+docker-build: ## Build both images (Spark first: JupyterLab builds FROM it); EXTRA_CA_CERTS=DIR trusts a proxy's CA
+	$(DOCKER_LAB) build $(if $(EXTRA_CA_CERTS),--extra-ca $(EXTRA_CA_CERTS))
+
+docker-up: ## Build, start the Docker lab with LAB_WORKERS workers, wait until healthy, print the URLs
+	$(DOCKER_LAB) up $(if $(EXTRA_CA_CERTS),--extra-ca $(EXTRA_CA_CERTS))
+
+docker-urls: ## Print the Docker lab's URLs (with the Jupyter token)
+	$(DOCKER_LAB) urls
+
+docker-down: ## Stop the Docker lab, leaving no container, network or anonymous volume
+	$(DOCKER_LAB) down
 
 clean: stop ## Remove the virtualenv, tools and the lab's local state (keeps share_storages/)
 	rm -rf $(VENV) $(TOOLS) .lab .pytest_cache .ruff_cache

@@ -15,13 +15,20 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 #: Environment variables and what they mean; the README's configuration table mirrors this.
 VARIABLES: dict[str, str] = {
     "SPARK_MASTER_URL": "Spark master to connect to (spark://host:port); unset: the native lab "
     "if it is running, else local[*]",
     "SPARK_AUTH_SECRET": "shared secret for spark.authenticate (generated into .env)",
+    "SPARK_AUTH_SECRET_FILE": "file holding that secret, read when SPARK_AUTH_SECRET is unset "
+    "(containers: a compose secret, so `docker inspect` never shows it)",
     "JUPYTER_TOKEN": "JupyterLab token (generated into .env)",
+    "JUPYTER_TOKEN_FILE": "file holding the token, read when JUPYTER_TOKEN is unset (containers)",
+    "LAB_UID": "uid the Docker lab's services run as (`make env`: the checkout's owner, or 1000 "
+    "when that is root); files they write in share_storages/ belong to it",
+    "LAB_GID": "gid the Docker lab's services run as (like LAB_UID)",
     "LAB_ROOT": "project root (default: the checkout that holds lab_utils, else the cwd)",
     "LAB_SHARE_DIR": "shared storage folder (default: <root>/share_storages)",
     "LAB_STATE_DIR": "pid files, logs and generated Spark conf of the native lab "
@@ -51,6 +58,18 @@ VARIABLES: dict[str, str] = {
     "LAB_HISTORY_URL": "history server as this process reaches it (default http://LAB_HOST:"
     "LAB_HISTORY_PORT)",
     "LAB_DRIVER_HOST": "address executors use to reach the driver (containers: jupyterlab)",
+    "LAB_DRIVER_UI_PORT": "first port a driver's Spark UI tries (Spark counts up from it; "
+    "default 4040); containers publish it and the next three as they are",
+    "LAB_UI_KILL": "1 = the Spark UIs offer 'kill' for jobs, stages and applications (off by "
+    "default: the UIs have no login, so any local process could post a kill)",
+    "LAB_PUBLIC_HOST": "host a browser uses for the driver's Spark UI, whose port is published "
+    "as is (containers: 127.0.0.1; default: the UI's own address)",
+    "LAB_PUBLIC_JUPYTER_URL": "JupyterLab as a browser on the host opens it (containers: the "
+    "published port; default: the URL this process uses)",
+    "LAB_PUBLIC_MASTER_UI_URL": "master web UI as a browser opens it (like LAB_PUBLIC_JUPYTER_URL)",
+    "LAB_PUBLIC_HISTORY_URL": "history server as a browser opens it (like LAB_PUBLIC_JUPYTER_URL)",
+    "LAB_PUBLIC_MODEL_SERVER_URL": "model server as a browser or host tool opens it (like "
+    "LAB_PUBLIC_JUPYTER_URL)",
     "LAB_START_TIMEOUT": "seconds `make lab` waits for each service to become healthy (120)",
     "LAB_SMOKE": "1 = notebooks use smoke-sized data (CI)",
     "LAB_TF_THREADS": "executor-side override of TensorFlow's intra-op threads per Python "
@@ -77,6 +96,37 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(
             f"{name}={raw!r} is not an integer: fix it in .env or the environment"
         ) from None
+
+
+def _secret(env: Mapping[str, str], name: str) -> tuple[str | None, Path | None]:
+    """``(value, file)`` of a secret given as ``NAME`` or as a file named by ``NAME_FILE``.
+
+    The ``_FILE`` form is the convention of official Docker images: compose mounts the secret
+    under ``/run/secrets/``, so it never appears in the container's environment.
+    """
+    value = env.get(name) or None
+    raw_file = env.get(f"{name}_FILE") or None
+    if value or not raw_file:
+        return value, None
+    path = Path(raw_file)
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(
+            f"{name}_FILE={raw_file} cannot be read ({exc.strerror}): run `make env`, which "
+            f"writes the secret files, or set {name} instead"
+        ) from None
+    if not value:
+        raise ValueError(f"{name}_FILE={raw_file} is empty: run `make env` to regenerate it")
+    return value, path
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _public(url: str | None, fallback: str) -> str:
+    return (url or fallback).rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -110,6 +160,15 @@ class LabConfig:
     model_server_url_override: str | None
     start_timeout: int
     smoke: bool
+    driver_ui_port: int | None = None
+    ui_kill: bool = False
+    auth_secret_file: Path | None = None
+    jupyter_token_file: Path | None = None
+    public_host: str | None = None
+    public_jupyter_url_override: str | None = None
+    public_master_ui_url_override: str | None = None
+    public_history_url_override: str | None = None
+    public_model_server_url_override: str | None = None
 
     @property
     def events_dir(self) -> Path:
@@ -139,6 +198,28 @@ class LabConfig:
     def jupyter_url(self) -> str:
         return f"http://{self.host}:{self.jupyter_port}/lab"
 
+    def links(self, spark_ui: str | None = None) -> dict[str, str]:
+        """The lab's web pages as a browser on the user's machine opens them.
+
+        Natively these are the URLs above. In containers, service names such as
+        ``spark-master`` mean nothing to the host's browser: compose sets the ``LAB_PUBLIC_*``
+        variables to 127.0.0.1 and the published ports. ``spark_ui`` is a driver's
+        ``sparkContext.uiWebUrl``; its port is published as is, so only the host changes.
+        """
+        found = {
+            "JupyterLab": _public(self.public_jupyter_url_override, self.jupyter_url),
+            "Master UI": _public(self.public_master_ui_url_override, self.master_ui_url),
+            "History server": _public(self.public_history_url_override, self.history_url),
+            "Model server": _public(self.public_model_server_url_override,
+                                    self.model_server_url),
+        }
+        if spark_ui:
+            parts = urlsplit(spark_ui)
+            if self.public_host and parts.port:
+                parts = parts._replace(netloc=f"{self.public_host}:{parts.port}")
+            found = {"Spark UI": urlunsplit(parts), **found}
+        return found
+
 
 def load(env: Mapping[str, str] | None = None) -> LabConfig:
     """Build the lab's configuration from ``env`` (default ``os.environ``).
@@ -161,14 +242,16 @@ def load(env: Mapping[str, str] | None = None) -> LabConfig:
     workers = _int(env, "LAB_WORKERS", 2)
     if workers < 1:
         raise ValueError("LAB_WORKERS must be at least 1")
+    secret, secret_file = _secret(env, "SPARK_AUTH_SECRET")
+    token, token_file = _secret(env, "JUPYTER_TOKEN")
     return LabConfig(
         root=root,
         share_dir=share,
         state_dir=state,
         notebooks_dir=notebooks,
         master_url=env.get("SPARK_MASTER_URL") or None,
-        auth_secret=env.get("SPARK_AUTH_SECRET") or None,
-        jupyter_token=env.get("JUPYTER_TOKEN") or None,
+        auth_secret=secret,
+        jupyter_token=token,
         host=env.get("LAB_HOST") or "127.0.0.1",
         master_port=_int(env, "LAB_MASTER_PORT", 7077),
         master_ui_port=_int(env, "LAB_MASTER_UI_PORT", 8080),
@@ -188,7 +271,16 @@ def load(env: Mapping[str, str] | None = None) -> LabConfig:
         history_url_override=env.get("LAB_HISTORY_URL") or None,
         model_server_url_override=env.get("LAB_MODEL_SERVER_URL") or None,
         start_timeout=_int(env, "LAB_START_TIMEOUT", 120),
-        smoke=env.get("LAB_SMOKE", "").strip().lower() in {"1", "true", "yes", "on"},
+        smoke=_flag(env, "LAB_SMOKE"),
+        driver_ui_port=_int(env, "LAB_DRIVER_UI_PORT", 0) or None,
+        ui_kill=_flag(env, "LAB_UI_KILL"),
+        auth_secret_file=secret_file,
+        jupyter_token_file=token_file,
+        public_host=env.get("LAB_PUBLIC_HOST") or None,
+        public_jupyter_url_override=env.get("LAB_PUBLIC_JUPYTER_URL") or None,
+        public_master_ui_url_override=env.get("LAB_PUBLIC_MASTER_UI_URL") or None,
+        public_history_url_override=env.get("LAB_PUBLIC_HISTORY_URL") or None,
+        public_model_server_url_override=env.get("LAB_PUBLIC_MODEL_SERVER_URL") or None,
     )
 
 
@@ -196,7 +288,8 @@ def to_env(cfg: LabConfig) -> dict[str, str]:
     """The variables that reproduce ``cfg`` (``load(to_env(cfg)) == cfg``).
 
     The native launcher hands them to every service, so notebook kernels started by JupyterLab
-    see the very lab that started them.
+    see the very lab that started them. A secret read from a file is handed on as that file's
+    name, never as its value.
     """
     values = {
         "LAB_ROOT": str(cfg.root),
@@ -204,8 +297,10 @@ def to_env(cfg: LabConfig) -> dict[str, str]:
         "LAB_STATE_DIR": str(cfg.state_dir),
         "LAB_NOTEBOOKS_DIR": str(cfg.notebooks_dir),
         "SPARK_MASTER_URL": cfg.master_url,
-        "SPARK_AUTH_SECRET": cfg.auth_secret,
-        "JUPYTER_TOKEN": cfg.jupyter_token,
+        "SPARK_AUTH_SECRET": None if cfg.auth_secret_file else cfg.auth_secret,
+        "SPARK_AUTH_SECRET_FILE": cfg.auth_secret_file,
+        "JUPYTER_TOKEN": None if cfg.jupyter_token_file else cfg.jupyter_token,
+        "JUPYTER_TOKEN_FILE": cfg.jupyter_token_file,
         "LAB_HOST": cfg.host,
         "LAB_MASTER_PORT": cfg.master_port,
         "LAB_MASTER_UI_PORT": cfg.master_ui_port,
@@ -226,5 +321,12 @@ def to_env(cfg: LabConfig) -> dict[str, str]:
         "LAB_MODEL_SERVER_URL": cfg.model_server_url_override,
         "LAB_START_TIMEOUT": cfg.start_timeout,
         "LAB_SMOKE": "1" if cfg.smoke else "",
+        "LAB_DRIVER_UI_PORT": cfg.driver_ui_port,
+        "LAB_UI_KILL": "1" if cfg.ui_kill else "",
+        "LAB_PUBLIC_HOST": cfg.public_host,
+        "LAB_PUBLIC_JUPYTER_URL": cfg.public_jupyter_url_override,
+        "LAB_PUBLIC_MASTER_UI_URL": cfg.public_master_ui_url_override,
+        "LAB_PUBLIC_HISTORY_URL": cfg.public_history_url_override,
+        "LAB_PUBLIC_MODEL_SERVER_URL": cfg.public_model_server_url_override,
     }
     return {key: str(value) for key, value in values.items() if value not in (None, "")}

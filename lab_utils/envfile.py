@@ -23,7 +23,12 @@ HEADER = """\
 
 
 def read(path: Path) -> dict[str, str]:
-    """Parse ``KEY=VALUE`` lines; blank lines and ``#`` comments are skipped."""
+    """Parse ``KEY=VALUE`` lines (also ``export KEY=VALUE``, as shells write them); blank lines
+    and ``#`` comments are skipped.
+
+    A line that does not parse is reported by its number only, never its text: the file holds
+    secrets (a pasted value looks just like a key), and error messages end up in logs and CI.
+    """
     values: dict[str, str] = {}
     if not path.is_file():
         return values
@@ -31,11 +36,28 @@ def read(path: Path) -> dict[str, str]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
+        if line.startswith("export "):
+            line = line[len("export "):].lstrip()
         key, sep, value = line.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise ValueError(f"{path}:{number}: expected KEY=VALUE, got {line!r}: fix or delete it")
-        values[key.strip()] = value.strip().strip("'\"")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ValueError(f"{path}:{number}: this line is not KEY=VALUE (its text is not "
+                             "shown: the file holds secrets): fix or delete it")
+        values[key] = value.strip().strip("'\"")
     return values
+
+
+def update(path: Path, new: dict[str, str]) -> dict[str, str]:
+    """Add or replace ``new``'s keys in ``path``, keeping every other line as it was (0600)."""
+    lines = path.read_text().splitlines() if path.is_file() else HEADER.splitlines()
+    pending = dict(new)
+    for i, line in enumerate(lines):
+        key = line.strip().removeprefix("export ").partition("=")[0].strip()
+        if key in pending:
+            lines[i] = f"{key}={pending.pop(key)}"
+    lines += [f"{key}={value}" for key, value in pending.items()]
+    atomic_write_text(path, "\n".join(lines) + "\n", mode=0o600)
+    return read(path)
 
 
 def ensure(path: Path) -> dict[str, str]:

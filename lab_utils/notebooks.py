@@ -53,14 +53,45 @@ def strip(path: Path) -> bool:
     return False
 
 
+def execute(path: Path, out_dir: Path, *, timeout: int = 900) -> dict[str, Any]:
+    """Run the notebook at ``path`` top to bottom in a fresh kernel; return its figures.
+
+    The executed copy (outputs included) is written to ``out_dir``, also when a cell fails, so a
+    human can read what went wrong; the notebook itself is never modified. Needs the
+    ``jupyter`` dependency group (nbclient), which the JupyterLab image and the venv have.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+
+    results_path(path.stem).unlink(missing_ok=True)
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    try:
+        client.execute()  # raises CellExecutionError, with the failing cell, if any cell fails
+    finally:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, out_dir / path.name)
+    return load_results(path.stem)
+
+
+USAGE = """usage: python -m lab_utils.notebooks strip NOTEBOOK...
+       python -m lab_utils.notebooks run NOTEBOOK... (executed copies: output/executed/)"""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] != "strip":
-        print("usage: python -m lab_utils.notebooks strip NOTEBOOK...", file=sys.stderr)
+    if len(args) < 2 or args[0] not in {"strip", "run"}:
+        print(USAGE, file=sys.stderr)
         return 2
     for name in args[1:]:
-        if strip(Path(name)):
-            print(f"stripped {name}")
+        if args[0] == "strip":
+            if strip(Path(name)):
+                print(f"stripped {name}")
+            continue
+        out = lab_config.load().share_dir / "output" / "executed"
+        execute(Path(name), out)
+        print(f"ran {name}: figures in {results_path(Path(name).stem)}, executed copy in {out}")
     return 0
 
 

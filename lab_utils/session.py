@@ -124,7 +124,12 @@ def session_conf(cfg: lab_config.LabConfig, master: str) -> dict[str, str]:
         # Names with spaces, unicode, '%', '#', '?', ':' all read; no .crc files litter the
         # shared folder.
         "spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
+        # The UI has no login and its CSRF token is on the same page: with kill on, any local
+        # process could stop this application's jobs. LAB_UI_KILL=1 turns it back on.
+        "spark.ui.killEnabled": "true" if cfg.ui_kill else "false",
     }
+    if cfg.driver_ui_port:
+        conf["spark.ui.port"] = str(cfg.driver_ui_port)
     if cfg.driver_java_options:
         conf["spark.driver.extraJavaOptions"] = cfg.driver_java_options
     if master.startswith("spark://") and cfg.auth_secret:
@@ -216,5 +221,6 @@ def describe(spark: SparkSession, why: str = "") -> str:
     """One line saying where ``spark`` runs, with its UI address."""
     sc = spark.sparkContext
     where = sc.master + (f" ({why})" if why else "")
+    ui = lab_config.load().links(sc.uiWebUrl).get("Spark UI", sc.uiWebUrl)  # host's address
     return (f"Spark {spark.version} · app '{sc.appName}' ({sc.applicationId}) on {where} · "
-            f"UI {sc.uiWebUrl}")
+            f"UI {ui}")

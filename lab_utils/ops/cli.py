@@ -49,7 +49,13 @@ def _status(args, cfg) -> int:
 
 
 def _env(args, cfg) -> int:
-    print(f"{cfg.root / '.env'} holds the Jupyter token and the Spark secret (mode 0600).")
+    from lab_utils.ops import docker
+
+    project = docker.project_for(cfg.root)  # adds LAB_UID/LAB_GID, the Docker lab's ids
+    folder = docker.write_secrets(project, project.env)
+    print(f"{cfg.root / '.env'} holds the Jupyter token and the Spark secret (mode 0600); "
+          f"{folder}/ holds them as the files the Docker lab mounts. Services in Docker run as "
+          f"uid {project.env['LAB_UID']}, gid {project.env['LAB_GID']}.")
     return 0
 
 
@@ -90,7 +96,8 @@ COMMANDS: dict[str, Command] = {
                      "until it is healthy", _start, env="ensure"),
     "stop": Command("stop the native lab, leaving no process behind", _stop),
     "status": Command("show each service's pid and health", _status),
-    "env": Command("create .env with a Jupyter token and a Spark secret if missing", _env,
+    "env": Command("create .env with a Jupyter token, a Spark secret and the Docker lab's ids "
+                   "if missing, and the secret files the Docker lab mounts", _env,
                    env="ensure"),
     "run": Command("run one service in the foreground (containers)", _run, arguments=_role),
     "health": Command("exit 0 if a service is healthy (healthchecks)", _health,

@@ -134,6 +134,9 @@ def write_spark_conf(cfg: lab_config.LabConfig) -> Path:
         # Apps that do not set spark.cores.max (e.g. a bare spark-submit) get the lab's cap too.
         "spark.deploy.defaultCores": str(cfg.app_cores_max),
         "spark.worker.cleanup.enabled": "true",
+        # The master's and workers' UIs have no login; with kill on, any local process could
+        # post /app/kill/ (the CSRF token is on the same page). LAB_UI_KILL=1 turns it back on.
+        "spark.ui.killEnabled": "true" if cfg.ui_kill else "false",
         "spark.history.fs.logDirectory": events,
         "spark.history.fs.update.interval": "5s",
         "spark.history.ui.port": str(cfg.history_port),

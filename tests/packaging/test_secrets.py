@@ -8,10 +8,30 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# An assignment of a literal value (not a ${VAR} reference, not empty) to a credential.
-ASSIGNED = re.compile(
-    r"(JUPYTER_TOKEN|SPARK_AUTH_SECRET|spark\.authenticate\.secret|ServerApp\.token|password)"
-    r"""["']?\s*[=:]\s*["']?(?!\$\{)([A-Za-z0-9_\-+/]{12,})""", re.IGNORECASE)
+# A literal value (not a ${VAR} reference, not empty) given to a credential: assigned
+# (KEY=value, key: value), as a (key, value) pair (Spark conf tuples, dicts), or in a URL.
+CREDENTIAL = (r"(JUPYTER_TOKEN|SPARK_AUTH_SECRET|spark\.authenticate\.secret|ServerApp\.token"
+              r"|password)")
+# The value: not a ${VAR} reference and not another variable's name (a list of keys).
+VALUE = r"""["']?(?!\$\{)(?!(?:JUPYTER_TOKEN|SPARK_AUTH_SECRET)\b)([A-Za-z0-9_\-+/]{12,})"""
+ASSIGNED = re.compile("|".join((
+    CREDENTIAL + r"""["']?\s*[=:]\s*""" + VALUE,          # KEY=value, key: value, "key": "value"
+    r"""["']""" + CREDENTIAL + r"""["']\s*,\s*""" + VALUE,  # ("key", "value")
+    r"spark\.authenticate\.secret[ \t]+" + VALUE,           # a Spark conf file's line
+    r"[?&]token=" + VALUE,                                 # a URL with its token
+)), re.IGNORECASE)
+
+
+def test_the_scan_finds_each_way_a_credential_is_written():
+    # A scan that cannot find these would pass on a leaked secret: each form seen in the wild.
+    for text in ("JUPYTER_TOKEN=abcdefghijkl1234", "spark.authenticate.secret s3cr3tvalue123456",
+                 "('spark.authenticate.secret', 'abcdefghijkl1234')",
+                 '{"spark.authenticate.secret": "abcdefghijkl1234"}',
+                 "http://127.0.0.1:8888/lab?token=abcdefghijkl1234", "password: hunter2hunter2"):
+        assert ASSIGNED.search(text), text
+    for text in ("JUPYTER_TOKEN: ${JUPYTER_TOKEN:?run make env}", "?token={token}",
+                 "JUPYTER_TOKEN_FILE=/run/secrets/jupyter_token"):
+        assert not ASSIGNED.search(text), text
 
 
 def _tracked() -> list[Path]:

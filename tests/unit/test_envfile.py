@@ -28,5 +28,5 @@ def test_keeps_user_values_and_fills_missing(tmp_path):
 def test_malformed_line_names_file_and_line(tmp_path):
     path = tmp_path / ".env"
     path.write_text("OK=1\nthis is not a setting\n")
-    with pytest.raises(ValueError, match=r"\.env:2: expected KEY=VALUE"):
+    with pytest.raises(ValueError, match=r"\.env:2: this line is not KEY=VALUE"):
         envfile.read(path)

@@ -13,7 +13,7 @@ BUILTIN_BASE = {
     "ModelServerUnavailableError": RuntimeError, "RestScoringError": RuntimeError,
     "InferenceError": RuntimeError, "AudioError": ValueError, "EspeakMissingError": RuntimeError,
     "ImageError": ValueError, "TFRecordSchemaError": ValueError, "ServingError": Exception,
-    "ClusterUnavailableError": RuntimeError,
+    "ClusterUnavailableError": RuntimeError, "DockerError": RuntimeError,
 }
 
 
