@@ -7,7 +7,8 @@
 * ``browser/``    the lab as a user sees it: Debian's chromium driven by Playwright runs
                   notebook 01 in JupyterLab and reads the Spark UIs;
 * ``notebooks/``  every notebook executed against that cluster at smoke size;
-* ``packaging/``  the compose file and the Dockerfiles, checked statically.
+* ``packaging/``  the compose file and the Dockerfiles, checked statically;
+* ``docker/``     both images built, the compose lab up, notebooks run in its JupyterLab.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tests.utils.labs import LabCluster, lab_env
 ROOT = Path(__file__).resolve().parent.parent
 
 _DIR_MARKERS = {"unit": "unit", "spark": "spark", "cluster": "cluster", "browser": "browser",
-                "notebooks": "notebooks", "packaging": "packaging"}
+                "notebooks": "notebooks", "packaging": "packaging", "docker": "docker"}
 
 
 OUTPUT = ROOT / "test-output"

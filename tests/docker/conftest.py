@@ -1,0 +1,150 @@
+"""The Docker lab for real: both images built from the repository's Dockerfiles, the compose lab
+up with 2 workers from this checkout, notebooks executed inside its JupyterLab container.
+
+Without a Docker engine the layer skips with one line saying how to get one, except where
+``LAB_REQUIRE_DOCKER=1`` (CI sets it): there a missing engine fails the run.
+
+The compose project gets its own name, free host ports, and its own shared and secrets folders
+under pytest's temporary directory (owned by whoever runs the tests: root in CI, so the services
+run as uid 1000 and the folder is handed to it, as `make docker-up` does for a root checkout).
+The user's own ``share_storages/`` and lab are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lab_utils.common.net import free_ports
+from lab_utils.ops import docker
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE_IMAGE = "debian:bookworm-slim"
+HOW_TO_GET_AN_ENGINE = (
+    "no Docker engine answers: `apt-get install docker.io docker-compose mmdebstrap`, start "
+    "`dockerd &` as root, then `make test-docker` (see docs/docker.md)")
+#: Debian's own CA folder for locally added certificates (`man update-ca-certificates`).
+HOST_CA_FOLDER = Path("/usr/local/share/ca-certificates")
+
+
+def run(*argv: str, timeout: float = 600, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and done.returncode != 0:
+        raise AssertionError(f"`{' '.join(argv)}` failed ({done.returncode}):\n"
+                             f"{(done.stdout + done.stderr)[-4000:]}")
+    return done
+
+
+def ensure_base_image() -> str:
+    """``debian:bookworm-slim``: pulled if Docker Hub answers, else made from Debian's archive."""
+    if run("docker", "image", "inspect", BASE_IMAGE, check=False).returncode == 0:
+        return "present"
+    try:
+        if run("docker", "pull", BASE_IMAGE, check=False, timeout=120).returncode == 0:
+            return "pulled"
+    except subprocess.TimeoutExpired:
+        pass
+    if not shutil.which("mmdebstrap"):
+        pytest.fail(f"{BASE_IMAGE} cannot be pulled and mmdebstrap is missing: "
+                    "apt-get install mmdebstrap (CI's .ci/run does)")
+    # The same tag the Dockerfile names, made from Debian's archive (minbase: apt, no docs).
+    with subprocess.Popen(["mmdebstrap", "--quiet", "--variant=minbase", "bookworm", "-"],
+                          stdout=subprocess.PIPE) as debootstrap:
+        run("docker", "import", "-", BASE_IMAGE, stdin=debootstrap.stdout, timeout=900)
+    assert debootstrap.returncode == 0, "mmdebstrap failed"
+    return "made with mmdebstrap"
+
+
+class DockerLab:
+    """The running compose project, and what the tests need to know about it."""
+
+    def __init__(self, project: docker.Project, timings: dict[str, float]):
+        self.project = project
+        self.timings = timings
+
+    @property
+    def name(self) -> str:
+        return self.project.env["COMPOSE_PROJECT_NAME"]
+
+    def containers(self) -> list[dict]:
+        return docker.inspect(docker.container_ids(self.project))
+
+    def container(self, service: str, index: int = 1) -> str:
+        return f"{self.name}_{service}_{index}"
+
+    def exec(self, service: str, *argv: str, env: dict[str, str] | None = None,
+             timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
+        flags = [f"--env={k}={v}" for k, v in (env or {}).items()]
+        return run("docker", "exec", *flags, self.container(service), *argv, timeout=timeout,
+                   check=check)
+
+    @property
+    def secret_values(self) -> list[str]:
+        return [self.project.env[key] for key in docker.SECRET_FILES.values()]
+
+
+@pytest.fixture(scope="session")
+def engine() -> None:
+    if docker.engine_answers():
+        return
+    if os.environ.get("LAB_REQUIRE_DOCKER") == "1":
+        pytest.fail(f"LAB_REQUIRE_DOCKER=1 but {HOW_TO_GET_AN_ENGINE}")
+    pytest.skip(HOW_TO_GET_AN_ENGINE)
+
+
+@pytest.fixture(scope="session")
+def docker_lab(engine, tmp_path_factory) -> Iterator[DockerLab]:
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    timings["base image"] = 0.0
+    how = ensure_base_image()
+    timings["base image"] = time.monotonic() - started
+    print(f"\n[docker] base image {BASE_IMAGE}: {how}")
+    certs = sorted(HOST_CA_FOLDER.glob("*.crt")) if HOST_CA_FOLDER.is_dir() else []
+    if certs:  # the host's locally added CAs (a TLS-intercepting proxy), as users add theirs
+        docker.copy_extra_ca(ROOT, HOST_CA_FOLDER)
+
+    work = tmp_path_factory.mktemp("docker-lab")
+    uid, gid = docker.host_ids(ROOT)
+    ports = free_ports(6)
+    env = {
+        "COMPOSE_PROJECT_NAME": f"labtest{uuid.uuid4().hex[:8]}",
+        "LAB_UID": str(uid), "LAB_GID": str(gid), "LAB_WORKERS": "2",
+        "LAB_SHARE_HOST_DIR": str(work / "share_storages"),
+        "LAB_SECRETS_DIR": str(work / "secrets"),
+        "LAB_MASTER_UI_PORT": str(ports[0]), "LAB_HISTORY_PORT": str(ports[1]),
+        "LAB_MODEL_SERVER_PORT": str(ports[2]), "LAB_JUPYTER_PORT": str(ports[3]),
+        # A block of four driver UI ports, published as they are.
+        "LAB_DRIVER_UI_PORT": str(ports[4]), "LAB_DRIVER_UI_PORT_LAST": str(ports[4] + 3),
+        # Fresh secrets: the test never reads or writes the user's .env.
+        "JUPYTER_TOKEN": secrets.token_urlsafe(32),
+        "SPARK_AUTH_SECRET": secrets.token_urlsafe(32),
+    }
+    project = docker.Project(root=ROOT, env={**os.environ, **env})
+    lab = DockerLab(project, timings)
+    try:
+        mark = time.monotonic()
+        docker.build(project)
+        timings["build both images"] = time.monotonic() - mark
+        mark = time.monotonic()
+        docker.up(project, timeout=420, build_images=False)
+        timings["up until healthy"] = time.monotonic() - mark
+        yield lab
+    finally:
+        logs = ROOT / "test-output" / "docker"
+        logs.mkdir(parents=True, exist_ok=True)
+        out = docker.compose(project, "logs", "--no-color", check=False, capture=True)
+        text = out.stdout + out.stderr
+        for value in lab.secret_values:  # JupyterLab logs its URL with the token
+            text = text.replace(value, "<redacted>")
+        (logs / "compose.log").write_text(text)
+        docker.down(project)
+        print("[docker] " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
