@@ -88,8 +88,13 @@ def create_app(models_dir: Path | str, *, faults: Faults | None = None,
     async def lifespan(_app):
         if preload:
             for name in registry.names():
-                with contextlib.suppress(ServingError):
+                try:
                     registry.state(name)  # starts loading it in the background
+                except ServingError:
+                    pass  # gone since the listing
+                except Exception as exc:  # noqa: BLE001 - one model never stops the server
+                    print(f"model {name!r} cannot be served: {type(exc).__name__}: {exc}",
+                          file=sys.stderr, flush=True)
         yield
 
     app = FastAPI(title="Spark DL Lab model server (TF Serving REST API)", lifespan=lifespan,
@@ -136,7 +141,7 @@ def create_app(models_dir: Path | str, *, faults: Faults | None = None,
         if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
             raise ServingError(413, f"request body of {length} bytes is over {MAX_BODY_BYTES}: "
                                     "send smaller batches")
-        entry = await run_in_threadpool(registry.entry, name)
+        entry = await run_in_threadpool(registry.usable, name)
         if version is not None and version != str(entry.version):
             raise ServingError(404, f"Servable not found for request: Specific({name}, "
                                     f"{version}). Version {entry.version} is served")

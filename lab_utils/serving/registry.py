@@ -46,10 +46,19 @@ def keras_loader(spec: models.ModelSpec) -> PredictFn:
 
 @dataclass
 class _Entry:
-    spec: models.ModelSpec
+    """One version of one model folder: its metadata, or why it cannot be served.
+
+    ``spec`` is None when the folder's files are broken (``metadata.json`` unreadable, or not
+    matching ``model.keras``); ``error`` and ``error_code`` then say why, and the model is in
+    TF Serving's ``END`` state until its files change.
+    """
+
+    spec: models.ModelSpec | None
     version: int
+    stamp: tuple[int, int] = (0, 0)  # (model.keras, metadata.json) modification times, in ns
     predict: PredictFn | None = None
     error: str | None = None
+    error_code: str = "UNKNOWN"
     loading: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -83,26 +92,50 @@ class ModelRegistry:
                                  f"This server serves: {listing}")
 
     def entry(self, name: str) -> _Entry:
-        """The current version's entry (metadata checked; the model itself not yet loaded)."""
+        """The current version's entry (metadata checked; the model itself not yet loaded).
+
+        A folder whose files are broken gets an entry too, holding the error: one bad model is
+        that model's error state, never an exception that stops the server or the others.
+        """
         folder = self.models_dir / name
         if name.startswith(".") or "/" in name or name not in self.names():
             raise self._not_found(name)
         try:
-            version = int((folder / models.MODEL_FILE).stat().st_mtime)
+            stamp = ((folder / models.MODEL_FILE).stat().st_mtime_ns,
+                     (folder / models.METADATA_FILE).stat().st_mtime_ns)
             with self._lock:
                 current = self._entries.get(name)
-                if current is None or current.version != version:
-                    current = _Entry(models.load_spec(folder), version)
+                if current is None or current.stamp != stamp:
+                    current = self._read(folder, stamp)
                     self._entries[name] = current
             return current
         except FileNotFoundError:  # swapped out between the listing and here: ask again
             raise self._not_found(name) from None
-        except models.ModelError as exc:
-            raise ServingError(404, f"model {name!r} cannot be served: {exc}") from None
+
+    @staticmethod
+    def _read(folder: Path, stamp: tuple[int, int]) -> _Entry:
+        version = stamp[0] // 1_000_000_000  # model.keras's mtime in whole seconds
+        try:
+            return _Entry(models.load_spec(folder), version, stamp)
+        except FileNotFoundError:
+            raise
+        except models.ModelError as exc:  # the message names the file and the fix
+            return _Entry(None, version, stamp, error=str(exc), error_code="INVALID_ARGUMENT")
+        except Exception as exc:  # noqa: BLE001 - any other failure is this model's, too
+            return _Entry(None, version, stamp, error=f"{folder} cannot be read "
+                                                      f"({type(exc).__name__}: {exc}): "
+                                                      f"{models.HOW_TO_CREATE}")
+
+    def usable(self, name: str) -> _Entry:
+        """The entry, or a 500 saying why the model cannot be served (its files are broken)."""
+        entry = self.entry(name)
+        if entry.spec is None:
+            raise ServingError(500, f"model {name!r} cannot be served: {entry.error}")
+        return entry
 
     def predictor(self, name: str) -> tuple[_Entry, PredictFn]:
         """The entry and its loaded predict function (loaded on first use, once per version)."""
-        entry = self.entry(name)
+        entry = self.usable(name)
         with entry.lock:
             if entry.predict is None and entry.error is None:
                 try:
@@ -233,12 +266,12 @@ def model_status(name: str, registry: ModelRegistry, version: str | None = None)
     error = entry.error or ""
     return {"model_version_status": [{
         "version": str(entry.version), "state": state,
-        "status": {"error_code": "UNKNOWN" if error else "OK", "error_message": error}}]}
+        "status": {"error_code": entry.error_code if error else "OK", "error_message": error}}]}
 
 
 def model_metadata(name: str, registry: ModelRegistry) -> dict:
     """``GET /v1/models/NAME/metadata``: the signature in TF Serving's shape, plus class names."""
-    entry = registry.entry(name)
+    entry = registry.usable(name)
     spec = entry.spec
     dim = [{"size": str(n), "name": ""} for n in (-1, *spec.image_size, spec.channels)]
     return {

@@ -139,6 +139,35 @@ def test_a_model_that_fails_to_load_is_500_with_the_cause(models_dir):
         assert status["state"] == "END" and "truncated" in status["status"]["error_message"]
 
 
+@pytest.mark.parametrize("metadata, fragment", [
+    ("{not json", "metadata.json is not valid JSON"),
+    ('["a list"]', "metadata.json must hold a JSON object, not list"),
+    (json.dumps({"class_names": ["dark", "light"], "image_size": "4x4", "channels": 3}),
+     "image_size must be [height, width] in pixels, not '4x4'"),
+])
+def test_a_broken_model_is_its_error_state_and_the_others_are_served(models_dir, metadata,
+                                                                     fragment):
+    broken = write_model(models_dir / "broken")
+    (broken / "metadata.json").write_text(metadata)
+    app = model_server.create_app(models_dir, loader=brightness_loader)  # preload, as served
+    with TestClient(app) as client:  # start-up goes through the broken model
+        assert client.get("/healthz").json() == {"status": "ok", "models": ["broken", "tiny"]}
+        [status] = client.get("/v1/models/broken").json()["model_version_status"]
+        assert status["state"] == "END" and status["status"]["error_code"] == "INVALID_ARGUMENT"
+        assert fragment in status["status"]["error_message"]
+        assert "make models" in status["status"]["error_message"]
+        for answer in (client.post("/v1/models/broken:predict", json={"instances": [image(0)]}),
+                       client.get("/v1/models/broken/metadata")):
+            assert answer.status_code == 500
+            assert answer.json()["error"].startswith("model 'broken' cannot be served: ")
+            assert fragment in answer.json()["error"]
+        good = client.post("/v1/models/tiny:predict", json={"instances": [image(255)]})
+        assert good.json() == {"predictions": [[0.0, 1.0]]}
+        write_model(broken)  # fixed in place: served from the next request, no restart
+        fixed = client.post("/v1/models/broken:predict", json={"instances": [image(255)]})
+        assert fixed.status_code == 200 and fixed.json() == {"predictions": [[0.0, 1.0]]}
+
+
 def test_faults_are_off_by_default(models_dir):
     with client_for(models_dir) as client:
         codes = [client.post("/v1/models/tiny:predict", json={"instances": [image(0)]})
