@@ -25,10 +25,11 @@ def models_dir(tmp_path):
     return tmp_path / "models"
 
 
-def client_for(models_dir, faults=None):
-    app = model_server.create_app(models_dir, faults=faults, loader=brightness_loader,
-                                  preload=False)
-    return TestClient(app)
+def client_for(models_dir, faults=None, loader=brightness_loader):
+    app = model_server.create_app(models_dir, faults=faults, loader=loader, preload=False)
+    # An exception the app does not handle is answered as a server would (a plain 500), not
+    # raised into the test: the tests below check that no body gets that far.
+    return TestClient(app, raise_server_exceptions=False)
 
 
 def image(value, size=(4, 4)):
@@ -78,14 +79,21 @@ def test_row_form_answers_predictions_and_columnar_answers_outputs(models_dir):
     (json.dumps({"instances": []}).encode(), 400, ['"instances" must be a non-empty list']),
     (json.dumps({"instances": [image(0, (5, 4))]}).encode(), 400,
      ["has shape [5, 4, 3], but the model takes [4, 4, 3]"]),
-    (json.dumps({"instances": [image(0), [[1]]]}).encode(), 400, ["ragged or not numbers"]),
-    (json.dumps({"instances": [[[["a"] * 3] * 4] * 4]}).encode(), 400, ["not numbers"]),
+    (json.dumps({"instances": [image(0), [[1]]]}).encode(), 400,
+     ["instances[1] has shape [1, 1], but the model takes [4, 4, 3]"]),
+    (json.dumps({"instances": [image(0), image(0, (4, 3))]}).encode(), 400,
+     ["instances[1] has shape [4, 3, 3], but the model takes [4, 4, 3] (instances[1][0] is a "
+      "list of 3)"]),
+    (json.dumps({"instances": [[[["a"] * 3] * 4] * 4]}).encode(), 400,
+     ['instances[0][0][0][0] is "a" (a string): not an integer']),
     (json.dumps({"instances": [image(300)]}).encode(), 400, ["from 0 to 255"]),
     (json.dumps({"instances": [{"image": image(0)}]}).encode(), 400, ['{"pixels": <image>}']),
     (json.dumps({"inputs": {"x": [image(0)]}}).encode(), 400, ["only input is \"pixels\""]),
     (json.dumps({"instances": [image(0)], "extra": 1}).encode(), 400, ["unexpected keys"]),
     (json.dumps({"instances": [image(0)], "signature_name": "other"}).encode(), 400,
      ["unknown signature_name 'other'"]),
+    (json.dumps({"instances": [image(0)], "signature_name": [[[[1]]]]}).encode(), 400,
+     ["unknown signature_name a list of 1"]),
 ])
 def test_bad_payloads_are_400_naming_the_problem_and_the_shape(models_dir, body, status,
                                                                fragments):
@@ -96,6 +104,98 @@ def test_bad_payloads_are_400_naming_the_problem_and_the_shape(models_dir, body,
         for fragment in fragments:
             assert fragment in message
         assert client.get("/stats").json()["bad_requests"] == 1
+
+
+def with_pixel(value, at=(1, 2, 0)):
+    pixels = image(0)
+    y, x, c = at
+    pixels[y][x][c] = value
+    return pixels
+
+
+@pytest.mark.parametrize("body, fragment", [
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),  # RecursionError in json
+    (b'{"instances": ' + b"[" * 5_000 + b"]" * 5_000 + b"}", "nested too deeply"),
+    (b'{"instances": [[[[' + b"9" * 5_000 + b"]]]]}", "not valid JSON"),  # ValueError in json
+    (json.dumps({"instances": [with_pixel(10 ** 400)]}).encode(),  # OverflowError in numpy
+     "instances[0][1][2][0] is 1000000000... (an integer): out of range"),
+    (json.dumps({"instances": [[[[[0] * 3] * 3] * 4] * 4]}).encode(),
+     "instances[0][0][0][0] is a list of 3: not an integer"),
+    (b'{"instances": [' + json.dumps(image(0)).replace("0", "NaN", 1).encode() + b"]}",
+     "instances[0][0][0][0] is NaN (a number): not an integer"),
+    (b"\xff\xfe\x00garbage", "not valid JSON"),
+])
+def test_any_unparsable_body_is_400_in_tf_servings_error_json(models_dir, body, fragment):
+    with client_for(models_dir) as client:
+        response = client.post("/v1/models/tiny:predict", content=body)
+        assert response.status_code == 400, response.text
+        assert fragment in response.json()["error"]
+        assert "[4, 4, 3] nested list of uint8 values" in response.json()["error"]
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("255", 'instances[0][1][2][0] is "255" (a string): not an integer'),
+    (True, "instances[0][1][2][0] is true (a boolean): not an integer"),
+    (1.9, "instances[0][1][2][0] is 1.9 (a number): not an integer"),
+    (2.0, "instances[0][1][2][0] is 2.0 (a number): not an integer"),
+    (None, "instances[0][1][2][0] is null: not an integer"),
+    (-1, "instances[0][1][2][0] is -1 (an integer): out of range"),
+    (256, "instances[0][1][2][0] is 256 (an integer): out of range"),
+])
+def test_pixels_of_a_uint8_model_are_integers_from_0_to_255(models_dir, value, fragment):
+    with client_for(models_dir) as client:
+        for body in ({"instances": [image(0), with_pixel(value)]},
+                     {"inputs": {"pixels": [image(0), with_pixel(value)]}}):
+            response = client.post("/v1/models/tiny:predict", json=body)
+            assert response.status_code == 400
+            message = response.json()["error"]
+            where = 'inputs["pixels"][1]' if "inputs" in body else "instances[1]"
+            assert fragment.replace("instances[0]", where) in message
+            assert ("the model's input is uint8, so each value must be a JSON integer from 0 "
+                    "to 255") in message
+        named = client.post("/v1/models/tiny:predict",
+                            json={"instances": [{"pixels": with_pixel(value)}]})
+        assert 'instances[0]["pixels"][1][2][0] is ' in named.json()["error"]
+
+
+def float_model(folder):
+    write_model(folder)
+    meta = json.loads((folder / "metadata.json").read_text())
+    (folder / "metadata.json").write_text(json.dumps({**meta, "input_dtype": "float32"}))
+    return folder
+
+
+def dtype_loader(seen):
+    def load(spec):
+        def predict(pixels):
+            seen.append(pixels.dtype)
+            return np.tile([0.5, 0.5], (len(pixels), 1))
+        return predict
+    return load
+
+
+def test_a_float_model_takes_numbers_but_not_booleans_or_strings(tmp_path):
+    float_model(tmp_path / "models" / "soft")
+    seen = []
+    with client_for(tmp_path / "models", loader=dtype_loader(seen)) as client:
+        ok = client.post("/v1/models/soft:predict",
+                         json={"instances": [with_pixel(0.25), with_pixel(-3)]})
+        assert ok.status_code == 200 and seen[-1] == np.float32
+        for value, fragment in ((True, "is true (a boolean): not a number"),
+                                ("0.5", 'is "0.5" (a string): not a number'),
+                                (1e39, "is 1e+39 (a number): out of range"),
+                                (10 ** 400, "is 1000000000... (an integer): out of range")):
+            response = client.post("/v1/models/soft:predict",
+                                   json={"instances": [with_pixel(value)]})
+            assert response.status_code == 400
+            assert f"instances[0][1][2][0] {fragment}" in response.json()["error"]
+            assert "the model's input is float32, so each value must be a finite JSON number" \
+                in response.json()["error"]
+        infinite = client.post("/v1/models/soft:predict", content=b'{"instances": ['
+                               + json.dumps(image(0)).replace("0", "Infinity", 1).encode()
+                               + b"]}")
+        assert "instances[0][0][0][0] is Infinity (a number): not finite" in \
+            infinite.json()["error"]
 
 
 def test_too_many_instances_is_413(models_dir, monkeypatch):
@@ -144,6 +244,8 @@ def test_a_model_that_fails_to_load_is_500_with_the_cause(models_dir):
     ('["a list"]', "metadata.json must hold a JSON object, not list"),
     (json.dumps({"class_names": ["dark", "light"], "image_size": "4x4", "channels": 3}),
      "image_size must be [height, width] in pixels, not '4x4'"),
+    (json.dumps({"class_names": ["dark", "light"], "image_size": [4, 4], "channels": 3,
+                 "input_dtype": "str"}), "input_dtype 'str' is not an integer or float dtype"),
 ])
 def test_a_broken_model_is_its_error_state_and_the_others_are_served(models_dir, metadata,
                                                                      fragment):
