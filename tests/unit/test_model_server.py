@@ -3,11 +3,16 @@ answer shapes, the 4xx errors, and seeded fault injection. No TensorFlow, no Spa
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 
 with warnings.catch_warnings():
     # Starlette 1.x suggests httpx2 for its TestClient; the httpx it still supports is locked.
@@ -15,6 +20,8 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from lab_utils.serving import model_server, registry
+from lab_utils.training import cnn as models
+from tests.utils import servers
 from tests.utils.fake_models import CLASSES, brightness_loader, write_model
 
 
@@ -204,6 +211,96 @@ def test_too_many_instances_is_413(models_dir, monkeypatch):
         response = client.post("/v1/models/tiny:predict", json={"instances": [image(0)] * 4})
         assert response.status_code == 413
         assert "send smaller batches" in response.json()["error"]
+
+
+def spec_of(size, channels=3, dtype="uint8"):
+    return models.ModelSpec(Path("m"), CLASSES, size, channels, {"input_dtype": dtype})
+
+
+def test_the_body_limit_follows_the_models_input_shape():
+    small, digits = spec_of((4, 4)), spec_of((32, 32))
+    assert registry.max_batch(small) == registry.MAX_INSTANCES == 4096
+    assert registry.max_batch(digits) == 682  # 2**21 values of 32x32x3
+    assert registry.max_batch(spec_of((224, 224))) == 13
+    assert registry.max_batch(spec_of((2000, 2000))) == 1  # always room for one image
+    assert registry.max_body_bytes(small) == 4096 * (48 * 5 + 21 * 4) * 2 + 64 * 1024
+    assert registry.max_body_bytes(digits) < 32 * 1024 * 1024  # a 32 MiB body is refused
+    assert registry.max_body_bytes(spec_of((2000, 2000), dtype="float64")) == \
+        registry.MAX_BODY_BYTES  # the overall cap
+    # The largest valid batch, as json.dumps writes it (", " separators), always fits.
+    for spec, value in ((small, 255), (digits, 255), (spec_of((4, 4), dtype="float64"),
+                                                       -2.2250738585072014e-308)):
+        h, w = spec.image_size
+        biggest = json.dumps({"instances": [[[[value] * 3] * w] * h] * registry.max_batch(spec)})
+        assert len(biggest) <= registry.max_body_bytes(spec)
+
+
+def padded(limit, size):
+    """A valid one-image body padded with whitespace to ``size`` bytes."""
+    head = json.dumps({"instances": [image(0)]}).encode()[:-1]
+    return head + b" " * (size - len(head) - 1) + b"}"
+
+
+def test_a_body_over_the_models_limit_is_413_with_or_without_content_length(models_dir,
+                                                                            monkeypatch):
+    monkeypatch.setattr(registry, "MAX_INSTANCES", 3)
+    limit = registry.max_body_bytes(models.load_spec(models_dir / "tiny"))
+    assert limit == 3 * 324 * 2 + 64 * 1024
+    body = padded(limit, limit + 1)
+    with client_for(models_dir) as client:
+        sized = client.post("/v1/models/tiny:predict", content=body)
+        chunked = client.post("/v1/models/tiny:predict",  # an iterator: no Content-Length
+                              content=iter([body[i:i + 8192] for i in range(0, len(body), 8192)]))
+        for response in (sized, chunked):
+            assert response.status_code == 413
+            error = response.json()["error"]
+            assert f"over {limit} bytes, the most model 'tiny' takes (3 images of [4, 4, 3]" \
+                in error and "send smaller batches" in error
+        assert f"of {limit + 1} bytes" in sized.json()["error"]
+        assert f"refused after {limit + 1} bytes" in chunked.json()["error"]
+        fits = client.post("/v1/models/tiny:predict", content=padded(limit, limit))
+        assert fits.status_code == 200 and fits.json() == {"predictions": [[1.0, 0.0]]}
+        assert client.get("/stats").json()["bad_requests"] == 2
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def read_answer(sock) -> bytes:
+    """What the server sends back, until its JSON body ends or it closes the connection."""
+    answer = b""
+    with contextlib.suppress(ConnectionResetError):  # closed with our unread bytes: reset
+        while not answer.endswith(b"}"):
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    return answer
+
+
+def test_an_upload_is_refused_once_past_the_limit_and_healthz_answers_meanwhile(models_dir,
+                                                                               monkeypatch):
+    monkeypatch.setattr(registry, "MAX_INSTANCES", 3)
+    limit = registry.max_body_bytes(models.load_spec(models_dir / "tiny"))
+    app = model_server.create_app(models_dir, loader=brightness_loader)
+    with servers.in_thread(app) as url, \
+            socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=10) as sock:
+        sock.sendall(b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + chunk(b'{"instances": ['))
+        for _ in range(3):  # a slow upload in flight: the health probe is answered at once
+            sock.sendall(chunk(b" " * 1000))
+            began = time.monotonic()
+            assert requests.get(f"{url}/healthz", timeout=5).json()["status"] == "ok"
+            assert time.monotonic() - began < 1.0
+        sent = 3000
+        while sent <= limit:  # and never the last chunk: this body has no end
+            sock.sendall(chunk(b" " * 8192))
+            sent += 8192
+        answer = read_answer(sock)  # a server reading to the end first never answers (timeout)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"refused after" in answer
 
 
 def test_unknown_model_is_404_naming_the_served_models(models_dir):
