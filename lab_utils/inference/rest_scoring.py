@@ -11,10 +11,11 @@ Robustness, by design:
 
 * one ``requests.Session`` (keep-alive connection) per task, closed when the task ends;
 * connect and read timeouts on every request;
-* retries with exponential backoff (and jitter, honouring ``Retry-After``) on connection
-  errors, timeouts, 429 and 5xx, POST included: a predict call has no side effects, so
-  repeating it is safe. The loop is explicit (not urllib3's ``Retry``) so every attempt is
-  counted in the ``attempts`` column;
+* retries with exponential backoff (and jitter, honouring ``Retry-After``) on what can succeed
+  on a retry: connection errors, timeouts, 429, 502, 503 and 504, POST included (a predict call
+  has no side effects, so repeating it is safe). A 400, 404, 413 or 500 is the same answer the
+  next time, so it is not repeated. The loop is explicit (not urllib3's ``Retry``) so every
+  attempt is counted in the ``attempts`` column;
 * a request that still fails marks exactly its rows with an ``error`` and the job goes on;
   ``fail_fast=True`` raises instead, naming the server and the first file;
 * the driver checks the server and the model **before** any job runs, and fails with a message
@@ -48,8 +49,10 @@ if TYPE_CHECKING:
 
 RESULT_DDL = "prediction string, confidence float, error string, attempts int"
 RESULT_FIELDS = ("prediction", "confidence", "error", "attempts")
-#: Answers worth another try: overloaded, or a transient server-side failure.
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: Answers worth another try: overloaded (429), or a server or gateway not there right now
+#: (502, 503, 504). A 500 is an error of the server's own making (a broken model): the next try
+#: gets the same answer, so it is not retried, like the client's errors (400, 404, 413).
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
 HOW_TO_START = ("start the lab with `make lab` (it runs the model server on "
                 "LAB_MODEL_SERVER_PORT, 8501), or one server alone with "
                 "`.venv/bin/python -m lab_utils.serving --port 8501`, or pass the URL of your "

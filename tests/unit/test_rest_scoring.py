@@ -86,6 +86,23 @@ def test_gives_up_after_the_retries_naming_the_last_error():
     assert result.error == f"gave up after 3 attempts at {URL}: HTTP 503: injected fault"
 
 
+@pytest.mark.parametrize("status", [400, 404, 413, 500])
+def test_answers_a_retry_cannot_change_are_not_retried(status):
+    # 500 included: the lab's server answers it for a broken model, the same every time.
+    session = ScriptedSession([Answer(status, {"error": "the same next time"})] * 6)
+    result = post(session, rest_scoring.RestOptions(retries=5), [])
+    assert result.attempts == 1 and len(session.calls) == 1
+    assert f"refused the request: HTTP {status}: the same next time" in result.error
+
+
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
+def test_answers_that_can_change_are_retried(status):
+    session = ScriptedSession([Answer(status, {"error": "busy"}),
+                               Answer(200, {"predictions": [[1, 0], [0, 1]]})])
+    result = post(session, rest_scoring.RestOptions(retries=5, backoff=0.0), [])
+    assert result == rest_scoring.PostResult([[1, 0], [0, 1]], 2)
+
+
 def test_client_errors_are_not_retried():
     session = ScriptedSession([Answer(400, {"error": "each image has shape [5, 5, 3]"})])
     result = post(session, rest_scoring.RestOptions(retries=5), [])
