@@ -11,12 +11,17 @@ Robustness, by design:
 
 * one ``requests.Session`` (keep-alive connection) per task, closed when the task ends;
 * connect and read timeouts on every request;
-* retries with exponential backoff (and jitter, honouring ``Retry-After``) on connection
-  errors, timeouts, 429 and 5xx, POST included: a predict call has no side effects, so
-  repeating it is safe. The loop is explicit (not urllib3's ``Retry``) so every attempt is
-  counted in the ``attempts`` column;
+* retries with exponential backoff (and jitter, honouring ``Retry-After``) on what can succeed
+  on a retry: connection errors, timeouts, 429, 502, 503 and 504, POST included (a predict call
+  has no side effects, so repeating it is safe). A 400, 404, 413 or 500 is the same answer the
+  next time, so it is not repeated. The loop is explicit (not urllib3's ``Retry``) so every
+  attempt is counted in the ``attempts`` column;
 * a request that still fails marks exactly its rows with an ``error`` and the job goes on;
   ``fail_fast=True`` raises instead, naming the server and the first file;
+* a circuit breaker per task: after ``breaker_failures`` (3) micro-batches in a row failed for
+  want of a server (connection errors, timeouts, 429/5xx after all their retries), the rest of
+  the task's rows are marked with the reason at once, without another request; and an optional
+  deadline per task (``task_timeout``) that also cuts the timeouts of the request in flight;
 * the driver checks the server and the model **before** any job runs, and fails with a message
   naming the URL and how to start the lab's server.
 
@@ -48,8 +53,10 @@ if TYPE_CHECKING:
 
 RESULT_DDL = "prediction string, confidence float, error string, attempts int"
 RESULT_FIELDS = ("prediction", "confidence", "error", "attempts")
-#: Answers worth another try: overloaded, or a transient server-side failure.
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: Answers worth another try: overloaded (429), or a server or gateway not there right now
+#: (502, 503, 504). A 500 is an error of the server's own making (a broken model): the next try
+#: gets the same answer, so it is not retried, like the client's errors (400, 404, 413).
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
 HOW_TO_START = ("start the lab with `make lab` (it runs the model server on "
                 "LAB_MODEL_SERVER_PORT, 8501), or one server alone with "
                 "`.venv/bin/python -m lab_utils.serving --port 8501`, or pass the URL of your "
@@ -82,6 +89,23 @@ class RestOptions:
         server's ``Retry-After`` asks for, capped at ``backoff_max``.
     fail_fast : bool
         Raise :class:`RestScoringError` instead of marking rows when a request finally fails.
+    breaker_failures : int or None
+        The circuit breaker: after this many micro-batches **in a row** of one task failed for
+        want of a server (a connection error, a timeout or a 429/5xx answer on their last
+        attempt, after all their retries), the task sends nothing more: each of its remaining
+        rows gets ``error`` ``"not sent: circuit breaker open ..."`` with the last failure,
+        and ``attempts`` 0. A scored batch resets the count; a refused one (400, 413, 500)
+        neither counts nor resets. Default 3: with the default retries a down server costs a
+        task about three batches' backoff (~20 s), not every batch's. ``None`` turns it off
+        (every batch is tried, e.g. to count failures exactly).
+    task_timeout : float or None
+        Seconds one task may spend scoring, from its first row. Once passed, its remaining rows
+        are marked ``"not sent: this task's task_timeout=...s passed"`` without a request; the
+        request in flight has its connect/read timeouts and backoff cut to the time left.
+        Default ``None`` (no deadline): how long a healthy task takes depends on its partition
+        size. Set it to bound a job against a server that may hang: with the defaults, a
+        server that accepts connections and never answers costs a task up to
+        ``breaker_failures * (retries + 1) * read_timeout`` (~9 min) before the breaker opens.
     """
 
     batch_size: int = 64
@@ -91,6 +115,8 @@ class RestOptions:
     backoff: float = 0.25
     backoff_max: float = 8.0
     fail_fast: bool = False
+    breaker_failures: int | None = 3
+    task_timeout: float | None = None
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -101,15 +127,28 @@ class RestOptions:
             raise ValueError("connect_timeout and read_timeout must be positive seconds")
         if self.backoff < 0 or self.backoff_max < 0:
             raise ValueError("backoff and backoff_max must be >= 0 seconds")
+        breaker = self.breaker_failures
+        if breaker is not None and (isinstance(breaker, bool) or not isinstance(breaker, int)
+                                    or breaker < 1):
+            raise ValueError(f"breaker_failures={self.breaker_failures!r} must be a whole number "
+                             "of micro-batches, at least 1 (None turns the breaker off)")
+        if self.task_timeout is not None and not self.task_timeout > 0:
+            raise ValueError(f"task_timeout={self.task_timeout} must be positive seconds "
+                             "(None: no deadline)")
 
 
 @dataclass(frozen=True)
 class PostResult:
-    """The outcome of one micro-batch: the decoded answer or why there is none."""
+    """The outcome of one micro-batch: the decoded answer or why there is none.
+
+    ``unavailable`` is True when the failure says the server is not there to answer (a
+    connection error, a timeout, a 429/502/503/504): what the circuit breaker counts.
+    """
 
     outputs: Any | None
     attempts: int
     error: str | None = None
+    unavailable: bool = False
 
 
 # --------------------------------------------------------------------------- HTTP with retries
@@ -142,8 +181,13 @@ def post_with_retries(
     answer_key: str = "predictions",
     sleep: Callable[[float], None] = time.sleep,
     jitter: Callable[[], float] = random.random,
+    deadline: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> PostResult:
     """POST ``body`` (JSON) to ``url``; retry transient failures; never raise for HTTP trouble.
+
+    ``deadline`` (a ``clock()`` time, the task's ``task_timeout``) ends the retries when it
+    passes, and cuts each attempt's timeouts and each backoff to the time left.
 
     Returns
     -------
@@ -157,14 +201,27 @@ def post_with_retries(
     attempt = 0
     for attempt in range(1, options.retries + 2):  # noqa: B007 - reported after the loop
         wait_at_least = 0.0
+        connect, read = options.connect_timeout, options.read_timeout
+        if deadline is not None:
+            left = deadline - clock()
+            if left <= 0:
+                return PostResult(None, attempt - 1, f"task_timeout={options.task_timeout}s "
+                                  f"passed after {attempt - 1} attempts at {url}: {last}",
+                                  unavailable=True)
+            connect, read = min(connect, left), min(read, left)
         try:
-            response = session.post(url, data=body, timeout=(options.connect_timeout,
-                                                              options.read_timeout),
+            response = session.post(url, data=body, timeout=(connect, read),
                                      headers={"Content-Type": "application/json"})
         except requests.exceptions.ConnectTimeout:
-            last = f"no connection within connect_timeout={options.connect_timeout}s"
+            last = (f"no connection within connect_timeout={options.connect_timeout}s"
+                    if connect == options.connect_timeout else
+                    f"no connection within the {connect:.3g}s left of task_timeout="
+                    f"{options.task_timeout}s")
         except requests.exceptions.ReadTimeout:
-            last = f"no answer within read_timeout={options.read_timeout}s"
+            last = (f"no answer within read_timeout={options.read_timeout}s"
+                    if read == options.read_timeout else
+                    f"no answer within the {read:.3g}s left of task_timeout="
+                    f"{options.task_timeout}s")
         except (requests.exceptions.ConnectionError,
                 requests.exceptions.ChunkedEncodingError) as exc:
             last = f"connection failed ({type(exc).__name__}: {str(exc)[:200]})"
@@ -187,8 +244,50 @@ def post_with_retries(
         if attempt <= options.retries:
             delay = min(options.backoff_max, options.backoff * 2 ** (attempt - 1))
             delay *= 0.5 + 0.5 * jitter()
-            sleep(min(max(delay, wait_at_least), options.backoff_max))
-    return PostResult(None, attempt, f"gave up after {attempt} attempts at {url}: {last}")
+            delay = min(max(delay, wait_at_least), options.backoff_max)
+            if deadline is not None:
+                delay = min(delay, max(0.0, deadline - clock()))
+            sleep(delay)
+    return PostResult(None, attempt, f"gave up after {attempt} attempts at {url}: {last}",
+                      unavailable=True)
+
+
+# --------------------------------------------------------------------------- breaker, deadline
+
+
+class TaskGuard:
+    """One task's circuit breaker and deadline (:class:`RestOptions` ``breaker_failures`` and
+    ``task_timeout``): :meth:`blocked` says why nothing more is to be sent, if so."""
+
+    def __init__(self, options: RestOptions, where: str = "the model server",
+                 clock: Callable[[], float] = time.monotonic):
+        self.options, self.where, self.clock = options, where, clock
+        self.deadline = None if options.task_timeout is None else clock() + options.task_timeout
+        self.failures = 0  # micro-batches in a row the server was not there for
+        self.last: str | None = None
+        self.reason: str | None = None
+
+    def blocked(self) -> str | None:
+        """Why the task's remaining rows are not sent (None: send them)."""
+        if self.reason is None and self.deadline is not None and self.clock() >= self.deadline:
+            self.reason = (f"not sent: this task's task_timeout={self.options.task_timeout}s "
+                           f"passed" + (f" (last error: {self.last})" if self.last else ""))
+        return self.reason
+
+    def record(self, result: PostResult) -> None:
+        """Count a micro-batch's outcome; open the breaker after too many failures in a row."""
+        if result.error is None:
+            self.failures = 0
+            return
+        if not result.unavailable:  # the server answered (a refused request): no outage
+            return
+        self.failures += 1
+        self.last = result.error
+        limit = self.options.breaker_failures
+        if limit is not None and self.failures >= limit and self.reason is None:
+            self.reason = (f"not sent: circuit breaker open after {self.failures} failed "
+                           f"micro-batches in a row at {self.where} (breaker_failures={limit}); "
+                           f"last error: {result.error}")
 
 
 # --------------------------------------------------------------------------- the pure core
@@ -210,11 +309,14 @@ def score_images_rest(
     fail_fast: bool = False,
     where: str = "the model server",
     max_pixels: int = images.DEFAULT_MAX_PIXELS,
+    guard: TaskGuard | None = None,
 ) -> pd.DataFrame:
     """Decode, micro-batch, ``post`` each batch; one output row per input row, in order.
 
     Pure Python (no Spark): the UDF calls it, unit tests call it with fake ``post`` functions.
-    A file that is not a usable image is its own row's error and is never sent.
+    A file that is not a usable image is its own row's error and is never sent. With a
+    ``guard`` (the task's breaker and deadline), once it is blocked the remaining rows get its
+    reason as their error, ``attempts`` 0, and are neither decoded nor sent.
     """
     paths = list(paths)
     contents = list(contents)
@@ -222,11 +324,24 @@ def score_images_rest(
     prediction: list[str | None] = [None] * n
     confidence: list[float | None] = [None] * n
     attempts = [0] * n
-    good, pixels, error = images.decode_all(paths, contents, image_size, max_pixels=max_pixels,
-                                            fail_fast=fail_fast, error_type=RestScoringError)
+    reason = guard.blocked() if guard is not None else None
+    if reason is not None:
+        if fail_fast and n:
+            raise RestScoringError(f"{n} images from {paths[0]} on were not scored: {reason}")
+        good, pixels, error = [], [], [reason] * n
+    else:
+        good, pixels, error = images.decode_all(paths, contents, image_size,
+                                                max_pixels=max_pixels, fail_fast=fail_fast,
+                                                error_type=RestScoringError)
     for start in range(0, len(good), batch_size):
         rows = good[start:start + batch_size]
-        result = post(np.stack(pixels[start:start + batch_size]))
+        reason = guard.blocked() if guard is not None else None
+        if reason is not None:
+            result = PostResult(None, 0, reason)
+        else:
+            result = post(np.stack(pixels[start:start + batch_size]))
+            if guard is not None:
+                guard.record(result)
         problem = result.error
         probabilities = None
         if problem is None:
@@ -250,6 +365,33 @@ def score_images_rest(
                          "confidence": pd.Series(confidence, dtype="float32"),
                          "error": pd.Series(error, dtype=object),
                          "attempts": pd.Series(attempts, dtype="int32")})
+
+
+def score_task(
+    batches: Iterator[tuple[pd.Series, pd.Series]],
+    endpoint: str,
+    options: RestOptions,
+    class_names: tuple[str, ...],
+    image_size: tuple[int, int],
+    *,
+    where: str = "the model server",
+    session: requests.Session | None = None,
+) -> Iterator[pd.DataFrame]:
+    """What one task of :func:`rest_udf` does with its batches of ``(path, content)``: one
+    HTTP session, one :class:`TaskGuard` (breaker and deadline), one frame per batch."""
+    import requests
+
+    guard = TaskGuard(options, where)
+    # One session (one kept-alive connection) per task, closed when the task ends.
+    with (session or requests.Session()) as http:
+        def post(pixels: np.ndarray) -> PostResult:
+            return post_with_retries(http, endpoint, encode_instances(pixels), options,
+                                     deadline=guard.deadline)
+
+        for paths, contents in batches:
+            yield score_images_rest(paths, contents, post, class_names, image_size,
+                                    batch_size=options.batch_size,
+                                    fail_fast=options.fail_fast, where=where, guard=guard)
 
 
 # --------------------------------------------------------------------------- driver-side check
@@ -320,6 +462,8 @@ def rest_udf(
     backoff: float = 0.25,
     backoff_max: float = 8.0,
     fail_fast: bool = False,
+    breaker_failures: int | None = 3,
+    task_timeout: float | None = None,
     check: bool = True,
 ) -> Callable[[Column, Column], Column]:
     """Iterator pandas UDF ``f(path, content)`` scoring images on a TF Serving REST server.
@@ -336,6 +480,12 @@ def rest_udf(
         Name on the server; default the model folder's name.
     batch_size, connect_timeout, read_timeout, retries, backoff, backoff_max, fail_fast
         See :class:`RestOptions`.
+    breaker_failures : int or None
+        Failed micro-batches in a row after which a task marks its remaining rows without
+        sending them (default 3; ``None``: off). See :class:`RestOptions`.
+    task_timeout : float or None
+        Seconds one task may spend; then its remaining rows are marked without being sent
+        (default ``None``: no deadline). See :class:`RestOptions`.
     check : bool
         Check the server and the model on the driver now, before any job.
 
@@ -357,8 +507,10 @@ def rest_udf(
         url = lab_config.load().model_server_url
     url = url.rstrip("/")
     name = model_name or spec.path.name
-    options = RestOptions(batch_size, connect_timeout, read_timeout, retries, backoff,
-                          backoff_max, fail_fast)
+    options = RestOptions(batch_size=batch_size, connect_timeout=connect_timeout,
+                          read_timeout=read_timeout, retries=retries, backoff=backoff,
+                          backoff_max=backoff_max, fail_fast=fail_fast,
+                          breaker_failures=breaker_failures, task_timeout=task_timeout)
     if check:
         check_model_server(url, name, timeout=max(connect_timeout, 5.0))
     endpoint = f"{url}/v1/models/{name}:predict"
@@ -366,16 +518,6 @@ def rest_udf(
 
     @pandas_udf(RESULT_DDL)
     def score_rest(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
-        import requests
-
-        # One session (one kept-alive connection) per task, closed when the task ends.
-        with requests.Session() as session:
-            def post(pixels: np.ndarray) -> PostResult:
-                return post_with_retries(session, endpoint, encode_instances(pixels), options)
-
-            for paths, contents in batches:
-                yield score_images_rest(paths, contents, post, names, size,
-                                        batch_size=options.batch_size,
-                                        fail_fast=options.fail_fast, where=url)
+        yield from score_task(batches, endpoint, options, names, size, where=url)
 
     return score_rest

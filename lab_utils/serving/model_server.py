@@ -12,7 +12,12 @@ TF Serving container serving the same model under the same name:
 * ``/v1/models/NAME/versions/V…``          the same, for one version
 
 Errors are TF Serving's ``{"error": "..."}`` with 400 (bad payload: what is wrong and the
-expected shape) or 404 (unknown model: the models this server serves). Two lab extras, outside
+expected shape) or 404 (unknown model: the models this server serves); 413 for a body over the
+model's limit (:func:`~lab_utils.serving.registry.max_body_bytes`, derived from its input shape
+and counted while the body arrives, chunked or not) or more images than
+:func:`~lab_utils.serving.registry.max_batch`. Parsing and predicting run in worker threads, and
+the limits bound how long one request's JSON parse holds the GIL, so ``/healthz`` keeps
+answering while requests are in flight. Two lab extras, outside
 TF Serving's API: ``GET /healthz`` (the lab's health probe) and ``GET /stats`` (request and
 injected-fault counters, for tests and notebook 08).
 
@@ -43,20 +48,41 @@ import numpy as np
 from lab_utils.serving.faults import FaultInjector, Faults, Stats  # noqa: F401
 from lab_utils.serving.process import ServerProcess, launch, server_healthy  # noqa: F401
 from lab_utils.serving.registry import (  # noqa: F401
+    MAX_BODY_BYTES,
     MAX_INSTANCES,
+    MAX_REQUEST_VALUES,
     Loader,
     ModelRegistry,
     PredictFn,
     ServingError,
     keras_loader,
+    max_batch,
+    max_body_bytes,
     model_metadata,
     model_status,
     parse_predict_body,
 )
 
-#: Request bodies above this many bytes are refused (413) before they are parsed.
-MAX_BODY_BYTES = 256 * 1024 * 1024
 DEFAULT_PORT = 8501
+
+
+async def read_body(request, limit: int, too_large: str) -> bytes:
+    """The request's body, counted while it arrives: 413 as soon as it passes ``limit`` bytes.
+
+    ``Content-Length`` is only a first check (a chunked upload has none); the bytes received
+    are what counts, so no body past the limit is ever held whole or parsed.
+    """
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise ServingError(413, f"the request body of {length} bytes is over {too_large}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ServingError(413, f"the request body is over {too_large} (refused after "
+                                    f"{size} bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def create_app(models_dir: Path | str, *, faults: Faults | None = None,
@@ -88,8 +114,13 @@ def create_app(models_dir: Path | str, *, faults: Faults | None = None,
     async def lifespan(_app):
         if preload:
             for name in registry.names():
-                with contextlib.suppress(ServingError):
+                try:
                     registry.state(name)  # starts loading it in the background
+                except ServingError:
+                    pass  # gone since the listing
+                except Exception as exc:  # noqa: BLE001 - one model never stops the server
+                    print(f"model {name!r} cannot be served: {type(exc).__name__}: {exc}",
+                          file=sys.stderr, flush=True)
         yield
 
     app = FastAPI(title="Spark DL Lab model server (TF Serving REST API)", lifespan=lifespan,
@@ -132,17 +163,24 @@ def create_app(models_dir: Path | str, *, faults: Faults | None = None,
         return await run_in_threadpool(model_metadata, name, registry)
 
     async def predict(name: str, request: Request, version: str | None = None):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            raise ServingError(413, f"request body of {length} bytes is over {MAX_BODY_BYTES}: "
-                                    "send smaller batches")
-        entry = await run_in_threadpool(registry.entry, name)
+        entry = await run_in_threadpool(registry.usable, name)
         if version is not None and version != str(entry.version):
             raise ServingError(404, f"Servable not found for request: Specific({name}, "
                                     f"{version}). Version {entry.version} is served")
-        body = await request.body()
+        spec = entry.spec
+        h, w = spec.image_size
+        limit = max_body_bytes(spec)
         try:
-            pixels, form = await run_in_threadpool(parse_predict_body, body, entry.spec)
+            body = await read_body(request, limit, (
+                f"{limit} bytes, the most model {name!r} takes ({max_batch(spec)} images of "
+                f"[{h}, {w}, {spec.channels}] as JSON, with room for whitespace): send smaller "
+                "batches"))
+        except ServingError:
+            stats.add(bad_requests=1)
+            raise
+        try:
+            # Off the event loop: json, the checks and numpy run in a worker thread.
+            pixels, form = await run_in_threadpool(parse_predict_body, body, spec)
         except ServingError:
             stats.add(bad_requests=1)
             raise

@@ -56,21 +56,54 @@ def _keras_input_output(model_file: Path) -> tuple[list | None, int | None]:
     try:
         with zipfile.ZipFile(model_file) as archive:
             config = json.loads(archive.read("config.json"))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{model_file} is not a Keras 3 .keras archive ({exc}): "
-                         f"{HOW_TO_CREATE}") from None
-    layers = config.get("config", {}).get("layers", [])
-    shape = None
-    for layer in layers:
-        if layer.get("class_name") == "InputLayer":
-            shape = layer["config"].get("batch_shape") or layer["config"].get("batch_input_shape")
-            break
-    if shape is None:
-        shape = (config.get("build_config") or {}).get("input_shape")
-    units = None
-    if layers:
-        units = layers[-1].get("config", {}).get("units")
-    return shape, units
+        layers = config.get("config", {}).get("layers", [])
+        shape = None
+        for layer in layers:
+            if layer.get("class_name") == "InputLayer":
+                shape = (layer["config"].get("batch_shape")
+                         or layer["config"].get("batch_input_shape"))
+                break
+        if shape is None:
+            shape = (config.get("build_config") or {}).get("input_shape")
+        units = None
+        if layers:
+            units = layers[-1].get("config", {}).get("units")
+        return None if shape is None else list(shape), units
+    except (zipfile.BadZipFile, KeyError, ValueError, AttributeError, TypeError) as exc:
+        # Not a zip, no config.json, or a config.json of another shape than Keras 3 writes.
+        raise ModelError(f"{model_file} is not a Keras 3 .keras archive ({type(exc).__name__}: "
+                         f"{str(exc)[:200]}): {HOW_TO_CREATE}") from None
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _read_metadata(meta_file: Path) -> dict[str, Any]:
+    """``metadata.json`` decoded and its three required fields checked, or :class:`ModelError`
+    naming the file, the field and the fix (never a bare ``JSONDecodeError`` or ``TypeError``)."""
+    try:
+        meta = json.loads(meta_file.read_bytes())
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, too deep
+        raise ModelError(f"{meta_file} is not valid JSON ({type(exc).__name__}: "
+                         f"{str(exc)[:200]}): {HOW_TO_CREATE} (it writes the file)") from None
+    if not isinstance(meta, dict):
+        raise ModelError(f"{meta_file} must hold a JSON object, not {type(meta).__name__}: "
+                         f"{HOW_TO_CREATE}")
+    missing = [k for k in ("class_names", "image_size", "channels") if k not in meta]
+    if missing:
+        raise ModelError(f"{meta_file} lacks {', '.join(missing)}: {HOW_TO_CREATE}")
+    names, size, channels = meta["class_names"], meta["image_size"], meta["channels"]
+    problems = []
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        problems.append(f"class_names must be a non-empty list of strings, not {names!r:.80}")
+    if not (isinstance(size, list) and len(size) == 2 and all(map(_positive_int, size))):
+        problems.append(f"image_size must be [height, width] in pixels, not {size!r:.80}")
+    if not _positive_int(channels):
+        problems.append(f"channels must be a positive integer, not {channels!r:.80}")
+    if problems:
+        raise ModelError(f"{meta_file}: {'; '.join(problems)}: {HOW_TO_CREATE}")
+    return meta
 
 
 def load_spec(model_dir: Path | str) -> ModelSpec:
@@ -83,12 +116,9 @@ def load_spec(model_dir: Path | str) -> ModelSpec:
     if not meta_file.is_file():
         raise ModelError(f"{meta_file} is missing, so class names and input size are unknown: "
                          f"{HOW_TO_CREATE} (it writes both files)")
-    meta = json.loads(meta_file.read_text())
-    missing = [k for k in ("class_names", "image_size", "channels") if k not in meta]
-    if missing:
-        raise ModelError(f"{meta_file} lacks {', '.join(missing)}: {HOW_TO_CREATE}")
+    meta = _read_metadata(meta_file)
     spec = ModelSpec(path, tuple(meta["class_names"]), tuple(meta["image_size"]),
-                     int(meta["channels"]), meta)
+                     meta["channels"], meta)
     shape, units = _keras_input_output(model_file)
     expected = [None, *spec.image_size, spec.channels]
     if shape is not None and list(shape) != expected:

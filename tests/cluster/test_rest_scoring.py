@@ -85,8 +85,9 @@ def test_the_labs_server_gives_the_in_spark_predictions(lab_cluster, images_df, 
 
 def test_without_retries_exactly_the_failed_requests_rows_are_marked(images_df, spec,
                                                                      reference, faulty_server):
+    # The breaker off: every request is sent, so the server's counters account for every row.
     udf = rest_scoring.rest_udf(spec, faulty_server.url, batch_size=BATCH, retries=0,
-                                read_timeout=2.5)
+                                read_timeout=2.5, breaker_failures=None)
     before = faulty_server.stats()
     out = collect(images_df, udf)
     after = faulty_server.stats()

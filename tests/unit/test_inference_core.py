@@ -163,12 +163,30 @@ def test_model_spec_read_from_metadata(tmp_path):
     assert spec.class_names == CLASSES and spec.image_size == (8, 8) and spec.channels == 3
 
 
+def with_metadata(folder, text):
+    write_model(folder)
+    (folder / "metadata.json").write_text(text)
+    return folder
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda p: p, "model not found at .*model.keras: run notebook 01_udf_inference_keras or "
                   "`make models`"),
     (lambda p: write_model(p, meta=False), "metadata.json is missing"),
     (lambda p: write_model(p, shape=(None, 16, 16, 3)), r"takes input \[None, 16, 16, 3\] but"),
     (lambda p: write_model(p, units=5), "5 outputs for 2 class names"),
+    (lambda p: with_metadata(p, '{"class_names": ['), r"metadata.json is not valid JSON .*"
+                                                      "make models"),
+    (lambda p: with_metadata(p, "[1, 2]"), "metadata.json must hold a JSON object, not list"),
+    (lambda p: with_metadata(p, json.dumps({"class_names": "ab", "image_size": [8, 8],
+                                            "channels": "3"})),
+     "class_names must be a non-empty list of strings, not 'ab'; channels must be a positive "
+     "integer, not '3'"),
+    (lambda p: with_metadata(p, json.dumps({"class_names": ["a", "b"], "image_size": 8,
+                                            "channels": 3})),
+     r"image_size must be \[height, width\] in pixels, not 8"),
+    (lambda p: (write_model(p), (p / "model.keras").write_text("not a zip"))[0],
+     "model.keras is not a Keras 3 .keras archive"),
 ])
 def test_bad_models_fail_with_the_fix(tmp_path, make, message):
     folder = make(tmp_path / "m")

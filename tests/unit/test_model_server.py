@@ -3,11 +3,16 @@ answer shapes, the 4xx errors, and seeded fault injection. No TensorFlow, no Spa
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 
 with warnings.catch_warnings():
     # Starlette 1.x suggests httpx2 for its TestClient; the httpx it still supports is locked.
@@ -15,6 +20,8 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from lab_utils.serving import model_server, registry
+from lab_utils.training import cnn as models
+from tests.utils import servers
 from tests.utils.fake_models import CLASSES, brightness_loader, write_model
 
 
@@ -25,10 +32,11 @@ def models_dir(tmp_path):
     return tmp_path / "models"
 
 
-def client_for(models_dir, faults=None):
-    app = model_server.create_app(models_dir, faults=faults, loader=brightness_loader,
-                                  preload=False)
-    return TestClient(app)
+def client_for(models_dir, faults=None, loader=brightness_loader):
+    app = model_server.create_app(models_dir, faults=faults, loader=loader, preload=False)
+    # An exception the app does not handle is answered as a server would (a plain 500), not
+    # raised into the test: the tests below check that no body gets that far.
+    return TestClient(app, raise_server_exceptions=False)
 
 
 def image(value, size=(4, 4)):
@@ -78,14 +86,21 @@ def test_row_form_answers_predictions_and_columnar_answers_outputs(models_dir):
     (json.dumps({"instances": []}).encode(), 400, ['"instances" must be a non-empty list']),
     (json.dumps({"instances": [image(0, (5, 4))]}).encode(), 400,
      ["has shape [5, 4, 3], but the model takes [4, 4, 3]"]),
-    (json.dumps({"instances": [image(0), [[1]]]}).encode(), 400, ["ragged or not numbers"]),
-    (json.dumps({"instances": [[[["a"] * 3] * 4] * 4]}).encode(), 400, ["not numbers"]),
+    (json.dumps({"instances": [image(0), [[1]]]}).encode(), 400,
+     ["instances[1] has shape [1, 1], but the model takes [4, 4, 3]"]),
+    (json.dumps({"instances": [image(0), image(0, (4, 3))]}).encode(), 400,
+     ["instances[1] has shape [4, 3, 3], but the model takes [4, 4, 3] (instances[1][0] is a "
+      "list of 3)"]),
+    (json.dumps({"instances": [[[["a"] * 3] * 4] * 4]}).encode(), 400,
+     ['instances[0][0][0][0] is "a" (a string): not an integer']),
     (json.dumps({"instances": [image(300)]}).encode(), 400, ["from 0 to 255"]),
     (json.dumps({"instances": [{"image": image(0)}]}).encode(), 400, ['{"pixels": <image>}']),
     (json.dumps({"inputs": {"x": [image(0)]}}).encode(), 400, ["only input is \"pixels\""]),
     (json.dumps({"instances": [image(0)], "extra": 1}).encode(), 400, ["unexpected keys"]),
     (json.dumps({"instances": [image(0)], "signature_name": "other"}).encode(), 400,
      ["unknown signature_name 'other'"]),
+    (json.dumps({"instances": [image(0)], "signature_name": [[[[1]]]]}).encode(), 400,
+     ["unknown signature_name a list of 1"]),
 ])
 def test_bad_payloads_are_400_naming_the_problem_and_the_shape(models_dir, body, status,
                                                                fragments):
@@ -98,12 +113,194 @@ def test_bad_payloads_are_400_naming_the_problem_and_the_shape(models_dir, body,
         assert client.get("/stats").json()["bad_requests"] == 1
 
 
+def with_pixel(value, at=(1, 2, 0)):
+    pixels = image(0)
+    y, x, c = at
+    pixels[y][x][c] = value
+    return pixels
+
+
+@pytest.mark.parametrize("body, fragment", [
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),  # RecursionError in json
+    (b'{"instances": ' + b"[" * 5_000 + b"]" * 5_000 + b"}", "nested too deeply"),
+    (b'{"instances": [[[[' + b"9" * 5_000 + b"]]]]}", "not valid JSON"),  # ValueError in json
+    (json.dumps({"instances": [with_pixel(10 ** 400)]}).encode(),  # OverflowError in numpy
+     "instances[0][1][2][0] is 1000000000... (an integer): out of range"),
+    (json.dumps({"instances": [[[[[0] * 3] * 3] * 4] * 4]}).encode(),
+     "instances[0][0][0][0] is a list of 3: not an integer"),
+    (b'{"instances": [' + json.dumps(image(0)).replace("0", "NaN", 1).encode() + b"]}",
+     "instances[0][0][0][0] is NaN (a number): not an integer"),
+    (b"\xff\xfe\x00garbage", "not valid JSON"),
+])
+def test_any_unparsable_body_is_400_in_tf_servings_error_json(models_dir, body, fragment):
+    with client_for(models_dir) as client:
+        response = client.post("/v1/models/tiny:predict", content=body)
+        assert response.status_code == 400, response.text
+        assert fragment in response.json()["error"]
+        assert "[4, 4, 3] nested list of uint8 values" in response.json()["error"]
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("255", 'instances[0][1][2][0] is "255" (a string): not an integer'),
+    (True, "instances[0][1][2][0] is true (a boolean): not an integer"),
+    (1.9, "instances[0][1][2][0] is 1.9 (a number): not an integer"),
+    (2.0, "instances[0][1][2][0] is 2.0 (a number): not an integer"),
+    (None, "instances[0][1][2][0] is null: not an integer"),
+    (-1, "instances[0][1][2][0] is -1 (an integer): out of range"),
+    (256, "instances[0][1][2][0] is 256 (an integer): out of range"),
+])
+def test_pixels_of_a_uint8_model_are_integers_from_0_to_255(models_dir, value, fragment):
+    with client_for(models_dir) as client:
+        for body in ({"instances": [image(0), with_pixel(value)]},
+                     {"inputs": {"pixels": [image(0), with_pixel(value)]}}):
+            response = client.post("/v1/models/tiny:predict", json=body)
+            assert response.status_code == 400
+            message = response.json()["error"]
+            where = 'inputs["pixels"][1]' if "inputs" in body else "instances[1]"
+            assert fragment.replace("instances[0]", where) in message
+            assert ("the model's input is uint8, so each value must be a JSON integer from 0 "
+                    "to 255") in message
+        named = client.post("/v1/models/tiny:predict",
+                            json={"instances": [{"pixels": with_pixel(value)}]})
+        assert 'instances[0]["pixels"][1][2][0] is ' in named.json()["error"]
+
+
+def float_model(folder):
+    write_model(folder)
+    meta = json.loads((folder / "metadata.json").read_text())
+    (folder / "metadata.json").write_text(json.dumps({**meta, "input_dtype": "float32"}))
+    return folder
+
+
+def dtype_loader(seen):
+    def load(spec):
+        def predict(pixels):
+            seen.append(pixels.dtype)
+            return np.tile([0.5, 0.5], (len(pixels), 1))
+        return predict
+    return load
+
+
+def test_a_float_model_takes_numbers_but_not_booleans_or_strings(tmp_path):
+    float_model(tmp_path / "models" / "soft")
+    seen = []
+    with client_for(tmp_path / "models", loader=dtype_loader(seen)) as client:
+        ok = client.post("/v1/models/soft:predict",
+                         json={"instances": [with_pixel(0.25), with_pixel(-3)]})
+        assert ok.status_code == 200 and seen[-1] == np.float32
+        for value, fragment in ((True, "is true (a boolean): not a number"),
+                                ("0.5", 'is "0.5" (a string): not a number'),
+                                (1e39, "is 1e+39 (a number): out of range"),
+                                (10 ** 400, "is 1000000000... (an integer): out of range")):
+            response = client.post("/v1/models/soft:predict",
+                                   json={"instances": [with_pixel(value)]})
+            assert response.status_code == 400
+            assert f"instances[0][1][2][0] {fragment}" in response.json()["error"]
+            assert "the model's input is float32, so each value must be a finite JSON number" \
+                in response.json()["error"]
+        infinite = client.post("/v1/models/soft:predict", content=b'{"instances": ['
+                               + json.dumps(image(0)).replace("0", "Infinity", 1).encode()
+                               + b"]}")
+        assert "instances[0][0][0][0] is Infinity (a number): not finite" in \
+            infinite.json()["error"]
+
+
 def test_too_many_instances_is_413(models_dir, monkeypatch):
     monkeypatch.setattr(registry, "MAX_INSTANCES", 3)
     with client_for(models_dir) as client:
         response = client.post("/v1/models/tiny:predict", json={"instances": [image(0)] * 4})
         assert response.status_code == 413
         assert "send smaller batches" in response.json()["error"]
+
+
+def spec_of(size, channels=3, dtype="uint8"):
+    return models.ModelSpec(Path("m"), CLASSES, size, channels, {"input_dtype": dtype})
+
+
+def test_the_body_limit_follows_the_models_input_shape():
+    small, digits = spec_of((4, 4)), spec_of((32, 32))
+    assert registry.max_batch(small) == registry.MAX_INSTANCES == 4096
+    assert registry.max_batch(digits) == 682  # 2**21 values of 32x32x3
+    assert registry.max_batch(spec_of((224, 224))) == 13
+    assert registry.max_batch(spec_of((2000, 2000))) == 1  # always room for one image
+    assert registry.max_body_bytes(small) == 4096 * (48 * 5 + 21 * 4) * 2 + 64 * 1024
+    assert registry.max_body_bytes(digits) < 32 * 1024 * 1024  # a 32 MiB body is refused
+    assert registry.max_body_bytes(spec_of((2000, 2000), dtype="float64")) == \
+        registry.MAX_BODY_BYTES  # the overall cap
+    # The largest valid batch, as json.dumps writes it (", " separators), always fits.
+    for spec, value in ((small, 255), (digits, 255), (spec_of((4, 4), dtype="float64"),
+                                                       -2.2250738585072014e-308)):
+        h, w = spec.image_size
+        biggest = json.dumps({"instances": [[[[value] * 3] * w] * h] * registry.max_batch(spec)})
+        assert len(biggest) <= registry.max_body_bytes(spec)
+
+
+def padded(limit, size):
+    """A valid one-image body padded with whitespace to ``size`` bytes."""
+    head = json.dumps({"instances": [image(0)]}).encode()[:-1]
+    return head + b" " * (size - len(head) - 1) + b"}"
+
+
+def test_a_body_over_the_models_limit_is_413_with_or_without_content_length(models_dir,
+                                                                            monkeypatch):
+    monkeypatch.setattr(registry, "MAX_INSTANCES", 3)
+    limit = registry.max_body_bytes(models.load_spec(models_dir / "tiny"))
+    assert limit == 3 * 324 * 2 + 64 * 1024
+    body = padded(limit, limit + 1)
+    with client_for(models_dir) as client:
+        sized = client.post("/v1/models/tiny:predict", content=body)
+        chunked = client.post("/v1/models/tiny:predict",  # an iterator: no Content-Length
+                              content=iter([body[i:i + 8192] for i in range(0, len(body), 8192)]))
+        for response in (sized, chunked):
+            assert response.status_code == 413
+            error = response.json()["error"]
+            assert f"over {limit} bytes, the most model 'tiny' takes (3 images of [4, 4, 3]" \
+                in error and "send smaller batches" in error
+        assert f"of {limit + 1} bytes" in sized.json()["error"]
+        assert f"refused after {limit + 1} bytes" in chunked.json()["error"]
+        fits = client.post("/v1/models/tiny:predict", content=padded(limit, limit))
+        assert fits.status_code == 200 and fits.json() == {"predictions": [[1.0, 0.0]]}
+        assert client.get("/stats").json()["bad_requests"] == 2
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def read_answer(sock) -> bytes:
+    """What the server sends back, until its JSON body ends or it closes the connection."""
+    answer = b""
+    with contextlib.suppress(ConnectionResetError):  # closed with our unread bytes: reset
+        while not answer.endswith(b"}"):
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    return answer
+
+
+def test_an_upload_is_refused_once_past_the_limit_and_healthz_answers_meanwhile(models_dir,
+                                                                               monkeypatch):
+    monkeypatch.setattr(registry, "MAX_INSTANCES", 3)
+    limit = registry.max_body_bytes(models.load_spec(models_dir / "tiny"))
+    app = model_server.create_app(models_dir, loader=brightness_loader)
+    with servers.in_thread(app) as url, \
+            socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=10) as sock:
+        sock.sendall(b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + chunk(b'{"instances": ['))
+        for _ in range(3):  # a slow upload in flight: the health probe is answered at once
+            sock.sendall(chunk(b" " * 1000))
+            began = time.monotonic()
+            assert requests.get(f"{url}/healthz", timeout=5).json()["status"] == "ok"
+            assert time.monotonic() - began < 1.0
+        sent = 3000
+        while sent <= limit:  # and never the last chunk: this body has no end
+            sock.sendall(chunk(b" " * 8192))
+            sent += 8192
+        answer = read_answer(sock)  # a server reading to the end first never answers (timeout)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"refused after" in answer
 
 
 def test_unknown_model_is_404_naming_the_served_models(models_dir):
@@ -137,6 +334,37 @@ def test_a_model_that_fails_to_load_is_500_with_the_cause(models_dir):
         assert "failed to load: OSError: truncated archive" in response.json()["error"]
         status = client.get("/v1/models/tiny").json()["model_version_status"][0]
         assert status["state"] == "END" and "truncated" in status["status"]["error_message"]
+
+
+@pytest.mark.parametrize("metadata, fragment", [
+    ("{not json", "metadata.json is not valid JSON"),
+    ('["a list"]', "metadata.json must hold a JSON object, not list"),
+    (json.dumps({"class_names": ["dark", "light"], "image_size": "4x4", "channels": 3}),
+     "image_size must be [height, width] in pixels, not '4x4'"),
+    (json.dumps({"class_names": ["dark", "light"], "image_size": [4, 4], "channels": 3,
+                 "input_dtype": "str"}), "input_dtype 'str' is not an integer or float dtype"),
+])
+def test_a_broken_model_is_its_error_state_and_the_others_are_served(models_dir, metadata,
+                                                                     fragment):
+    broken = write_model(models_dir / "broken")
+    (broken / "metadata.json").write_text(metadata)
+    app = model_server.create_app(models_dir, loader=brightness_loader)  # preload, as served
+    with TestClient(app) as client:  # start-up goes through the broken model
+        assert client.get("/healthz").json() == {"status": "ok", "models": ["broken", "tiny"]}
+        [status] = client.get("/v1/models/broken").json()["model_version_status"]
+        assert status["state"] == "END" and status["status"]["error_code"] == "INVALID_ARGUMENT"
+        assert fragment in status["status"]["error_message"]
+        assert "make models" in status["status"]["error_message"]
+        for answer in (client.post("/v1/models/broken:predict", json={"instances": [image(0)]}),
+                       client.get("/v1/models/broken/metadata")):
+            assert answer.status_code == 500
+            assert answer.json()["error"].startswith("model 'broken' cannot be served: ")
+            assert fragment in answer.json()["error"]
+        good = client.post("/v1/models/tiny:predict", json={"instances": [image(255)]})
+        assert good.json() == {"predictions": [[0.0, 1.0]]}
+        write_model(broken)  # fixed in place: served from the next request, no restart
+        fixed = client.post("/v1/models/broken:predict", json={"instances": [image(255)]})
+        assert fixed.status_code == 200 and fixed.json() == {"predictions": [[0.0, 1.0]]}
 
 
 def test_faults_are_off_by_default(models_dir):

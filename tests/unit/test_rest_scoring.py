@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import io
 import json
-import threading
+import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import requests
 from PIL import Image
@@ -15,6 +16,7 @@ from PIL import Image
 from lab_utils.common import net
 from lab_utils.inference import rest_scoring
 from lab_utils.serving import model_server
+from tests.utils import servers
 from tests.utils.fake_models import brightness_loader, write_model
 
 CLASSES = ("dark", "light")
@@ -84,6 +86,23 @@ def test_gives_up_after_the_retries_naming_the_last_error():
     result = post(session, rest_scoring.RestOptions(retries=2, backoff=0.0), sleeps)
     assert result.outputs is None and result.attempts == 3 and len(session.calls) == 3
     assert result.error == f"gave up after 3 attempts at {URL}: HTTP 503: injected fault"
+
+
+@pytest.mark.parametrize("status", [400, 404, 413, 500])
+def test_answers_a_retry_cannot_change_are_not_retried(status):
+    # 500 included: the lab's server answers it for a broken model, the same every time.
+    session = ScriptedSession([Answer(status, {"error": "the same next time"})] * 6)
+    result = post(session, rest_scoring.RestOptions(retries=5), [])
+    assert result.attempts == 1 and len(session.calls) == 1
+    assert f"refused the request: HTTP {status}: the same next time" in result.error
+
+
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
+def test_answers_that_can_change_are_retried(status):
+    session = ScriptedSession([Answer(status, {"error": "busy"}),
+                               Answer(200, {"predictions": [[1, 0], [0, 1]]})])
+    result = post(session, rest_scoring.RestOptions(retries=5, backoff=0.0), [])
+    assert result == rest_scoring.PostResult([[1, 0], [0, 1]], 2)
 
 
 def test_client_errors_are_not_retried():
@@ -159,30 +178,115 @@ def test_fail_fast_raises_naming_the_file_and_the_cause():
     ({"batch_size": 0}, "batch_size=0 must be at least 1"),
     ({"retries": -1}, "retries=-1 must be 0 or more"),
     ({"read_timeout": 0}, "must be positive"),
+    ({"breaker_failures": 0}, r"breaker_failures=0 must be .* at least 1 \(None turns"),
+    ({"breaker_failures": 2.5}, "breaker_failures=2.5 must be a whole number"),
+    ({"task_timeout": 0}, r"task_timeout=0 must be positive seconds \(None: no deadline\)"),
 ])
 def test_bad_options_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         rest_scoring.RestOptions(**kwargs)
 
 
+def test_breaker_and_deadline_defaults():
+    options = rest_scoring.RestOptions()
+    assert options.breaker_failures == 3 and options.task_timeout is None
+
+
+def test_the_breaker_opens_after_failed_batches_in_a_row_and_a_success_resets_it():
+    down = rest_scoring.PostResult(None, 3, "gave up after 3 attempts at X: connection failed",
+                                   unavailable=True)
+    refused = rest_scoring.PostResult(None, 1, "X refused the request: HTTP 400: bad")
+    # down, down, scored (reset), down, refused (neither counts nor resets), down, down: open
+    post_fn, seen = fake_post([down, down, brightness, down, refused, down, down])
+    guard = rest_scoring.TaskGuard(rest_scoring.RestOptions(breaker_failures=3), "X")
+    out = rest_scoring.score_images_rest([f"f{i}" for i in range(10)], [png(9)] * 10, post_fn,
+                                         CLASSES, (4, 4), batch_size=1, guard=guard)
+    assert seen == [1] * 7  # no request after the breaker opened
+    reason = ("not sent: circuit breaker open after 3 failed micro-batches in a row at X "
+              "(breaker_failures=3); last error: gave up after 3 attempts at X: connection "
+              "failed")
+    assert list(out["error"][7:]) == [reason] * 3 and list(out["attempts"][7:]) == [0] * 3
+    assert out["prediction"][2] == "dark" and out["error"][4] == refused.error
+    # The task's next batch: neither decoded nor sent (the empty file gets the reason too).
+    later = rest_scoring.score_images_rest(["g0", "g1"], [png(9), b""], post_fn, CLASSES,
+                                           (4, 4), batch_size=1, guard=guard)
+    assert list(later["error"]) == [reason] * 2 and seen == [1] * 7
+    with pytest.raises(rest_scoring.RestScoringError, match="2 images from g0 on were not "
+                                                            "scored: not sent: circuit breaker"):
+        rest_scoring.score_images_rest(["g0", "g1"], [png(9)] * 2, post_fn, CLASSES, (4, 4),
+                                       guard=guard, fail_fast=True)
+
+
+class CountingSession(requests.Session):
+    def __init__(self):
+        super().__init__()
+        self.posts = 0
+
+    def post(self, *args, **kwargs):
+        self.posts += 1
+        return super().post(*args, **kwargs)
+
+
+def run_task(url, options, rows=20, per_batch=8):
+    """Score ``rows`` images as one task of the UDF does, in Arrow batches of ``per_batch``."""
+    paths, contents = [f"f{i:02d}" for i in range(rows)], [png(i) for i in range(rows)]
+    batches = ((pd.Series(paths[i:i + per_batch]), pd.Series(contents[i:i + per_batch]))
+               for i in range(0, rows, per_batch))
+    session = CountingSession()
+    began = time.monotonic()
+    out = pd.concat(rest_scoring.score_task(batches, f"{url}/v1/models/tiny:predict", options,
+                                            CLASSES, (4, 4), where=url, session=session),
+                    ignore_index=True)
+    assert len(out) == rows and out["prediction"].isna().all()
+    return out, session.posts, time.monotonic() - began
+
+
+def test_a_down_server_costs_a_task_three_batches_then_its_rows_are_marked_at_once():
+    url = servers.closed_port_url()
+    options = rest_scoring.RestOptions(batch_size=2, retries=2, backoff=0.01, backoff_max=0.05)
+    out, posts, seconds = run_task(url, options)
+    assert posts == 3 * 3  # three batches of three attempts, then not one request more
+    assert out["error"][:6].str.startswith(f"gave up after 3 attempts at {url}/v1/models/tiny:"
+                                           "predict: connection failed").all()
+    assert out["error"][6:].str.startswith(
+        f"not sent: circuit breaker open after 3 failed micro-batches in a row at {url} "
+        "(breaker_failures=3); last error: gave up after 3 attempts").all()
+    assert list(out["attempts"]) == [3] * 6 + [0] * 14
+    assert seconds < 10  # nine refused connections and six short backoffs
+
+
+def test_a_server_that_never_answers_opens_the_breaker():
+    with servers.never_answers() as url:
+        options = rest_scoring.RestOptions(batch_size=2, read_timeout=0.2, retries=1,
+                                           backoff=0.01, breaker_failures=2)
+        out, posts, seconds = run_task(url, options, rows=10)
+    assert posts == 2 * 2
+    assert out["error"][:4].str.endswith("no answer within read_timeout=0.2s").all()
+    assert out["error"][4:].str.startswith("not sent: circuit breaker open after 2 failed "
+                                           "micro-batches in a row").all()
+    assert seconds < 10  # four read timeouts of 0.2 s
+
+
+def test_the_task_timeout_bounds_a_task_whatever_its_timeouts_and_retries():
+    with servers.never_answers() as url:
+        # Default read timeout (30 s) and retries (5): three minutes a batch without a deadline.
+        options = rest_scoring.RestOptions(batch_size=2, breaker_failures=None, task_timeout=1.0)
+        out, posts, seconds = run_task(url, options, rows=10)
+    assert posts == 1  # the first attempt's read timeout was cut to the second left
+    assert out["error"][:2].str.contains("left of task_timeout=1.0s").all()
+    assert out["error"][2:].str.startswith("not sent: this task's task_timeout=1.0s passed "
+                                           "(last error: ").all()
+    assert list(out["attempts"]) == [1] * 2 + [0] * 8
+    assert seconds < 10
+
+
 @pytest.fixture
 def live_server(tmp_path):
     """A real uvicorn on loopback serving a fake model, in a thread of this process."""
-    import uvicorn
-
     write_model(tmp_path / "models" / "tiny")
     app = model_server.create_app(tmp_path / "models", loader=brightness_loader)
-    port = net.free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    from lab_utils.ops import lab
-
-    assert lab.wait_until(lambda: model_server.server_healthy(url), timeout=20, interval=0.1)
-    yield url
-    server.should_exit = True
-    thread.join(10)
+    with servers.in_thread(app) as url:
+        yield url
 
 
 def test_driver_check_waits_until_available_then_scores_over_http(live_server):
