@@ -5,9 +5,10 @@ Without a Docker engine the layer skips with one line saying how to get one, exc
 ``LAB_REQUIRE_DOCKER=1`` (CI sets it): there a missing engine fails the run.
 
 The compose project gets its own name, free host ports, and its own shared and secrets folders
-under pytest's temporary directory (owned by whoever runs the tests: root in CI, so the services
+under ``test-output/docker/lab/`` (owned by whoever runs the tests: root in CI, so the services
 run as uid 1000 and the folder is handed to it, as `make docker-up` does for a root checkout).
-The user's own ``share_storages/`` and lab are never touched.
+Not under pytest's temporary directory: another pytest run on the machine may rotate that away
+while the lab still writes there. The user's own ``share_storages/`` and lab are never touched.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def engine() -> None:
 
 
 @pytest.fixture(scope="session")
-def docker_lab(engine, tmp_path_factory) -> Iterator[DockerLab]:
+def docker_lab(engine) -> Iterator[DockerLab]:
     timings: dict[str, float] = {}
     started = time.monotonic()
     timings["base image"] = 0.0
@@ -112,7 +113,9 @@ def docker_lab(engine, tmp_path_factory) -> Iterator[DockerLab]:
     if certs:  # the host's locally added CAs (a TLS-intercepting proxy), as users add theirs
         docker.copy_extra_ca(ROOT, HOST_CA_FOLDER)
 
-    work = tmp_path_factory.mktemp("docker-lab")
+    work = ROOT / "test-output" / "docker" / "lab"
+    shutil.rmtree(work, ignore_errors=True)  # the last run's, kept for reading until now
+    work.mkdir(parents=True)
     uid, gid = docker.host_ids(ROOT)
     ports = free_ports(6)
     env = {
