@@ -5,16 +5,34 @@ model kept in a module-level cache is loaded once per worker, not once per task 
 long-lived worker may see many models (every run of a notebook, every group of a training
 run), so the cache is bounded and drops the least recently used entry first. The lock is held
 while a model loads: two threads of one worker asking for the same model load it once.
+
+A model loaded from a file is cached under :func:`file_key`, never under its path alone: a
+worker outlives a notebook run, and a model retrained under the same path must be loaded again.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from pathlib import Path
 from typing import Generic, TypeVar
 
 V = TypeVar("V")
+
+
+def file_key(path: Path | str) -> tuple[str, int, int, int]:
+    """``(path, mtime_ns, size, inode)``: the cache key of a model file's current version.
+
+    Each part catches a retrain the others can miss: the size alone misses two pickles of the
+    same estimator (byte-for-byte the same length), the modification time alone a retrain
+    within the file system's timestamp granularity (1 s on some NFS servers); a retrain written
+    with :mod:`lab_utils.common.atomic` is also a new inode. Raises ``FileNotFoundError`` for a
+    missing file.
+    """
+    stat = os.stat(path)
+    return str(path), stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
 class WorkerCache(Generic[V]):

@@ -38,7 +38,15 @@ import pandas as pd  # at module level: pandas UDF type hints are resolved from 
 
 from lab_utils.common import split
 from lab_utils.common.atomic import atomic_write
-from lab_utils.data.wav import SAMPLE_RATE, AudioError, decode_wav, encode_wav, resample, to_mono
+from lab_utils.data.wav import (
+    MAX_SECONDS,
+    SAMPLE_RATE,
+    AudioError,
+    decode_wav,
+    encode_wav,
+    resample,
+    to_mono,
+)
 from lab_utils.errors import LabError
 
 if TYPE_CHECKING:
@@ -127,13 +135,16 @@ def log_mel_spectrogram(x: np.ndarray, sample_rate: int = SAMPLE_RATE, *,
 
 
 def clip_features(content: bytes | None, *, sample_rate: int = SAMPLE_RATE,
-                  clip_seconds: float = CLIP_SECONDS, n_mels: int = N_MELS) -> dict[str, Any]:
+                  clip_seconds: float = CLIP_SECONDS, n_mels: int = N_MELS,
+                  max_seconds: float = MAX_SECONDS) -> dict[str, Any]:
     """Decode one file, downmix, resample to ``sample_rate`` and compute its log-mel features.
 
     Returns ``features`` (flat float32, ``frames * n_mels``), ``frames``, ``source_rate``,
-    ``channels`` and ``seconds`` (of the source). Raises :class:`AudioError`.
+    ``channels`` and ``seconds`` (of the source). Raises :class:`AudioError`, also for a file
+    longer than ``max_seconds`` or at a sample rate real audio does not use (see
+    :mod:`lab_utils.data.wav`): those would allocate gigabytes for a few kilobytes of file.
     """
-    samples, rate = decode_wav(content)
+    samples, rate = decode_wav(content, max_seconds=max_seconds)
     mono = resample(to_mono(samples), rate, sample_rate)
     mel = log_mel_spectrogram(mono, sample_rate, clip_seconds=clip_seconds, n_mels=n_mels)
     return {"features": mel.ravel(), "frames": mel.shape[0], "source_rate": rate,

@@ -166,20 +166,42 @@ def decode_image(
 
     Grayscale, palette, RGBA/LA (composited on white), CMYK and 16-bit images are converted;
     large JPEGs are decoded at reduced scale. Raises :class:`ImageError` otherwise.
+
+    *Any* exception Pillow raises for the file becomes the :class:`ImageError`, not only the
+    ones it documents: for damaged files its plugins raise plain ``ValueError``,
+    ``SyntaxError``, ``OSError``, ``struct.error``, ``IndexError``... depending on the format
+    and on where the damage is (a fuzz test in ``tests/unit/test_images.py`` keeps it so).
+    Pillow's decompression-bomb *warning* (above ``PIL.Image.MAX_IMAGE_PIXELS``) is raised as
+    the file's error too, so a bomb never passes as a log line.
     """
-    from PIL import Image, UnidentifiedImageError
+    import warnings
+
+    from PIL import Image
 
     if data is None or len(data) == 0:
         raise ImageError("empty file (0 bytes)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return _to_rgb(_open_image(data, max_pixels, size), size)
+        except ImageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever Pillow raises is this file's error
+            raise ImageError(f"corrupt or truncated image: {type(exc).__name__}: {exc}") from None
+
+
+def _open_image(data: bytes, max_pixels: int, size: tuple[int, int]):
+    """The loaded Pillow image, or :class:`ImageError` for what can be named more precisely."""
+    from PIL import Image, UnidentifiedImageError
+
     height, width = size
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageError("not an image file (Pillow cannot identify it)") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"image too large: {exc}") from None
-    except OSError as exc:
-        raise ImageError(f"unreadable image: {exc}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"image too large: {exc} (Pillow's limit, PIL.Image.MAX_IMAGE_PIXELS="
+                         f"{Image.MAX_IMAGE_PIXELS}); resize it or raise both limits") from None
     if image.width * image.height > max_pixels:
         raise ImageError(f"image too large: {image.width}x{image.height} pixels is more than "
                          f"max_pixels={max_pixels}; resize it or raise the limit")
@@ -187,8 +209,16 @@ def decode_image(
         if image.format == "JPEG":
             image.draft("RGB", (width, height))  # decode big JPEGs at 1/2, 1/4, 1/8 scale
         image.load()
-    except (OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - named here, re-raised as this file's error
         raise ImageError(f"corrupt or truncated image: {exc}") from None
+    return image
+
+
+def _to_rgb(image, size: tuple[int, int]) -> np.ndarray:
+    """A loaded image in any mode -> ``size`` uint8 RGB (alpha composited on white)."""
+    from PIL import Image
+
+    height, width = size
     if image.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
         image = _to_8bit(image)
     if image.mode in {"RGBA", "LA", "PA"} or (image.mode == "P" and "transparency" in image.info):

@@ -1,7 +1,12 @@
 """WAV files in and out, without an audio library: 8/16/24/32-bit PCM and 32/64-bit float,
 mono or multi-channel, mixed to mono and resampled to the lab's 16 kHz. A file that cannot be
 decoded raises :class:`AudioError` naming what is wrong, which the Spark side turns into that
-row's error."""
+row's error.
+
+A header is bounded before anything is allocated from it: a few kilobytes can declare a sample
+rate of 100 MHz (resampling to 16 kHz would then need a 15 GiB filter) or 1 Hz (a 100 KB file
+becomes 14 hours, 3 GiB at 16 kHz). Rates outside :data:`MIN_SAMPLE_RATE`..
+:data:`MAX_SAMPLE_RATE` and clips longer than :data:`MAX_SECONDS` are that file's error."""
 
 from __future__ import annotations
 
@@ -13,6 +18,13 @@ from lab_utils.errors import LabError
 
 #: The rate every clip is resampled to (the speech classifier's input).
 SAMPLE_RATE = 16_000
+#: Sample rates real audio uses: 1 kHz (telephony is 8 kHz) to 384 kHz (studio converters).
+MIN_SAMPLE_RATE = 1_000
+MAX_SAMPLE_RATE = 384_000
+#: Longest clip decoded, in seconds (10 minutes: at 384 kHz one float32 channel is ~880 MiB,
+#: resampled to 16 kHz ~37 MiB). Longer recordings: cut them first, e.g. with
+#: ``ffmpeg -i in.wav -f segment -segment_time 60 out%03d.wav``.
+MAX_SECONDS = 600.0
 
 
 class AudioError(LabError, ValueError):
@@ -48,14 +60,26 @@ def encode_wav(samples: np.ndarray, sample_rate: int, *, sample_format: str = "i
 _PCM, _FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE
 
 
-def decode_wav(data: bytes | None) -> tuple[np.ndarray, int]:
+def check_sample_rate(rate: int) -> int:
+    """``rate``, or :class:`AudioError` if real audio never uses it (a corrupt header)."""
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"sample rate {rate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}"
+                         " Hz (MIN_SAMPLE_RATE..MAX_SAMPLE_RATE): a corrupt header, or audio to "
+                         "convert first, e.g. `ffmpeg -i in.wav -ar 16000 out.wav`")
+    return rate
+
+
+def decode_wav(data: bytes | None, *, max_seconds: float = MAX_SECONDS
+               ) -> tuple[np.ndarray, int]:
     """``(samples, sample_rate)`` of a WAV file: float32 in [-1, 1], shape ``(n, channels)``.
 
     Raises
     ------
     AudioError
         Empty, not a RIFF/WAVE file, truncated (a chunk or the samples shorter than the header
-        says), an encoding other than PCM/float (e.g. ADPCM, mu-law), or no samples at all.
+        says), an encoding other than PCM/float (e.g. ADPCM, mu-law), no samples at all, a
+        sample rate outside :data:`MIN_SAMPLE_RATE`..:data:`MAX_SAMPLE_RATE`, or longer than
+        ``max_seconds``.
     """
     if data is None or len(data) == 0:
         raise AudioError("empty file (0 bytes)")
@@ -93,12 +117,18 @@ def decode_wav(data: bytes | None) -> tuple[np.ndarray, int]:
                          "read; convert it, e.g. `ffmpeg -i in.wav -c:a pcm_s16le out.wav`")
     if channels < 1 or rate < 1 or bits not in {8, 16, 24, 32, 64} or block != channels * bits // 8:
         raise AudioError(f"corrupt WAV header: {channels} channels, {rate} Hz, {bits} bits")
+    check_sample_rate(rate)
     if truncated:
         raise AudioError(f"truncated WAV: the header declares {size} bytes of audio, the file "
                          f"holds {len(samples)}")
     n = len(samples) // block
     if n == 0:
         raise AudioError("WAV file without samples (0 frames)")
+    if n > max_seconds * rate:
+        raise AudioError(f"WAV file too long: {n} frames at {rate} Hz is {n / rate:g} s long, "
+                         f"more than max_seconds={max_seconds:g}; cut it into shorter clips "
+                         "first, e.g. `ffmpeg -i in.wav -f segment -segment_time 60 "
+                         "out%03d.wav`")
     raw = samples[:n * block]
     if tag == _FLOAT:
         if bits not in {32, 64}:
@@ -124,7 +154,13 @@ def to_mono(samples: np.ndarray) -> np.ndarray:
 
 def resample(x: np.ndarray, rate_in: int, rate_out: int = SAMPLE_RATE) -> np.ndarray:
     """Band-limited polyphase resampling (scipy ``resample_poly``) from ``rate_in`` to
-    ``rate_out``."""
+    ``rate_out``.
+
+    Both rates must be in :data:`MIN_SAMPLE_RATE`..:data:`MAX_SAMPLE_RATE`: the filter has about
+    ``20 * max(rate_in, rate_out) / gcd(rate_in, rate_out)`` taps, 15 GiB for 100 MHz.
+    """
+    check_sample_rate(rate_in)
+    check_sample_rate(rate_out)
     if rate_in == rate_out:
         return x.astype(np.float32)
     from math import gcd

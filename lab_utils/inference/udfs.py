@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd  # at module level: pandas UDF type hints are resolved from these globals
 
+from lab_utils.common.cache import file_key
 from lab_utils.training.cnn import ModelSpec, load_spec
 
 if TYPE_CHECKING:
@@ -55,8 +56,7 @@ def _resolve(model: ModelSpec | Path | str, make_predict_fn: MakePredictFn | Non
     make = make_predict_fn or keras_predict_fn(spec.model_file)
     # One cache entry per model file version (a retrained model is loaded afresh) and per
     # custom predict function.
-    key = (str(spec.model_file), spec.model_file.stat().st_mtime_ns,
-           _maker_key(make_predict_fn) if make_predict_fn else 0)
+    key = (*file_key(spec.model_file), _maker_key(make_predict_fn) if make_predict_fn else 0)
     return spec, make, key
 
 

@@ -133,3 +133,45 @@ def test_unknown_voice_fails_with_espeak_hint(tmp_path):
     with pytest.raises(RuntimeError, match="espeak-ng --voices"):
         audio.synthesize("yes", "xx-nonexistent", 160, 50, tmp_path / "x.wav")
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- resource limits
+
+
+@pytest.mark.parametrize("rate", [100_000_007, 1, 999, 384_001])
+def test_a_sample_rate_real_audio_never_uses_is_refused(rate):
+    # 100,000,007 Hz made resampling to 16 kHz allocate ~15 GiB for a 3 KB file.
+    data = wav.encode_wav(np.zeros(1500), rate)
+    with pytest.raises(wav.AudioError, match=rf"sample rate {rate} Hz is outside "
+                                             r"1000\.\.384000 Hz"):
+        wav.decode_wav(data)
+
+
+def test_the_supported_sample_rate_range_still_decodes():
+    for rate in (wav.MIN_SAMPLE_RATE, wav.MAX_SAMPLE_RATE):
+        samples, got = wav.decode_wav(wav.encode_wav(np.zeros(1000), rate))
+        assert got == rate and samples.shape == (1000, 1)
+
+
+def test_a_clip_longer_than_the_limit_is_refused_naming_both():
+    data = wav.encode_wav(np.zeros(3 * 1000 + 1), 1000)  # 3.001 s
+    with pytest.raises(wav.AudioError,
+                       match=r"3001 frames at 1000 Hz is 3\.001 s long, more than max_seconds=3;"):
+        wav.decode_wav(data, max_seconds=3)
+    assert wav.decode_wav(data, max_seconds=4)[0].shape == (3001, 1)
+    assert wav.MAX_SECONDS * wav.MAX_SAMPLE_RATE * 4 < 2**30  # a float32 channel under 1 GiB
+
+
+def test_oversized_headers_are_row_errors_not_allocations():
+    # 1 Hz over 100 KB asked resampling for 3 GiB; both are one row's error now.
+    frame = audio.features_frame([wav.encode_wav(np.zeros(50_000), 1),
+                                  wav.encode_wav(np.zeros(1500), 100_000_007),
+                                  wav.encode_wav(tone(440, 16_000), 16_000)])
+    assert "sample rate 1 Hz" in frame["error"][0]
+    assert "sample rate 100000007 Hz" in frame["error"][1]
+    assert frame["error"][2] is None and frame["source_rate"][2] == 16_000
+
+
+def test_resample_refuses_rates_outside_the_range():
+    with pytest.raises(wav.AudioError, match="sample rate 100000007 Hz"):
+        wav.resample(np.zeros(10, np.float32), 100_000_007)

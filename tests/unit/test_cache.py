@@ -55,3 +55,19 @@ def test_a_failed_load_caches_nothing():
     assert "m" not in cache and cache.loads == {}
     with pytest.raises(ValueError, match="at least one"):
         WorkerCache(0)
+
+
+def test_file_key_changes_when_the_file_is_replaced_under_the_same_path(tmp_path):
+    from lab_utils.common.atomic import atomic_write_bytes
+    from lab_utils.common.cache import file_key
+
+    path = tmp_path / "model.bin"
+    atomic_write_bytes(path, b"one")
+    first = file_key(path)
+    assert first == file_key(str(path)) and first[0] == str(path)
+    atomic_write_bytes(path, b"two")  # same size, maybe the same mtime: a new inode
+    assert file_key(path) != first
+    atomic_write_bytes(path, b"three")
+    assert file_key(path)[2] == 5
+    with pytest.raises(FileNotFoundError):
+        file_key(tmp_path / "gone.bin")

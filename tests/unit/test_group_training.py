@@ -149,3 +149,22 @@ def test_split_sorted_arrow_gives_the_same_groups_as_pandas():
            for g, parts in gt.split_sorted_arrow(batches, "group", ["x", "y"])]
     assert got == [("a", [0.0, 1.0, 2.0, 3.0, 4.0]), ("b", [5.0]),
                    ("c", [float(v) for v in range(6, 13)])]
+
+
+def test_a_model_retrained_under_the_same_path_is_loaded_afresh(tmp_path):
+    # Python workers are reused: a cache keyed by path alone kept predicting the old model.
+    from sklearn.linear_model import LinearRegression
+
+    from lab_utils.common.atomic import atomic_write
+
+    path = tmp_path / "g.joblib"
+
+    def train(slope: float) -> None:
+        model = LinearRegression().fit([[0.0], [1.0]], [0.0, slope])
+        atomic_write(path, lambda p: joblib.dump(model, p))
+
+    train(2.0)
+    assert gt.load_model(str(path)).predict([[1.0]])[0] == pytest.approx(2.0)
+    assert gt.load_model(str(path)).predict([[1.0]])[0] == pytest.approx(2.0)  # cached
+    train(3.0)
+    assert gt.load_model(str(path)).predict([[1.0]])[0] == pytest.approx(3.0)

@@ -229,3 +229,13 @@ def test_local_path_cuts_the_scheme_and_decodes_nothing(uri, path):
 def test_local_path_refuses_other_file_systems():
     with pytest.raises(ValueError, match="only local or shared"):
         inference.local_path("s3a://bucket/x.png")
+
+
+def test_a_file_pillow_fails_on_with_a_plain_value_error_is_that_rows_error():
+    # A PNG whose IHDR chunk claims 8 bytes: Pillow raises ValueError, not an image error.
+    damaged = bytearray(png(1))
+    damaged[8:12] = (8).to_bytes(4, "big")
+    out = inference.score_images(["ok.png", "damaged.png"], [png(1), bytes(damaged)],
+                                 BrightnessModel(), CLASSES, (8, 8))
+    assert out["prediction"][0] == "dark" and out["error"][0] is None
+    assert out["prediction"][1] is None and "corrupt or truncated" in out["error"][1]

@@ -18,7 +18,7 @@ import pandas as pd
 from lab_utils import config as lab_config
 from lab_utils.common import atomic
 from lab_utils.common.atomic import atomic_write
-from lab_utils.common.cache import WorkerCache
+from lab_utils.common.cache import WorkerCache, file_key
 from lab_utils.training.groups.fit import (
     DEFAULT_MAX_ROWS,
     DEFAULT_MIN_ROWS,
@@ -234,7 +234,12 @@ _MODEL_CACHE: WorkerCache[Any] = WorkerCache(MODEL_CACHE_SIZE)
 
 def load_model(path: str, loads=None):
     """A stored group model (joblib or .keras), cached per Python worker (least recently used
-    dropped first); ``loads`` (a Spark accumulator) counts the loads from disk."""
+    dropped first); ``loads`` (a Spark accumulator) counts the loads from disk.
+
+    The cache key is the file's version (:func:`~lab_utils.common.cache.file_key`), not its
+    path: workers are reused across jobs, and a run retrained under the same name must score
+    with the new models.
+    """
 
     def load():
         if path.endswith(".keras"):
@@ -252,7 +257,7 @@ def load_model(path: str, loads=None):
             loads.add(1)
         return model
 
-    return _MODEL_CACHE.get(path, load)
+    return _MODEL_CACHE.get(file_key(path), load)
 
 
 def _predict(model, X: np.ndarray) -> np.ndarray:
