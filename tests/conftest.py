@@ -33,6 +33,11 @@ OUTPUT = ROOT / "test-output"
 _SESSION_START = time.time()
 
 
+#: A folder with more fresh files than this is one summary line (the Docker lab's share folder
+#: holds hundreds of data files; the screenshots are worth listing one by one).
+_LIST_AT_MOST = 12
+
+
 def pytest_terminal_summary(terminalreporter):
     # Screenshots and other artefacts the tests wrote this run, listed even when every test
     # passes, so a CI log shows where to look (test-output/ is kept, never committed).
@@ -43,8 +48,18 @@ def pytest_terminal_summary(terminalreporter):
     if not fresh:
         return
     terminalreporter.section(f"files written under {OUTPUT.relative_to(ROOT)}/ by this run")
-    for path in fresh:
-        terminalreporter.write_line(f"{path.relative_to(ROOT)}  {path.stat().st_size:,} bytes")
+    groups: dict[Path, list[Path]] = {}
+    for path in fresh:  # grouped by their folder two levels under test-output/
+        rel = path.relative_to(OUTPUT)
+        groups.setdefault(OUTPUT.joinpath(*rel.parts[:min(2, len(rel.parts) - 1)]), []).append(path)
+    for folder, paths in groups.items():
+        if len(paths) > _LIST_AT_MOST:
+            size = sum(p.stat().st_size for p in paths)
+            terminalreporter.write_line(
+                f"{folder.relative_to(ROOT)}/  {len(paths):,} files, {size:,} bytes")
+            continue
+        for path in paths:
+            terminalreporter.write_line(f"{path.relative_to(ROOT)}  {path.stat().st_size:,} bytes")
     if len(files) > len(fresh):
         older = len(files) - len(fresh)
         terminalreporter.write_line(f"(and {older} older files from earlier runs)")
