@@ -16,8 +16,8 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 # The browser tests drive Debian's chromium: Playwright must never fetch a browser of its own.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: help venv env lab stop status models bench test test-unit test-spark test-cluster test-browser \
-        test-notebooks test-packaging lint format strip-notebooks docker-config docker-build \
+.PHONY: help venv env lab stop status models bench bench-gpu test test-unit test-spark test-cluster \
+        test-browser test-notebooks test-packaging test-gpu lint format strip-notebooks docker-config docker-build \
         docker-up docker-urls docker-down test-docker clean
 
 help: ## List the targets
@@ -67,6 +67,9 @@ test-notebooks: venv ## Execute every notebook against the cluster at smoke size
 test-packaging: venv ## Validate the compose file and lint the Dockerfiles
 	$(BIN)/pytest -m packaging $(PYTEST_ARGS)
 
+test-gpu: venv ## The digits model and the partition predictor on an NVIDIA GPU vs the CPU (skips without one)
+	$(BIN)/pytest -m gpu $(PYTEST_ARGS)
+
 test-docker: venv ## Build both images, run the compose lab and notebooks 00, 01, 05 in it (needs a Docker engine)
 	$(BIN)/pytest -m docker $(PYTEST_ARGS)
 
@@ -75,6 +78,9 @@ models: venv ## Build the image data set and train the lab's CNN (if missing) in
 
 bench: venv ## Benchmark every inference style against one plain process (BENCH_ARGS=..., e.g. --rest)
 	$(BIN)/python -m lab_utils.bench $(BENCH_ARGS)
+
+bench-gpu: venv ## Rows/s of the partition predictor on the GPU and the CPU (digits CNN, ResNet-50); no Spark
+	$(BIN)/python -m tests.gpu.bench $(BENCH_ARGS)
 
 lint: venv ## Lint the package, tests and notebooks with ruff
 	$(BIN)/ruff check lab_utils tests notebooks

@@ -8,6 +8,8 @@
                   notebook 01 in JupyterLab and reads the Spark UIs;
 * ``notebooks/``  every notebook executed against that cluster at smoke size;
 * ``packaging/``  the compose file and the Dockerfiles, checked statically;
+* ``gpu/``        the digits model and the partition predictor on an NVIDIA GPU, compared with
+                  the CPU (skipped, in one line, without a usable GPU);
 * ``docker/``     both images built, the compose lab up, notebooks run in its JupyterLab.
 """
 
@@ -26,7 +28,8 @@ from tests.utils.labs import LabCluster, lab_env
 ROOT = Path(__file__).resolve().parent.parent
 
 _DIR_MARKERS = {"unit": "unit", "spark": "spark", "cluster": "cluster", "browser": "browser",
-                "notebooks": "notebooks", "packaging": "packaging", "docker": "docker"}
+                "notebooks": "notebooks", "packaging": "packaging", "gpu": "gpu",
+                "docker": "docker"}
 
 
 OUTPUT = ROOT / "test-output"

@@ -90,11 +90,6 @@ def test_a_new_maker_never_inherits_a_freed_makers_cache_key():
 
     assert udfs._maker_key(shared) == udfs._maker_key(shared)  # one model per worker
 
-def test_device_selection_without_spark():
-    assert inference.select_device(3, gpu_count=0) == "/CPU:0"
-    assert inference.select_device(3, gpu_count=2) == "/GPU:1"
-    assert inference.select_device(4, gpu_count=2) == "/GPU:0"
-
 
 def test_partition_predictor_batches_and_marks_bad_rows():
     seen = []
