@@ -69,6 +69,23 @@ def test_spark_conf_is_private_and_complete(tmp_path):
     assert props["spark.history.fs.logDirectory"] == cfg.events_dir.as_uri()
 
 
+def _props(path):
+    return dict(line.split(" ", 1) for line in path.read_text().splitlines()
+                if line and not line.startswith("#"))
+
+
+def test_daemon_uis_offer_no_kill_unless_asked_for(tmp_path):
+    # The master's and workers' UIs have no login: with kill on, any local process could post
+    # /app/kill/. The daemons read this file (--properties-file) for their UI settings.
+    assert _props(lab.write_spark_conf(make_cfg(tmp_path)))["spark.ui.killEnabled"] == "false"
+    conf = lab.write_spark_conf(make_cfg(tmp_path, LAB_UI_KILL="1"))
+    assert _props(conf)["spark.ui.killEnabled"] == "true"
+    for service in lab.services(make_cfg(tmp_path)):
+        if service.role in lab.SPARK_ROLES:
+            argv = lab.service_command(service, make_cfg(tmp_path))
+            assert argv[argv.index("--properties-file") + 1] == str(conf)
+
+
 def test_secret_never_on_a_command_line(tmp_path):
     cfg = make_cfg(tmp_path)
     for service in lab.services(cfg):
