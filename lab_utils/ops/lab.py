@@ -29,6 +29,7 @@ from lab_utils.common.atomic import atomic_write_text
 from lab_utils.common.net import port_free
 from lab_utils.common.process import wait_until
 from lab_utils.ops.services import (  # noqa: F401 (the launcher's API: lab.ROLES, ...)
+    ROLE_SECRETS,
     ROLES,
     SHARE_SUBDIRS,
     SPARK_ROLES,
@@ -84,9 +85,10 @@ def running_pid(cfg: lab_config.LabConfig, name: str) -> int | None:
     return pid
 
 
-def _spawn(service: Service, cfg: lab_config.LabConfig, env: dict[str, str]) -> int:
+def _spawn(service: Service, cfg: lab_config.LabConfig) -> int:
     proc = process.spawn(service_command(service, cfg), log=_log_path(cfg, service.name),
-                         env=env, cwd=cfg.root, header=f"starting {service.name}")
+                         env=service_env(cfg, service.role), cwd=cfg.root,
+                         header=f"starting {service.name}")
     _pid_file(cfg, service.name).write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
     return proc.pid
 
@@ -158,7 +160,6 @@ def start(cfg: lab_config.LabConfig, *, jupyter: bool = True, out=print) -> dict
                     f" stop that process, or choose another port with {variable}=... in .env"
                 )
     prepare(cfg)
-    env = service_env(cfg)
     timeout = cfg.start_timeout
     spawned: list[Service] = []
 
@@ -173,7 +174,7 @@ def start(cfg: lab_config.LabConfig, *, jupyter: bool = True, out=print) -> dict
 
     def launch(service: Service, check: Callable[[], bool], what: str) -> None:
         began = time.monotonic()
-        pid = _spawn(service, cfg, env)
+        pid = _spawn(service, cfg)
         spawned.append(service)
         ok = wait_until(lambda: check() or _start_time(pid) is None, timeout)
         if not ok or _start_time(pid) is None:
@@ -197,7 +198,7 @@ def start(cfg: lab_config.LabConfig, *, jupyter: bool = True, out=print) -> dict
             f"({cfg.worker_cores} cores, {cfg.worker_memory} each) ...")
         pids = {}
         for worker in workers:
-            pids[worker.name] = _spawn(worker, cfg, env)
+            pids[worker.name] = _spawn(worker, cfg)
             spawned.append(worker)
         # The master keeps a dead worker listed as DEAD: count the ALIVE ones.
         if not wait_until(lambda: alive_workers(cfg) >= len(all_workers), timeout):
@@ -323,4 +324,4 @@ def run(role: str, cfg: lab_config.LabConfig) -> None:
     service = Service(role, role, index=1)
     argv = service_command(service, cfg)
     sys.stdout.flush()
-    os.execvpe(argv[0], argv, service_env(cfg))
+    os.execvpe(argv[0], argv, service_env(cfg, role))

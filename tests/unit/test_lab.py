@@ -184,7 +184,7 @@ def test_restart_checks_only_the_missing_services(tmp_path, stand_in):
 
 def test_service_env_shares_one_interpreter(tmp_path):
     cfg = make_cfg(tmp_path)
-    env = lab.service_env(cfg)
+    env = lab.service_env(cfg, "jupyter")
     assert env["PYSPARK_PYTHON"] == env["PYSPARK_DRIVER_PYTHON"] == sys.executable
     assert env["SPARK_LOCAL_IP"] == "127.0.0.1"
     assert env["SPARK_MASTER_URL"] == "spark://127.0.0.1:7077"
@@ -206,7 +206,7 @@ def test_service_env_ignores_stale_lab_variables(tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_SMOKE", "1")
     monkeypatch.setenv("SPARK_AUTH_SECRET", "from-another-lab")
     cfg = make_cfg(tmp_path)  # its own secret, no smoke
-    env = lab.service_env(cfg)
+    env = lab.service_env(cfg, "jupyter")
     assert env["SPARK_AUTH_SECRET"] == "top-secret"
     assert "LAB_SMOKE" not in env
 
@@ -242,3 +242,41 @@ def test_test_lab_ports_are_free_and_outside_the_ephemeral_range():
     for port in ports:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))
+
+
+@pytest.mark.parametrize("as_files", [False, True])
+def test_each_role_gets_only_its_secrets(tmp_path, as_files):
+    if as_files:  # the containers' form: file names, never values, in the environment
+        (tmp_path / "secret").write_text("top-secret\n")
+        (tmp_path / "token").write_text("tok-value\n")
+        cfg = config.load({"LAB_ROOT": str(tmp_path), "SPARK_AUTH_SECRET_FILE":
+                           str(tmp_path / "secret"), "JUPYTER_TOKEN_FILE": str(tmp_path / "token")})
+    else:
+        cfg = make_cfg(tmp_path, JUPYTER_TOKEN="tok-value")
+    names = ("SPARK_AUTH_SECRET", "SPARK_AUTH_SECRET_FILE", "JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE")
+    found = {}
+    for role in lab.ROLES:
+        env = lab.service_env(cfg, role)
+        found[role] = sorted(name for name in names if name in env)
+        # Nor under another name: no value of a secret anywhere in a role that lacks it.
+        values = " ".join(env.values())
+        for value in ("tok-value", "top-secret"):
+            assert (value in values) == (role == "jupyter" and not as_files), (role, value)
+    given = ["SPARK_AUTH_SECRET_FILE", "JUPYTER_TOKEN_FILE"] if as_files else [
+        "JUPYTER_TOKEN", "SPARK_AUTH_SECRET"]
+    # Spark daemons read the secret from their 0600 properties file; workers pass it to their
+    # executors themselves, which inherit the rest of a worker's environment.
+    assert found == {"master": [], "worker": [], "history": [], "model-server": [],
+                     "jupyter": sorted(given)}
+
+
+def test_no_secret_from_the_callers_environment_reaches_a_role(tmp_path, monkeypatch):
+    monkeypatch.setenv("JUPYTER_TOKEN", "stale-token")
+    monkeypatch.setenv("JUPYTER_TOKEN_FILE", "/stale/file")
+    cfg = make_cfg(tmp_path)
+    for role in ("master", "worker", "history", "model-server"):
+        env = lab.service_env(cfg, role)
+        assert not {"JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE", "SPARK_AUTH_SECRET"} & env.keys()
+    assert lab.service_env(cfg, "jupyter")["JUPYTER_TOKEN"] == "tok"
+    with pytest.raises(lab.LaunchError, match="unknown role 'driver'"):
+        lab.service_env(cfg, "driver")
