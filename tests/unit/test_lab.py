@@ -74,6 +74,22 @@ def _props(path):
                 if line and not line.startswith("#"))
 
 
+@pytest.mark.parametrize("old_mode", [0o644, 0o666])
+def test_spark_conf_is_private_whatever_was_there(tmp_path, old_mode):
+    # A conf file, and a temporary file under the name earlier versions wrote through, left
+    # readable by others (by a user, an old lab or an attacker): the new file is 0600 anyway.
+    cfg = make_cfg(tmp_path)
+    path = lab.spark_conf_path(cfg)
+    path.parent.mkdir(parents=True)
+    for stale in (path, path.with_suffix(".tmp")):
+        stale.write_text("stale\n")
+        stale.chmod(old_mode)
+    lab.write_spark_conf(cfg)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "top-secret" in path.read_text()
+    assert "top-secret" not in path.with_suffix(".tmp").read_text()  # never written through
+
+
 def test_daemon_uis_offer_no_kill_unless_asked_for(tmp_path):
     # The master's and workers' UIs have no login: with kill on, any local process could post
     # /app/kill/. The daemons read this file (--properties-file) for their UI settings.
