@@ -1,5 +1,6 @@
 """The native launcher's logic, without starting Java."""
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -296,3 +297,74 @@ def test_no_secret_from_the_callers_environment_reaches_a_role(tmp_path, monkeyp
     assert lab.service_env(cfg, "jupyter")["JUPYTER_TOKEN"] == "tok"
     with pytest.raises(lab.LaunchError, match="unknown role 'driver'"):
         lab.service_env(cfg, "driver")
+
+
+#: A stand-in process: writes {name: pid} of the children it starts (argv[2], JSON: name ->
+#: [new session?, argv]) to argv[1], then waits to be stopped.
+TREE = """
+import json, subprocess, sys, time
+kids = {name: subprocess.Popen(argv, start_new_session=new).pid
+        for name, (new, argv) in json.loads(sys.argv[2]).items()}
+open(sys.argv[1] + ".tmp", "w").write(json.dumps(kids))
+import os; os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(300)
+"""
+
+
+def _tree(out, kids: dict, *extra: str) -> list[str]:
+    import json
+
+    return [sys.executable, "-c", TREE, str(out), json.dumps(kids), *extra]
+
+
+def test_stop_sweeps_what_the_lab_started_and_nothing_else(tmp_path):
+    import json
+
+    from lab_utils.common import process
+    from lab_utils.common.process import wait_until
+
+    cfg = make_cfg(tmp_path)
+    (cfg.state_dir / "pids").mkdir(parents=True)
+    runtime = cfg.state_dir / "jupyter-runtime"
+    env = {**os.environ, "LAB_INSTANCE": str(cfg.state_dir)}  # what every lab process carries
+    sleep = ["sleep", "300"]
+    # A worker with an executor (same session), a kernel with its driver and a private model
+    # server (own session), a terminal's job (JupyterLab's child, own session), and the user's
+    # own job started elsewhere with the same environment.
+    kernel = _tree(tmp_path / "kernel.json", {"driver": [False, sleep],
+                                              "private-server": [True, sleep]},
+                   "-f", str(runtime / "kernel-1.json"))
+    procs = {
+        "worker-1": process.spawn(_tree(tmp_path / "worker.json",
+                                        {"executor": [False, sleep]}), log=None, env=env),
+        "worker-2": process.spawn(_tree(tmp_path / "worker2.json",
+                                        {"orphan-executor": [False, sleep]}), log=None, env=env),
+        "jupyter": process.spawn(_tree(tmp_path / "jupyter.json", {
+            "kernel": [True, kernel], "terminal-job": [True, sleep]}), log=None, env=env),
+    }
+    users_job = process.spawn(sleep, log=None, env=env)
+    try:
+        for name, proc in procs.items():
+            lab._record(cfg, name, proc.pid)
+        files = ["worker.json", "worker2.json", "jupyter.json", "kernel.json"]
+        assert wait_until(lambda: all((tmp_path / f).exists() for f in files), 30, 0.1)
+        pids = {name: proc.pid for name, proc in procs.items()}
+        for f in files:
+            pids.update(json.loads((tmp_path / f).read_text()))
+        # A worker killed earlier: its executor lives on, reparented, in the worker's session.
+        procs["worker-2"].kill()
+        procs["worker-2"].wait()
+        del pids["worker-2"]
+        assert lab.running_pid(cfg, "worker-2") is None  # its pid file is gone with it
+        lab.stop(cfg, out=lambda *_: None, grace=5)
+        alive = {name for name, pid in pids.items() if lab._start_time(pid) is not None}
+        assert alive == {"terminal-job"}
+        assert lab._start_time(users_job.pid) is not None
+        assert not lab._sessions_file(cfg).exists()
+    finally:
+        for pid in [users_job.pid, *pids.values()] if "pids" in locals() else [users_job.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        for proc in [*procs.values(), users_job]:
+            proc.kill()
+            proc.wait()
