@@ -40,7 +40,7 @@ env: ## Create .env with a Jupyter token and a Spark secret (needed before `dock
 lab: venv ## Start the native lab (master, workers, history server, model server, JupyterLab), or just what is missing (a lost worker); print URLs
 	$(BIN)/lab start
 
-stop: ## Stop the native lab, leaving no process behind
+stop: ## Stop the native lab and all it started (kernels, drivers, executors); your own jobs (e.g. from a Jupyter terminal) are left alone
 	@if [ -x $(BIN)/lab ]; then $(BIN)/lab stop; else echo "no virtualenv: nothing to stop"; fi
 
 status: venv ## Show the native lab's services and URLs

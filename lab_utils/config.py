@@ -287,9 +287,10 @@ def load(env: Mapping[str, str] | None = None) -> LabConfig:
 def to_env(cfg: LabConfig) -> dict[str, str]:
     """The variables that reproduce ``cfg`` (``load(to_env(cfg)) == cfg``).
 
-    The native launcher hands them to every service, so notebook kernels started by JupyterLab
-    see the very lab that started them. A secret read from a file is handed on as that file's
-    name, never as its value.
+    The native launcher hands them to the services (each role only the secrets it needs:
+    :func:`lab_utils.ops.services.service_env`), so notebook kernels started by JupyterLab see
+    the very lab that started them. A secret read from a file is handed on as that file's name,
+    never as its value.
     """
     values = {
         "LAB_ROOT": str(cfg.root),

@@ -89,7 +89,7 @@ def lab_cluster(tmp_path_factory) -> Iterator[LabCluster]:
     os.environ.update(env)
     try:
         cluster.urls = lab.start(cluster.cfg, out=lambda *_: None)
-        os.environ.update(lab.service_env(cluster.cfg))
+        os.environ.update(lab.service_env(cluster.cfg, "jupyter"))
         yield cluster
     finally:
         lab.stop(cluster.cfg, out=lambda *_: None)

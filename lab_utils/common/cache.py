@@ -12,6 +12,7 @@ worker outlives a notebook run, and a model retrained under the same path must b
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections import OrderedDict
@@ -33,6 +34,20 @@ def file_key(path: Path | str) -> tuple[str, int, int, int]:
     """
     stat = os.stat(path)
     return str(path), stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+
+def sha256_hex(data: bytes) -> str:
+    """The sha256 of ``data``: how the lab records and checks a model file's content."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: Path | str) -> str:
+    """The sha256 of a file's content, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class WorkerCache(Generic[V]):

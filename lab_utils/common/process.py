@@ -72,6 +72,20 @@ def terminate_group(pid: int, gone: Callable[[], bool], *, grace: float = 15.0) 
     return True
 
 
+def table() -> dict[int, tuple[int, int]]:
+    """``{pid: (parent pid, session id)}`` of every process, read from ``/proc``."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                # Fields after the ")" that ends the command name: state, ppid, pgrp, session.
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            found[int(entry.name)] = (int(fields[1]), int(fields[3]))
+    return found
+
+
 def log_tail(path: Path, lines: int = 15, indent: str = "    ") -> str:
     """The last ``lines`` of a log file, indented for an error message ("" if unreadable)."""
     try:

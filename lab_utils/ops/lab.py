@@ -29,6 +29,7 @@ from lab_utils.common.atomic import atomic_write_text
 from lab_utils.common.net import port_free
 from lab_utils.common.process import wait_until
 from lab_utils.ops.services import (  # noqa: F401 (the launcher's API: lab.ROLES, ...)
+    ROLE_SECRETS,
     ROLES,
     SHARE_SUBDIRS,
     SPARK_ROLES,
@@ -84,11 +85,43 @@ def running_pid(cfg: lab_config.LabConfig, name: str) -> int | None:
     return pid
 
 
-def _spawn(service: Service, cfg: lab_config.LabConfig, env: dict[str, str]) -> int:
+def _spawn(service: Service, cfg: lab_config.LabConfig) -> int:
     proc = process.spawn(service_command(service, cfg), log=_log_path(cfg, service.name),
-                         env=env, cwd=cfg.root, header=f"starting {service.name}")
-    _pid_file(cfg, service.name).write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
+                         env=service_env(cfg, service.role), cwd=cfg.root,
+                         header=f"starting {service.name}")
+    _record(cfg, service.name, proc.pid)
     return proc.pid
+
+
+def _sessions_file(cfg: lab_config.LabConfig) -> Path:
+    return cfg.state_dir / "pids" / "sessions"
+
+
+def _record(cfg: lab_config.LabConfig, name: str, pid: int) -> None:
+    """Write ``name``'s pid file and remember its session (a service starts one: its pid) until
+    ``lab stop``: executors that outlive a killed worker are still in that session."""
+    line = f"{pid} {_start_time(pid)}\n"
+    _pid_file(cfg, name).write_text(line)
+    with open(_sessions_file(cfg), "a") as handle:
+        handle.write(f"{name} {line}")
+
+
+def _recorded_sessions(cfg: lab_config.LabConfig) -> dict[int, str]:
+    """``{session id: service name}`` of the services this lab started, still valid: the
+    leader still runs, or it is gone (Linux reuses no pid while its session has members)."""
+    found = {}
+    try:
+        lines = _sessions_file(cfg).read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        try:
+            name, pid, started = line.split()
+        except ValueError:
+            continue
+        if _start_time(int(pid)) in {started, None}:
+            found[int(pid)] = name
+    return found
 
 
 def _log_path(cfg: lab_config.LabConfig, name: str) -> Path:
@@ -158,7 +191,6 @@ def start(cfg: lab_config.LabConfig, *, jupyter: bool = True, out=print) -> dict
                     f" stop that process, or choose another port with {variable}=... in .env"
                 )
     prepare(cfg)
-    env = service_env(cfg)
     timeout = cfg.start_timeout
     spawned: list[Service] = []
 
@@ -173,7 +205,7 @@ def start(cfg: lab_config.LabConfig, *, jupyter: bool = True, out=print) -> dict
 
     def launch(service: Service, check: Callable[[], bool], what: str) -> None:
         began = time.monotonic()
-        pid = _spawn(service, cfg, env)
+        pid = _spawn(service, cfg)
         spawned.append(service)
         ok = wait_until(lambda: check() or _start_time(pid) is None, timeout)
         if not ok or _start_time(pid) is None:
@@ -197,7 +229,7 @@ def start(cfg: lab_config.LabConfig, *, jupyter: bool = True, out=print) -> dict
             f"({cfg.worker_cores} cores, {cfg.worker_memory} each) ...")
         pids = {}
         for worker in workers:
-            pids[worker.name] = _spawn(worker, cfg, env)
+            pids[worker.name] = _spawn(worker, cfg)
             spawned.append(worker)
         # The master keeps a dead worker listed as DEAD: count the ALIVE ones.
         if not wait_until(lambda: alive_workers(cfg) >= len(all_workers), timeout):
@@ -238,27 +270,53 @@ def urls(cfg: lab_config.LabConfig) -> dict[str, str]:
     }
 
 
-def _lab_processes(cfg: lab_config.LabConfig) -> list[int]:
-    """Pids of every process that carries this lab's LAB_INSTANCE marker (kernels, executors…)."""
+def _lab_processes(cfg: lab_config.LabConfig, sessions: set[int] | None = None) -> list[int]:
+    """Pids of the processes this lab started that still run, and only those.
+
+    A process carrying this lab's ``LAB_INSTANCE`` marker counts if it is in the session of a
+    service the lab started (pid files and ``pids/sessions``: a worker's executors, even after
+    the worker was killed), in the session of one of its notebook kernels (their connection
+    file is in the lab's ``jupyter-runtime`` folder; a kernel's driver JVM shares its session),
+    in one of ``sessions`` (those found before ``lab stop`` started stopping), or descends from
+    one of those outside JupyterLab's own session (a private model server started by a kernel).
+    Processes started from a JupyterLab terminal inherit the marker too, but they are the user's
+    own: never swept. Nor is this process's own group (a script that started a driver itself).
+    """
     marker = f"LAB_INSTANCE={cfg.state_dir}".encode()
+    runtime = f"{cfg.state_dir / 'jupyter-runtime'}{os.sep}".encode()
     own_group = os.getpgrp()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    procs = process.table()
+    marked = set()
+    wanted = set(sessions or ()) | set(recorded := _recorded_sessions(cfg))
+    for pid in procs:
         try:
-            # Never this process's own group: a test or script that started a driver itself.
-            if os.getpgid(int(entry.name)) == own_group:
+            if os.getpgid(pid) == own_group:
                 continue
-        except ProcessLookupError:
+            if marker not in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                continue
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:  # gone, or not ours to read
             continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if marker in environ:
-            found.append(int(entry.name))
-    return found
+        marked.add(pid)
+        if runtime in cmdline:  # a notebook kernel of this lab (-f .../kernel-<id>.json)
+            wanted.add(procs[pid][1])
+    found = {pid for pid in marked if procs[pid][1] in wanted}
+    jupyter = {sid for sid, name in recorded.items() if name == "jupyter"}
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    todo = [pid for pid in found if procs[pid][1] not in jupyter]  # not via its terminals
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child in marked and child not in found:
+                found.add(child)
+                todo.append(child)
+    return sorted(found)
+
+
+def _sessions_of(pids: list[int]) -> set[int]:
+    procs = process.table()
+    return {procs[pid][1] for pid in pids if pid in procs}
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -278,6 +336,9 @@ def _stop_service(cfg: lab_config.LabConfig, service: Service, grace: float = 15
 
 def stop(cfg: lab_config.LabConfig, *, out=print, grace: float = 15.0) -> list[str]:
     """Stop every service (JupyterLab first, master last) and sweep up leftover children."""
+    # What belongs to the lab is decided before anything stops: a kernel that exits with
+    # JupyterLab leaves the processes it started without their parent.
+    sessions = _sessions_of(_lab_processes(cfg))
     stopped = []
     for service in reversed(services(cfg)):
         pid = _stop_service(cfg, service, grace)
@@ -286,13 +347,15 @@ def stop(cfg: lab_config.LabConfig, *, out=print, grace: float = 15.0) -> list[s
         stopped.append(service.name)
         out(f"stopped {service.name} (pid {pid})")
     # Kernels run in their own sessions and executors may outlive a killed worker: sweep them.
-    leftovers = _lab_processes(cfg)
+    leftovers = _lab_processes(cfg, sessions)
     for pid in leftovers:
         _signal(pid, signal.SIGTERM)
-    if leftovers and not wait_until(lambda: not _lab_processes(cfg), grace, 0.2):
-        for pid in _lab_processes(cfg):
+    if leftovers and not wait_until(lambda: not _lab_processes(cfg, sessions), grace, 0.2):
+        for pid in _lab_processes(cfg, sessions):
             _signal(pid, signal.SIGKILL)
-        wait_until(lambda: not _lab_processes(cfg), 5, 0.1)
+        wait_until(lambda: not _lab_processes(cfg, sessions), 5, 0.1)
+    if not _lab_processes(cfg, sessions):
+        _sessions_file(cfg).unlink(missing_ok=True)
     if leftovers:
         out(f"stopped {len(leftovers)} leftover lab processes (kernels, drivers, executors)")
     if not stopped and not leftovers:
@@ -323,4 +386,4 @@ def run(role: str, cfg: lab_config.LabConfig) -> None:
     service = Service(role, role, index=1)
     argv = service_command(service, cfg)
     sys.stdout.flush()
-    os.execvpe(argv[0], argv, service_env(cfg))
+    os.execvpe(argv[0], argv, service_env(cfg, role))

@@ -148,11 +148,33 @@ def write_spark_conf(cfg: lab_config.LabConfig) -> Path:
     return atomic_write_text(path, body, mode=0o600)  # it holds the cluster's secret
 
 
-def service_env(cfg: lab_config.LabConfig) -> dict[str, str]:
-    """Environment shared by every service and, through JupyterLab, by every notebook kernel."""
+#: The secrets a role's environment may carry, as a value or as a ``NAME_FILE`` file name.
+#: JupyterLab gets both: its kernels are Spark drivers. The Spark daemons read the cluster's
+#: secret from their properties file (:func:`write_spark_conf`), and a worker hands it to its
+#: executors itself; every Spark task inherits a worker's environment, so a token there would
+#: let any task drive JupyterLab's terminals. The model server needs neither.
+ROLE_SECRETS: dict[str, tuple[str, ...]] = {
+    "master": (), "worker": (), "history": (), "model-server": (),
+    "jupyter": ("SPARK_AUTH_SECRET", "JUPYTER_TOKEN"),
+}
+SECRETS = ("SPARK_AUTH_SECRET", "JUPYTER_TOKEN")
+
+
+def service_env(cfg: lab_config.LabConfig, role: str) -> dict[str, str]:
+    """Environment of one role's service and, for ``jupyter``, of every notebook kernel.
+
+    Every role gets the lab's settings; each gets only the secrets :data:`ROLE_SECRETS` names.
+    Tests and scripts that run a driver of their own ask for ``jupyter``'s, as a kernel has.
+    """
+    if role not in ROLE_SECRETS:
+        raise LaunchError(f"unknown role {role!r}: expected one of {', '.join(ROLES)}")
     # The lab's own variables come from cfg alone, never half from a stale environment.
     env = {k: v for k, v in os.environ.items() if k not in lab_config.VARIABLES}
     env.update(lab_config.to_env(cfg))
+    for name in SECRETS:
+        if name not in ROLE_SECRETS[role]:
+            env.pop(name, None)
+            env.pop(f"{name}_FILE", None)
     host = resolve_host(cfg.host)
     env.update(
         SPARK_HOME=str(spark_home()),

@@ -3,17 +3,27 @@
 * every listening TCP socket of the native lab (daemons, executors, Python workers, JupyterLab,
   the driver) is bound to loopback, read from the kernel's socket table;
 * neither the Spark secret nor the Jupyter token appears in any log, executor output or event
-  log the lab produced.
+  log the lab produced;
+* each process holds only the secrets its role needs, read from ``/proc/<pid>/environ``: the
+  Jupyter token in JupyterLab alone (never in a daemon, an executor or a Spark task), no Spark
+  secret in the model server;
+* the Spark UIs kill nothing: a POST to the master's ``/app/kill/`` and to the driver's
+  ``/stages/stage/kill/`` leaves the application and its running job alone.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from lab_utils.common.process import wait_until
 from lab_utils.ops import lab
 
 LISTEN = "0A"
@@ -121,6 +131,100 @@ def test_no_secret_in_logs_or_event_logs(lab_cluster, spark):
     conf = lab.spark_conf_path(lab_cluster.cfg)
     assert secret in conf.read_text()
     assert conf.stat().st_mode & 0o077 == 0
+
+
+def _environ(pid: int) -> dict[bytes, bytes]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.partition(b"=")[::2] for item in raw.split(b"\0") if item)
+
+
+def _holds(pid: int, names: set[str], values: dict[str, str]) -> list[str]:
+    """Which of ``names`` and of the secrets in ``values`` process ``pid``'s environment holds
+    (the labels of the values, never the values: assertion messages end up in CI logs)."""
+    env = _environ(pid)
+    found = sorted(name for name in names if name.encode() in env)
+    found += [f"the {label}'s value" for label, value in values.items()
+              if any(value.encode() in item for item in env.values())]
+    return found
+
+
+def test_each_process_holds_only_the_secrets_of_its_role(lab_cluster, spark):
+    cfg = lab_cluster.cfg
+    token = {"token": lab_cluster.env["JUPYTER_TOKEN"]}
+    secret = {"Spark secret": lab_cluster.env["SPARK_AUTH_SECRET"]}
+    token_names = {"JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE"}
+    secret_names = {"SPARK_AUTH_SECRET", "SPARK_AUTH_SECRET_FILE", "_SPARK_AUTH_SECRET"}
+    pids = {s.name: lab.running_pid(cfg, s.name) for s in lab.services(cfg)}
+    assert all(pids.values()), pids
+    # The scan can see a token: JupyterLab's (which its kernels inherit) holds it.
+    assert _holds(pids["jupyter"], {"JUPYTER_TOKEN"}, token) == ["JUPYTER_TOKEN",
+                                                                 "the token's value"]
+    held = {name: _holds(pid, token_names | {"SPARK_AUTH_SECRET", "SPARK_AUTH_SECRET_FILE"},
+                         {**token, **secret})
+            for name, pid in pids.items() if name != "jupyter"}
+    # Spark daemons read the secret from their properties file, never from the environment.
+    assert held == {name: [] for name in held}, held
+
+    def task_and_executor(_rows):
+        # Runs as a Spark task (nested: tests/ is not importable on executors, so cloudpickle
+        # ships it by value): (pid of this Python worker, pid of its executor JVM).
+        pid = jvm = os.getpid()
+        while jvm > 1 and b"CoarseGrainedExecutorBackend" not in Path(
+                f"/proc/{jvm}/cmdline").read_bytes():
+            jvm = int(Path(f"/proc/{jvm}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        return [(pid, jvm)]
+
+    # Every Spark task and its executor inherit a worker's environment (plus what Spark adds:
+    # the executor gets the Spark secret from its worker as _SPARK_AUTH_SECRET, by design).
+    found = set(spark.sparkContext.parallelize(range(4), 4).mapPartitions(
+        task_and_executor).collect())
+    assert found and all(jvm > 1 for _, jvm in found), found
+    for python, jvm in found:
+        assert b"CoarseGrainedExecutorBackend" in Path(f"/proc/{jvm}/cmdline").read_bytes()
+        assert _holds(python, token_names, token) == [], "Python worker"
+        assert _holds(jvm, token_names, token) == [], "executor"
+    assert _holds(pids["model-server"], secret_names, secret) == []
+
+
+def _post(url: str, fields: dict[str, str]) -> int:
+    request = urllib.request.Request(url, data=urllib.parse.urlencode(fields).encode(),
+                                     method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:  # refused outright (405, 403): fine too
+        return exc.code
+
+
+def test_the_spark_uis_kill_nothing(lab_cluster, spark):
+    sc = spark.sparkContext
+    done: dict[str, object] = {}
+
+    def slow(x: int) -> int:  # nested: shipped by value (tests/ is not on executors)
+        import time
+
+        time.sleep(4)
+        return x
+
+    def job() -> None:
+        try:
+            done["sum"] = sc.parallelize(range(2), 2).map(slow).sum()
+        except Exception as exc:  # noqa: BLE001 (a killed stage: reported below)
+            done["error"] = repr(exc)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    assert wait_until(lambda: sc.statusTracker().getActiveStageIds(), 30, 0.1)
+    stage = sc.statusTracker().getActiveStageIds()[0]
+    # Each UI's own kill link, as a local process (no login, no token) would post it.
+    _post(f"{sc.uiWebUrl}/stages/stage/kill/", {"id": str(stage), "terminate": "true"})
+    _post(f"{lab_cluster.cfg.master_ui_url}/app/kill/",
+          {"id": sc.applicationId, "terminate": "true"})
+    thread.join(60)
+    assert done == {"sum": 1}
+    running = [app["id"] for app in lab.master_state(lab_cluster.cfg)["activeapps"]]
+    assert sc.applicationId in running
+    assert sc.parallelize(range(3)).count() == 3  # the application still takes jobs
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "::ffff:127.0.0.1"])

@@ -91,7 +91,7 @@ def test_three_apps_two_run_one_waits(tmp_path, private_lab):
         at_once = state["cores"] // cap
         assert (state["cores"], cap, at_once) == (4, 2, 2), "the prediction assumes 2 x 2 cores"
 
-        env = lab.service_env(cfg)
+        env = lab.service_env(cfg, "jupyter")
         for name in APPS:  # all three at once
             with open(tmp_path / f"{name}.out", "wb") as out, \
                     open(tmp_path / f"{name}.err", "wb") as err:

@@ -121,7 +121,7 @@ def test_worker_killed_mid_job_loses_no_row_and_comes_back(tmp_path, lab_cluster
         with open(log, "wb") as out:
             driver = subprocess.run(
                 [sys.executable, "-c", DRIVER, str(ctl), str(ROWS), str(PARTITIONS), str(BATCH),
-                 str(PAUSE)], env=lab.service_env(cfg), cwd=tmp_path, stdout=out,
+                 str(PAUSE)], env=lab.service_env(cfg, "jupyter"), cwd=tmp_path, stdout=out,
                 stderr=subprocess.STDOUT, timeout=600)
         phase("model, job, kill, job completes")
 
@@ -156,7 +156,7 @@ def test_worker_killed_mid_job_loses_no_row_and_comes_back(tmp_path, lab_cluster
         phase("worker restarted")
 
         # 4. A new application runs tasks on both workers again.
-        after = subprocess.run([sys.executable, "-c", AFTER], env=lab.service_env(cfg),
+        after = subprocess.run([sys.executable, "-c", AFTER], env=lab.service_env(cfg, "jupyter"),
                                cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert after.returncode == 0, after.stderr[-3000:]
         assert json.loads(after.stdout.splitlines()[-1]) == ["worker-1", "worker-2"]

@@ -60,3 +60,20 @@ def test_leftovers_lists_only_temporary_files(tmp_path):
     stale = atomic.temporary_name(tmp_path / "part-00001.tfrecord")
     stale.write_bytes(b"torn")
     assert atomic.leftovers(tmp_path) == [stale]
+
+
+def test_mode_wins_over_an_existing_file_and_a_stale_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "spark-defaults.conf"
+    target.write_text("old")
+    target.chmod(0o666)
+    atomic.atomic_write_text(target, "secret", mode=0o600)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    # A temporary name taken in advance is never written through: the write fails, the target
+    # stays as it was, and the squatter's file is not given the content.
+    squat = tmp_path / ".squat.tmp.conf"
+    squat.write_text("")
+    squat.chmod(0o666)
+    monkeypatch.setattr(atomic, "temporary_name", lambda path: squat)
+    with pytest.raises(FileExistsError):
+        atomic.atomic_write_text(target, "new secret", mode=0o600)
+    assert target.read_text() == "secret"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import joblib
 import numpy as np
 import pandas as pd
@@ -155,16 +157,138 @@ def test_a_model_retrained_under_the_same_path_is_loaded_afresh(tmp_path):
     # Python workers are reused: a cache keyed by path alone kept predicting the old model.
     from sklearn.linear_model import LinearRegression
 
-    from lab_utils.common.atomic import atomic_write
-
     path = tmp_path / "g.joblib"
 
-    def train(slope: float) -> None:
+    def train(slope: float) -> str:
         model = LinearRegression().fit([[0.0], [1.0]], [0.0, slope])
-        atomic_write(path, lambda p: joblib.dump(model, p))
+        return gt.save_model(path, lambda p: joblib.dump(model, p))
 
-    train(2.0)
-    assert gt.load_model(str(path)).predict([[1.0]])[0] == pytest.approx(2.0)
-    assert gt.load_model(str(path)).predict([[1.0]])[0] == pytest.approx(2.0)  # cached
-    train(3.0)
-    assert gt.load_model(str(path)).predict([[1.0]])[0] == pytest.approx(3.0)
+    sha = train(2.0)
+    assert gt.load_model(str(path), sha256=sha).predict([[1.0]])[0] == pytest.approx(2.0)
+    assert gt.load_model(str(path), sha256=sha).predict([[1.0]])[0] == pytest.approx(2.0)
+    sha = train(3.0)
+    assert gt.load_model(str(path), sha256=sha).predict([[1.0]])[0] == pytest.approx(3.0)
+
+
+# --------------------------------------------------------------------------- model integrity
+
+
+class _RunsCode:
+    """A pickle that runs code when loaded: it creates a file (harmless stand-in)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (pathlib.Path(self.marker),)
+
+
+def _seq_run(tmp_path, specs, run="seq"):
+    data = pd.concat([gt.group_rows(s) for s in specs.to_dict("records")], ignore_index=True)
+    return gt.train_sequential(data, run=run, models_dir=tmp_path)
+
+
+def test_the_registry_records_each_model_files_sha256(tmp_path, specs):
+    import hashlib
+
+    run = _seq_run(tmp_path, specs)
+    reg = gt.load_registry("seq", models_dir=tmp_path)
+    assert "sha256" in gt.REGISTRY_COLUMNS and list(reg.columns) == gt.REGISTRY_COLUMNS
+    for row in reg.itertuples():
+        if row.error is None:
+            digest = hashlib.sha256(Path(row.model_path).read_bytes()).hexdigest()
+            assert row.sha256 == digest, row.group
+        else:
+            assert row.sha256 is None, row.group
+    assert len(run.trained) == 12 and run.trained["sha256"].str.fullmatch("[0-9a-f]{64}").all()
+    # The frames remember their run folder, which scoring confines the model paths to.
+    assert reg.attrs["run_dir"] == run.registry.attrs["run_dir"] == str(run.run_dir)
+    assert run.trained.attrs["run_dir"] == str(run.run_dir)
+    streamed = gt.fit_group("seed_b", _batches(gt.group_rows(specs.iloc[1]), 300),
+                            gt.FitOptions(run_dir=str(tmp_path), max_rows=500))
+    assert streamed["streamed"]
+    assert streamed["sha256"] == hashlib.sha256(
+        Path(streamed["model_path"]).read_bytes()).hexdigest()
+
+
+def test_a_tampered_model_file_is_refused_and_never_unpickled(tmp_path, specs):
+    run = _seq_run(tmp_path, specs)
+    row = run.trained.iloc[0]
+    assert gt.load_model(row.model_path, sha256=row.sha256).predict([[1.0]]).shape == (1,)
+    marker = tmp_path / "code-ran"
+    joblib.dump(_RunsCode(marker), row.model_path)  # someone with write access swaps it
+    with pytest.raises(gt.ModelIntegrityError, match=r"g\.joblib|is not the model file") as got:
+        gt.load_model(row.model_path, sha256=row.sha256)
+    message = str(got.value)
+    assert row.model_path in message and "Retrain the run" in message and "restore" in message
+    assert not marker.exists()  # the swapped file's code never ran
+    # A file that was never recorded is refused the same way: the digest is the check.
+    other = tmp_path / "other.joblib"
+    joblib.dump(_RunsCode(marker), other)
+    with pytest.raises(gt.ModelIntegrityError):
+        gt.load_model(str(other), sha256="0" * 64)
+    assert not marker.exists()
+
+
+class _Frame:
+    """Just enough of a Spark DataFrame for the checks score_groups makes on the driver."""
+
+    columns = ["group", "x", "y"]
+
+    @property
+    def sparkSession(self):
+        raise AssertionError("score_groups started a job")
+
+
+@pytest.mark.parametrize("where", ["../../elsewhere/m.joblib", "absolute", "symlink"])
+def test_a_registry_row_outside_its_run_folder_is_refused_on_the_driver(tmp_path, specs, where):
+    run = _seq_run(tmp_path, specs)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    outside = elsewhere / "m.joblib"
+    joblib.dump(_RunsCode(tmp_path / "code-ran"), outside)
+    registry = run.registry.copy()
+    victim = registry.index[registry["error"].isna()][0]
+    group = registry.loc[victim, "group"]
+    if where == "absolute":
+        registry.loc[victim, "model_path"] = str(outside)
+    elif where == "symlink":  # a link inside the folder, to a file outside it
+        link = run.run_dir / "link.joblib"
+        link.symlink_to(outside)
+        registry.loc[victim, "model_path"] = str(link)
+    else:
+        registry.loc[victim, "model_path"] = where
+    registry.loc[victim, "sha256"] = gt.save_model(  # even with a matching digest
+        tmp_path / "digest-only.joblib", lambda p: p.write_bytes(outside.read_bytes()))
+    with pytest.raises(gt.ModelIntegrityError, match=f"group {group!r} points at .*outside the "
+                                                     "run folder .*before the job started"):
+        gt.model_files(registry, run.run_dir)
+    with pytest.raises(gt.ModelIntegrityError, match=f"group {group!r}"):
+        gt.score_groups(_Frame(), registry)  # the run folder comes with the registry
+    registry.to_parquet(run.registry_path)
+    with pytest.raises(gt.ModelIntegrityError, match=f"group {group!r}"):
+        gt.score_groups(_Frame(), str(run.run_dir))  # and with a registry read from disk
+    assert not (tmp_path / "code-ran").exists()
+
+
+def test_paths_inside_the_run_folder_are_accepted_relative_or_absolute(tmp_path, specs):
+    run = _seq_run(tmp_path, specs)
+    registry = run.registry.copy()
+    files = gt.model_files(registry, run.run_dir)
+    assert len(files) == 12
+    assert all(path.startswith(str(run.run_dir.resolve())) for path, _ in files.values())
+    registry["model_path"] = [None if p is None else p.rsplit("/", 1)[1]
+                              for p in registry["model_path"]]  # relative to the run folder
+    assert gt.model_files(registry, run.run_dir) == files
+
+
+def test_a_registry_without_checksums_asks_for_a_retrain(tmp_path, specs):
+    run = _seq_run(tmp_path, specs)
+    old = run.registry.drop(columns=["sha256"])  # written before the lab recorded them
+    with pytest.raises(gt.ModelIntegrityError, match="no sha256.*Retrain the run"):
+        gt.model_files(old, run.run_dir)
+    # A frame that does not say which run it belongs to (built by hand): the caller must say.
+    with pytest.raises(gt.GroupTrainingError, match="pass run_dir="):
+        gt.score_groups(_Frame(), pd.DataFrame(run.registry.to_dict("list")))

@@ -1,5 +1,6 @@
 """The native launcher's logic, without starting Java."""
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -67,6 +68,39 @@ def test_spark_conf_is_private_and_complete(tmp_path):
     assert props["spark.master.rest.enabled"] == "false"
     assert props["spark.deploy.defaultCores"] == "3"
     assert props["spark.history.fs.logDirectory"] == cfg.events_dir.as_uri()
+
+
+def _props(path):
+    return dict(line.split(" ", 1) for line in path.read_text().splitlines()
+                if line and not line.startswith("#"))
+
+
+@pytest.mark.parametrize("old_mode", [0o644, 0o666])
+def test_spark_conf_is_private_whatever_was_there(tmp_path, old_mode):
+    # A conf file, and a temporary file under the name earlier versions wrote through, left
+    # readable by others (by a user, an old lab or an attacker): the new file is 0600 anyway.
+    cfg = make_cfg(tmp_path)
+    path = lab.spark_conf_path(cfg)
+    path.parent.mkdir(parents=True)
+    for stale in (path, path.with_suffix(".tmp")):
+        stale.write_text("stale\n")
+        stale.chmod(old_mode)
+    lab.write_spark_conf(cfg)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "top-secret" in path.read_text()
+    assert "top-secret" not in path.with_suffix(".tmp").read_text()  # never written through
+
+
+def test_daemon_uis_offer_no_kill_unless_asked_for(tmp_path):
+    # The master's and workers' UIs have no login: with kill on, any local process could post
+    # /app/kill/. The daemons read this file (--properties-file) for their UI settings.
+    assert _props(lab.write_spark_conf(make_cfg(tmp_path)))["spark.ui.killEnabled"] == "false"
+    conf = lab.write_spark_conf(make_cfg(tmp_path, LAB_UI_KILL="1"))
+    assert _props(conf)["spark.ui.killEnabled"] == "true"
+    for service in lab.services(make_cfg(tmp_path)):
+        if service.role in lab.SPARK_ROLES:
+            argv = lab.service_command(service, make_cfg(tmp_path))
+            assert argv[argv.index("--properties-file") + 1] == str(conf)
 
 
 def test_secret_never_on_a_command_line(tmp_path):
@@ -167,7 +201,7 @@ def test_restart_checks_only_the_missing_services(tmp_path, stand_in):
 
 def test_service_env_shares_one_interpreter(tmp_path):
     cfg = make_cfg(tmp_path)
-    env = lab.service_env(cfg)
+    env = lab.service_env(cfg, "jupyter")
     assert env["PYSPARK_PYTHON"] == env["PYSPARK_DRIVER_PYTHON"] == sys.executable
     assert env["SPARK_LOCAL_IP"] == "127.0.0.1"
     assert env["SPARK_MASTER_URL"] == "spark://127.0.0.1:7077"
@@ -189,7 +223,7 @@ def test_service_env_ignores_stale_lab_variables(tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_SMOKE", "1")
     monkeypatch.setenv("SPARK_AUTH_SECRET", "from-another-lab")
     cfg = make_cfg(tmp_path)  # its own secret, no smoke
-    env = lab.service_env(cfg)
+    env = lab.service_env(cfg, "jupyter")
     assert env["SPARK_AUTH_SECRET"] == "top-secret"
     assert "LAB_SMOKE" not in env
 
@@ -225,3 +259,112 @@ def test_test_lab_ports_are_free_and_outside_the_ephemeral_range():
     for port in ports:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))
+
+
+@pytest.mark.parametrize("as_files", [False, True])
+def test_each_role_gets_only_its_secrets(tmp_path, as_files):
+    if as_files:  # the containers' form: file names, never values, in the environment
+        (tmp_path / "secret").write_text("top-secret\n")
+        (tmp_path / "token").write_text("tok-value\n")
+        cfg = config.load({"LAB_ROOT": str(tmp_path), "SPARK_AUTH_SECRET_FILE":
+                           str(tmp_path / "secret"), "JUPYTER_TOKEN_FILE": str(tmp_path / "token")})
+    else:
+        cfg = make_cfg(tmp_path, JUPYTER_TOKEN="tok-value")
+    names = ("SPARK_AUTH_SECRET", "SPARK_AUTH_SECRET_FILE", "JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE")
+    found = {}
+    for role in lab.ROLES:
+        env = lab.service_env(cfg, role)
+        found[role] = sorted(name for name in names if name in env)
+        # Nor under another name: no value of a secret anywhere in a role that lacks it.
+        values = " ".join(env.values())
+        for value in ("tok-value", "top-secret"):
+            assert (value in values) == (role == "jupyter" and not as_files), (role, value)
+    given = ["SPARK_AUTH_SECRET_FILE", "JUPYTER_TOKEN_FILE"] if as_files else [
+        "JUPYTER_TOKEN", "SPARK_AUTH_SECRET"]
+    # Spark daemons read the secret from their 0600 properties file; workers pass it to their
+    # executors themselves, which inherit the rest of a worker's environment.
+    assert found == {"master": [], "worker": [], "history": [], "model-server": [],
+                     "jupyter": sorted(given)}
+
+
+def test_no_secret_from_the_callers_environment_reaches_a_role(tmp_path, monkeypatch):
+    monkeypatch.setenv("JUPYTER_TOKEN", "stale-token")
+    monkeypatch.setenv("JUPYTER_TOKEN_FILE", "/stale/file")
+    cfg = make_cfg(tmp_path)
+    for role in ("master", "worker", "history", "model-server"):
+        env = lab.service_env(cfg, role)
+        assert not {"JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE", "SPARK_AUTH_SECRET"} & env.keys()
+    assert lab.service_env(cfg, "jupyter")["JUPYTER_TOKEN"] == "tok"
+    with pytest.raises(lab.LaunchError, match="unknown role 'driver'"):
+        lab.service_env(cfg, "driver")
+
+
+#: A stand-in process: writes {name: pid} of the children it starts (argv[2], JSON: name ->
+#: [new session?, argv]) to argv[1], then waits to be stopped.
+TREE = """
+import json, subprocess, sys, time
+kids = {name: subprocess.Popen(argv, start_new_session=new).pid
+        for name, (new, argv) in json.loads(sys.argv[2]).items()}
+open(sys.argv[1] + ".tmp", "w").write(json.dumps(kids))
+import os; os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(300)
+"""
+
+
+def _tree(out, kids: dict, *extra: str) -> list[str]:
+    import json
+
+    return [sys.executable, "-c", TREE, str(out), json.dumps(kids), *extra]
+
+
+def test_stop_sweeps_what_the_lab_started_and_nothing_else(tmp_path):
+    import json
+
+    from lab_utils.common import process
+    from lab_utils.common.process import wait_until
+
+    cfg = make_cfg(tmp_path)
+    (cfg.state_dir / "pids").mkdir(parents=True)
+    runtime = cfg.state_dir / "jupyter-runtime"
+    env = {**os.environ, "LAB_INSTANCE": str(cfg.state_dir)}  # what every lab process carries
+    sleep = ["sleep", "300"]
+    # A worker with an executor (same session), a kernel with its driver and a private model
+    # server (own session), a terminal's job (JupyterLab's child, own session), and the user's
+    # own job started elsewhere with the same environment.
+    kernel = _tree(tmp_path / "kernel.json", {"driver": [False, sleep],
+                                              "private-server": [True, sleep]},
+                   "-f", str(runtime / "kernel-1.json"))
+    procs = {
+        "worker-1": process.spawn(_tree(tmp_path / "worker.json",
+                                        {"executor": [False, sleep]}), log=None, env=env),
+        "worker-2": process.spawn(_tree(tmp_path / "worker2.json",
+                                        {"orphan-executor": [False, sleep]}), log=None, env=env),
+        "jupyter": process.spawn(_tree(tmp_path / "jupyter.json", {
+            "kernel": [True, kernel], "terminal-job": [True, sleep]}), log=None, env=env),
+    }
+    users_job = process.spawn(sleep, log=None, env=env)
+    try:
+        for name, proc in procs.items():
+            lab._record(cfg, name, proc.pid)
+        files = ["worker.json", "worker2.json", "jupyter.json", "kernel.json"]
+        assert wait_until(lambda: all((tmp_path / f).exists() for f in files), 30, 0.1)
+        pids = {name: proc.pid for name, proc in procs.items()}
+        for f in files:
+            pids.update(json.loads((tmp_path / f).read_text()))
+        # A worker killed earlier: its executor lives on, reparented, in the worker's session.
+        procs["worker-2"].kill()
+        procs["worker-2"].wait()
+        del pids["worker-2"]
+        assert lab.running_pid(cfg, "worker-2") is None  # its pid file is gone with it
+        lab.stop(cfg, out=lambda *_: None, grace=5)
+        alive = {name for name, pid in pids.items() if lab._start_time(pid) is not None}
+        assert alive == {"terminal-job"}
+        assert lab._start_time(users_job.pid) is not None
+        assert not lab._sessions_file(cfg).exists()
+    finally:
+        for pid in [users_job.pid, *pids.values()] if "pids" in locals() else [users_job.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        for proc in [*procs.values(), users_job]:
+            proc.kill()
+            proc.wait()

@@ -70,3 +70,11 @@ def test_get_spark_fails_before_starting_a_jvm(tmp_path, monkeypatch):
         session.get_spark(env={"LAB_ROOT": str(tmp_path),
                                "SPARK_MASTER_URL": f"spark://127.0.0.1:{port}"})
     assert "pyspark.sql" not in sys.modules
+
+
+def test_ui_kill_is_off_unless_asked_for(tmp_path):
+    # The driver's UI has no login: with kill on, any local process may stop this app's jobs.
+    for master in ("spark://127.0.0.1:7077", "local[*]"):
+        assert session.session_conf(cfg_for(tmp_path), master)["spark.ui.killEnabled"] == "false"
+        conf = session.session_conf(cfg_for(tmp_path, LAB_UI_KILL="1"), master)
+        assert conf["spark.ui.killEnabled"] == "true"

@@ -23,6 +23,9 @@ lab's version:
   group that cannot be trained (too few rows, NaNs) is a registry row with its error; the other
   groups finish.
 * :func:`score_groups` scores new data with each group's own model, loading each model once.
+  The registry records each model file's sha256 and loading checks it; a registry row whose
+  model lies outside its run folder is refused before the job starts. Loading a joblib file
+  runs code: ``share_storages/models`` must be writable only by people you trust.
 
 The per-group function is the same code on the cluster and in :func:`train_sequential`, the
 single-process loop the benchmark compares against.
@@ -50,11 +53,13 @@ from lab_utils.training.groups.fit import (
     REGISTRY_SCHEMA,
     FitOptions,
     GroupTrainingError,
+    ModelIntegrityError,
     fit_group,
     make_arrow_train_fn,
     make_sorted_train_fn,
     make_train_fn,
     model_filename,
+    save_model,
     split_sorted,
     split_sorted_arrow,
 )
@@ -64,6 +69,7 @@ from lab_utils.training.groups.runs import (
     default_partitions,
     load_model,
     load_registry,
+    model_files,
     models_root,
     prepare_run_dir,
     score_groups,
@@ -75,11 +81,12 @@ from lab_utils.training.groups.runs import (
 from lab_utils.training.groups.search import search_hyperparameters
 
 __all__ = [
-    "DEFAULT_MAX_ROWS", "DEFAULT_MIN_ROWS", "HOLDOUT_EVERY", "KINDS", "METHODS",
-    "MODEL_CACHE_SIZE", "REGISTRY_COLUMNS", "REGISTRY_SCHEMA", "SEED_SLOPES", "FitOptions",
-    "GroupTrainingError", "TrainingRun", "default_partitions", "fit_group", "group_rows",
+    "DEFAULT_MAX_ROWS", "DEFAULT_MIN_ROWS", "HOLDOUT_EVERY", "KINDS", "METHODS", "MODEL_CACHE_SIZE",
+    "REGISTRY_COLUMNS", "REGISTRY_SCHEMA", "SEED_SLOPES", "FitOptions", "GroupTrainingError",
+    "ModelIntegrityError", "TrainingRun", "default_partitions", "fit_group", "group_rows",
     "group_specs", "load_model", "load_registry", "make_arrow_train_fn", "make_sorted_train_fn",
-    "make_train_fn", "model_filename", "models_root", "prepare_run_dir", "score_groups",
-    "search_hyperparameters", "split_sorted", "split_sorted_arrow", "task_slots",
-    "train_groups", "train_sequential", "truth_path", "write_group_dataset", "write_registry",
+    "make_train_fn", "model_filename", "model_files", "models_root", "prepare_run_dir",
+    "save_model", "score_groups", "search_hyperparameters", "split_sorted", "split_sorted_arrow",
+    "task_slots", "train_groups", "train_sequential", "truth_path", "write_group_dataset",
+    "write_registry",
 ]

@@ -16,13 +16,14 @@ import pandas as pd
 
 from lab_utils.common import split
 from lab_utils.common.atomic import atomic_write
+from lab_utils.common.cache import file_sha256
 from lab_utils.common.task import partition_id
 from lab_utils.errors import LabError
 
 #: One registry row per group.
 REGISTRY_SCHEMA = (
-    "`group` string, kind string, model_path string, n_rows long, n_train long, n_holdout long, "
-    "slope double, intercept double, r2 double, rmse double, train_seconds double, "
+    "`group` string, kind string, model_path string, sha256 string, n_rows long, n_train long, "
+    "n_holdout long, slope double, intercept double, r2 double, rmse double, train_seconds double, "
     "streamed boolean, `partition` int, pid int, error string"
 )
 REGISTRY_COLUMNS = [c.split()[0].strip("`") for c in REGISTRY_SCHEMA.split(", ")]
@@ -36,6 +37,29 @@ DEFAULT_MIN_ROWS = 10
 
 class GroupTrainingError(LabError, ValueError):
     """A training run cannot start (bad columns, unusable run folder)."""
+
+
+class ModelIntegrityError(GroupTrainingError):
+    """A model file is not the one its registry recorded (changed, swapped or outside its run
+    folder): loading it would run whatever code it holds."""
+
+
+def save_model(path: Path, save: Callable[[Path], object]) -> str:
+    """Write a model with ``save(tmp)`` under a temporary name, rename it to ``path`` and
+    return the sha256 of the bytes written, which the registry records.
+
+    The digest is taken from the temporary file, before the rename: it is what this task wrote,
+    whatever happens to ``path`` later. Loading checks it (:func:`~lab_utils.training.groups.
+    load_model`), because unpickling a joblib file runs code.
+    """
+    digest: list[str] = []
+
+    def write(tmp: Path) -> None:
+        save(tmp)
+        digest.append(file_sha256(tmp))
+
+    atomic_write(path, write)
+    return digest[0]
 
 
 def model_filename(group: str, suffix: str) -> str:
@@ -114,7 +138,7 @@ def _fit_in_memory(group: str, data: pd.DataFrame, opts: FitOptions) -> dict[str
         path = run_dir / model_filename(group, ".keras")
         model = _fit_keras(X[~hold], y[~hold], opts)
         pred = model(X[hold].astype(np.float32), training=False).numpy().ravel()
-        atomic_write(path, lambda p: model.save(p))
+        out["sha256"] = save_model(path, lambda p: model.save(p))
     elif opts.kind == "noop":
         # Data movement only: the benchmark's measure of Spark's fixed cost per group.
         out.update(model_path=None, r2=float("nan"), rmse=float("nan"))
@@ -125,7 +149,7 @@ def _fit_in_memory(group: str, data: pd.DataFrame, opts: FitOptions) -> dict[str
         path = run_dir / model_filename(group, ".joblib")
         model = _make_estimator(opts.kind, opts.params, opts.seed).fit(X[~hold], y[~hold])
         pred = model.predict(X[hold])
-        atomic_write(path, lambda p: joblib.dump(model, p))
+        out["sha256"] = save_model(path, lambda p: joblib.dump(model, p))
         if hasattr(model, "coef_"):
             out.update(slope=float(np.ravel(model.coef_)[0]),
                        intercept=float(np.ravel(model.intercept_)[0]))
@@ -212,7 +236,7 @@ def fit_group(group: str, batches: Iterable[pd.DataFrame], opts: FitOptions) -> 
         row.update(_fit_from_batches(str(group), iter(batches), opts, row))
     except Exception as exc:  # noqa: BLE001 - the registry records every failure
         row["error"] = f"{type(exc).__name__}: {exc}"
-        row["model_path"] = None
+        row["model_path"] = row["sha256"] = None
     row["train_seconds"] = time.perf_counter() - t0
     return row
 
@@ -256,8 +280,8 @@ def _fit_from_batches(group: str, batches: Iterator[pd.DataFrame], opts: FitOpti
     import joblib
 
     path = Path(opts.run_dir) / model_filename(group, ".joblib")
-    atomic_write(path, lambda p: joblib.dump(model, p))
-    return {"n_rows": seen, "n_train": stats.n[False], "n_holdout": stats.n[True],
+    sha256 = save_model(path, lambda p: joblib.dump(model, p))
+    return {"n_rows": seen, "sha256": sha256, "n_train": stats.n[False], "n_holdout": stats.n[True],
             "slope": float(model.coef_[0]), "intercept": float(model.intercept_), "r2": r2,
             "rmse": rmse, "streamed": True, "model_path": str(path)}
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -18,7 +20,7 @@ import pandas as pd
 from lab_utils import config as lab_config
 from lab_utils.common import atomic
 from lab_utils.common.atomic import atomic_write
-from lab_utils.common.cache import WorkerCache, file_key
+from lab_utils.common.cache import WorkerCache, file_key, sha256_hex
 from lab_utils.training.groups.fit import (
     DEFAULT_MAX_ROWS,
     DEFAULT_MIN_ROWS,
@@ -27,6 +29,7 @@ from lab_utils.training.groups.fit import (
     REGISTRY_SCHEMA,
     FitOptions,
     GroupTrainingError,
+    ModelIntegrityError,
     _kind_name,
     _registry_frame,
     fit_group,
@@ -173,6 +176,7 @@ def train_groups(df, *, run: str, key: str = "group", features: Sequence[str] = 
     registry = _registry_frame(registry.to_dict("records")).sort_values("group")
     registry = registry.reset_index(drop=True)
     write_registry(registry, run_dir, opts)
+    registry.attrs["run_dir"] = str(run_dir)  # score_groups confines model paths to it
     used = int(registry["partition"].nunique()) if len(registry) else 0
     settings = {"partitions_requested": partitions, "tasks_with_groups": used,
                 "repartition": repartition, "kind": _kind_name(kind), "method": method,
@@ -196,14 +200,20 @@ def write_registry(registry: pd.DataFrame, run_dir: Path, opts: FitOptions | Non
 
 
 def load_registry(run: str | Path, models_dir: Path | str | None = None) -> pd.DataFrame:
-    """A run's registry by name (``share_storages/models/<run>``) or by folder path."""
+    """A run's registry by name (``share_storages/models/<run>``) or by folder path.
+
+    The frame remembers its run folder (``.attrs["run_dir"]``): :func:`score_groups` loads no
+    model from outside it.
+    """
     run_dir = Path(run)
     if not run_dir.is_dir():
         run_dir = (Path(models_dir) if models_dir is not None else models_root()) / str(run)
     path = run_dir / "registry.parquet"
     if not path.is_file():
         raise FileNotFoundError(f"no registry at {path}: train the run first (train_groups)")
-    return pd.read_parquet(path)
+    registry = pd.read_parquet(path)
+    registry.attrs["run_dir"] = str(run_dir)
+    return registry
 
 
 def train_sequential(data: pd.DataFrame, *, run: str, key: str = "group",
@@ -224,6 +234,7 @@ def train_sequential(data: pd.DataFrame, *, run: str, key: str = "group",
     seconds = time.perf_counter() - t0
     registry = _registry_frame(rows)
     write_registry(registry, run_dir, opts)
+    registry.attrs["run_dir"] = str(run_dir)
     return TrainingRun(run, run_dir, registry, seconds, 1, {"kind": _kind_name(kind)})
 
 
@@ -232,32 +243,89 @@ MODEL_CACHE_SIZE = 64
 _MODEL_CACHE: WorkerCache[Any] = WorkerCache(MODEL_CACHE_SIZE)
 
 
-def load_model(path: str, loads=None):
-    """A stored group model (joblib or .keras), cached per Python worker (least recently used
-    dropped first); ``loads`` (a Spark accumulator) counts the loads from disk.
+def load_model(path: str, loads=None, *, sha256: str):
+    """A stored group model (joblib or .keras), checked against the ``sha256`` its registry
+    recorded, cached per Python worker (least recently used dropped first); ``loads`` (a Spark
+    accumulator) counts the loads from disk.
 
-    The cache key is the file's version (:func:`~lab_utils.common.cache.file_key`), not its
-    path: workers are reused across jobs, and a run retrained under the same name must score
-    with the new models.
+    Loading a joblib (pickle) file runs code, so the bytes are read once, checked, and only
+    those bytes are loaded: a file changed after training is refused with
+    :class:`ModelIntegrityError`, never unpickled.
+
+    The cache key is the file's version (:func:`~lab_utils.common.cache.file_key`) and the
+    expected digest, not the path: workers are reused across jobs, and a run retrained under
+    the same name must score with the new models.
     """
 
     def load():
+        data = Path(path).read_bytes()
+        if sha256_hex(data) != sha256:
+            raise ModelIntegrityError(
+                f"{path} is not the model file its registry recorded (its sha256 differs: it "
+                "changed after training): it was not loaded. Retrain the run (train_groups), or "
+                "restore the file from a backup. Loading a model file runs code: keep "
+                "share_storages/models writable only by people you trust.")
         if path.endswith(".keras"):
             from lab_utils.inference import configure_tensorflow
 
             configure_tensorflow()
             import keras
 
-            model = keras.saving.load_model(path)
+            # Keras reads a path: give it a private copy of the checked bytes.
+            with tempfile.TemporaryDirectory() as tmp:
+                copy = Path(tmp) / "model.keras"
+                copy.write_bytes(data)
+                model = keras.saving.load_model(str(copy))
         else:
             import joblib
 
-            model = joblib.load(path)
+            model = joblib.load(io.BytesIO(data))
         if loads is not None:
             loads.add(1)
         return model
 
-    return _MODEL_CACHE.get(file_key(path), load)
+    return _MODEL_CACHE.get((file_key(path), sha256), load)
+
+
+def _trained(error) -> bool:
+    return error is None or (isinstance(error, float) and np.isnan(error))
+
+
+def model_files(registry: pd.DataFrame, run_dir: Path | str) -> dict[str, tuple[str, str]]:
+    """``{group: (model path, sha256)}`` of a registry's trained rows, checked on the driver.
+
+    Raises
+    ------
+    ModelIntegrityError
+        A row without a recorded sha256 (a registry written before the lab recorded them), or
+        whose model path resolves, after symbolic links, outside ``run_dir``.
+    FileNotFoundError
+        A model file listed in the registry is gone.
+    """
+    root = Path(run_dir).resolve()
+    shas = registry["sha256"] if "sha256" in registry.columns else [None] * len(registry)
+    found = {}
+    for group, path, sha, error in zip(registry["group"], registry["model_path"], shas,
+                                       registry["error"], strict=True):
+        if not _trained(error):
+            continue
+        if not isinstance(sha, str) or not sha:
+            raise ModelIntegrityError(
+                f"registry row for group {group!r} ({path}) has no sha256: the run was trained "
+                "before the lab recorded model checksums, and an unchecked model file is not "
+                "loaded (loading one runs code). Retrain the run (train_groups).")
+        resolved = (root / str(path)).resolve()
+        if not resolved.is_relative_to(root):
+            raise ModelIntegrityError(
+                f"registry row for group {group!r} points at {path}, which resolves to "
+                f"{resolved}, outside the run folder {root}: refused before the job started. "
+                "Restore the registry or retrain the run (train_groups).")
+        found[str(group)] = (str(resolved), sha)
+    missing = [p for p, _ in found.values() if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} model file(s) listed in the registry are gone "
+                                f"(first: {missing[0]}): retrain the run")
+    return found
 
 
 def _predict(model, X: np.ndarray) -> np.ndarray:
@@ -268,12 +336,18 @@ def _predict(model, X: np.ndarray) -> np.ndarray:
 
 def score_groups(df, registry: pd.DataFrame | str, *, key: str = "group",
                  features: Sequence[str] = ("x",), prediction: str = "prediction",
-                 partitions: int | None = None, loads=None):
+                 partitions: int | None = None, loads=None,
+                 run_dir: Path | str | None = None):
     """Score ``df`` with each group's own model: one ``applyInPandas`` call per group.
 
     Every input row comes out once, with ``prediction`` and ``error``: rows of a group whose
-    model failed to train, or that has no model in the registry, get the reason in ``error``
-    and a null prediction. ``loads`` (a Spark accumulator) counts model loads from disk.
+    model failed to train, that has no model in the registry, or whose model file changed
+    since training (its sha256 differs), get the reason in ``error`` and a null prediction.
+    ``loads`` (a Spark accumulator) counts model loads from disk.
+
+    Model paths must resolve inside the run's folder (``run_dir``, default: the folder the
+    registry came from): a row pointing elsewhere stops the call here, on the driver, before the
+    job starts (:func:`model_files`).
     """
     from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
@@ -281,14 +355,13 @@ def score_groups(df, registry: pd.DataFrame | str, *, key: str = "group",
     _check_columns(df, [key, *features])
     if isinstance(registry, str | Path):
         registry = load_registry(registry)
-    paths = {str(g): p for g, p, e in registry[["group", "model_path", "error"]].itertuples(
-        index=False) if e is None or (isinstance(e, float) and np.isnan(e))}
+    run_dir = run_dir or registry.attrs.get("run_dir")
+    if run_dir is None:
+        raise GroupTrainingError("the registry does not say which run folder it belongs to: pass "
+                                 "run_dir=, or the run's name or folder (load_registry)")
+    paths = model_files(registry, run_dir)
     errors = {str(g): e for g, e in registry[["group", "error"]].itertuples(index=False)
               if isinstance(e, str)}
-    missing = [p for p in paths.values() if not Path(p).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} model file(s) listed in the registry are gone "
-                                f"(first: {missing[0]}): retrain the run")
     taken = {prediction, "error"} & set(df.columns)
     if taken:
         raise GroupTrainingError(f"column(s) {sorted(taken)} already exist: pass prediction= "
@@ -301,14 +374,14 @@ def score_groups(df, registry: pd.DataFrame | str, *, key: str = "group",
         out = pdf.copy()
         out[prediction] = np.nan
         out["error"] = None
-        path = paths.get(group)
+        path, sha256 = paths.get(group, (None, None))
         if path is None:
             why = errors.get(group)
             out["error"] = (f"model for group {group!r} failed to train: {why}" if why
                             else f"no model for group {group!r} in the registry")
             return out
         try:
-            model = load_model(path, loads)
+            model = load_model(path, loads, sha256=sha256)
             out[prediction] = _predict(model, pdf[list(features)].to_numpy(dtype=np.float64))
         except Exception as exc:  # noqa: BLE001 - one group's failure marks its rows only
             out["error"] = f"scoring group {group!r} failed: {type(exc).__name__}: {exc}"
