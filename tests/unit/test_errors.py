@@ -14,6 +14,7 @@ BUILTIN_BASE = {
     "InferenceError": RuntimeError, "AudioError": ValueError, "EspeakMissingError": RuntimeError,
     "ImageError": ValueError, "TFRecordSchemaError": ValueError, "ServingError": Exception,
     "ClusterUnavailableError": RuntimeError, "DockerError": RuntimeError,
+    "ModelIntegrityError": ValueError,
 }
 
 
