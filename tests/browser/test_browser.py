@@ -207,11 +207,25 @@ class NotebookRun:
     screenshots: dict[str, Path] = field(default_factory=dict)
 
 
+def _accept_kernel_dialog(page, shots: dict[str, Path]) -> None:
+    """Click *Select* if JupyterLab asks which kernel to use, as a learner would.
+
+    JupyterLab 4 can show its *Select Kernel* dialog over a notebook whose kernel has already
+    started (seen on a loaded 2-core CI machine); the preselected kernel is the notebook's own
+    (Python 3, ipykernel), and until someone answers, *Run All Cells* runs nothing.
+    """
+    dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
+    if dialog.count() and dialog.first.is_visible():
+        shots.setdefault("kernel-dialog", shoot(page, "03a-select-kernel-dialog"))
+        dialog.first.get_by_role("button", name="Select", exact=True).click()
+
+
 def _wait_for_run_all(page, expected_cells: int, shots: dict[str, Path]) -> dict:
     """Poll the notebook until every code cell has run; fail early when execution stops."""
     deadline = time.monotonic() + RUN_TIMEOUT_S
     began, stalled, state = time.monotonic(), 0, None
     while time.monotonic() < deadline:
+        _accept_kernel_dialog(page, shots)
         state = page.evaluate(NOTEBOOK_STATE, SELECTORS)
         prompts = state["prompts"]
         numbered = [p for p in prompts if re.fullmatch(r"\[\d+\]:", p)]
