@@ -207,7 +207,12 @@ class NotebookRun:
     screenshots: dict[str, Path] = field(default_factory=dict)
 
 
-def _accept_kernel_dialog(page, shots: dict[str, Path]) -> None:
+def _run_all(page) -> None:
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+
+
+def _accept_kernel_dialog(page, shots: dict[str, Path]) -> bool:
     """Click *Select* if JupyterLab asks which kernel to use, as a learner would.
 
     JupyterLab 4 can show its *Select Kernel* dialog over a notebook whose kernel has already
@@ -218,6 +223,8 @@ def _accept_kernel_dialog(page, shots: dict[str, Path]) -> None:
     if dialog.count() and dialog.first.is_visible():
         shots.setdefault("kernel-dialog", shoot(page, "03a-select-kernel-dialog"))
         dialog.first.get_by_role("button", name="Select", exact=True).click()
+        return True
+    return False
 
 
 def _wait_for_run_all(page, expected_cells: int, shots: dict[str, Path]) -> dict:
@@ -225,10 +232,15 @@ def _wait_for_run_all(page, expected_cells: int, shots: dict[str, Path]) -> dict
     deadline = time.monotonic() + RUN_TIMEOUT_S
     began, stalled, state = time.monotonic(), 0, None
     while time.monotonic() < deadline:
-        _accept_kernel_dialog(page, shots)
+        answered = _accept_kernel_dialog(page, shots)
         state = page.evaluate(NOTEBOOK_STATE, SELECTORS)
         prompts = state["prompts"]
         numbered = [p for p in prompts if re.fullmatch(r"\[\d+\]:", p)]
+        if answered and not numbered and "[*]:" not in prompts:
+            page.wait_for_timeout(3000)
+            _run_all(page)  # the dialog swallowed the first Run All: ask again, once answered
+            began = time.monotonic()
+            continue
         if len(prompts) == expected_cells == len(numbered) and state["status"] == "idle":
             return state
         if (state["sparkmonitor"] or {}).get("running") and "sparkmonitor" not in shots:
@@ -279,8 +291,7 @@ def notebook_run(browser, lab_cluster) -> NotebookRun:
         started_ms = int(time.time() * 1000)
         began = time.monotonic()
         with step(page, "run-all-cells"):
-            page.get_by_role("menuitem", name="Run", exact=True).click()
-            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            _run_all(page)
             state = _wait_for_run_all(page, expected_cells, shots)
         seconds = time.monotonic() - began
         with step(page, "rendered-outputs"):
