@@ -291,6 +291,7 @@ def notebook_run(browser, lab_cluster) -> NotebookRun:
         started_ms = int(time.time() * 1000)
         began = time.monotonic()
         with step(page, "run-all-cells"):
+            _accept_kernel_dialog(page, shots)
             _run_all(page)
             state = _wait_for_run_all(page, expected_cells, shots)
         seconds = time.monotonic() - began
