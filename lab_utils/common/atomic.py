@@ -6,8 +6,9 @@ the whole new one, never a half-written one. The temporary name is
 * in the target's folder, so that the rename is atomic (same file system);
 * hidden (it starts with ``.``), so Spark's file sources, globs such as ``*.tfrecord`` and the
   model server's listing skip it;
-* unique per process and call, so two attempts of one Spark task (a retry, a speculative copy)
-  never write into each other's file;
+* unique across hosts, processes and calls (pid and a random uuid4), so two attempts of one
+  Spark task (a retry, a speculative copy, on one executor or on two machines sharing the
+  folder) never write into each other's file;
 * ending in the target's suffix, for writers that insist on one (Keras saves only to
   ``*.keras``).
 

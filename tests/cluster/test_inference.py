@@ -11,6 +11,7 @@ from pyspark.sql import functions as F
 
 from lab_utils import inference
 from lab_utils.data import images
+from lab_utils.inference.files import placed_name
 from lab_utils.training import cnn as models
 
 
@@ -162,4 +163,5 @@ def test_odd_file_names_are_read_scored_and_placed(spark, trained, lab_cluster):
     placed = inference.place_by_class(result, dest).toPandas()
     assert placed["placed_error"].isna().all(), placed["placed_error"].dropna().tolist()
     folder_of_answer = dest / rows["prediction"].iloc[0]
-    assert sorted(p.name for p in folder_of_answer.iterdir()) == sorted(ODD_NAMES)
+    assert sorted(p.name for p in folder_of_answer.iterdir()) == sorted(
+        placed_name(str(folder / n)) for n in ODD_NAMES)  # each name, with its path's tag

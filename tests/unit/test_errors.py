@@ -12,7 +12,8 @@ BUILTIN_BASE = {
     "LaunchError": RuntimeError, "GroupTrainingError": ValueError, "ModelError": RuntimeError,
     "ModelServerUnavailableError": RuntimeError, "RestScoringError": RuntimeError,
     "InferenceError": RuntimeError, "AudioError": ValueError, "EspeakMissingError": RuntimeError,
-    "ImageError": ValueError, "TFRecordSchemaError": ValueError, "ServingError": Exception,
+    "ImageError": ValueError, "TFRecordSchemaError": ValueError,
+    "TFRecordDestinationError": FileExistsError, "ServingError": Exception,
     "ClusterUnavailableError": RuntimeError, "DockerError": RuntimeError,
     "ModelIntegrityError": ValueError,
 }

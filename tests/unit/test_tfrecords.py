@@ -10,6 +10,7 @@ import pytest
 
 from lab_utils.data import tfrecords
 from lab_utils.data.tfrecords import Feature, TFRecordSchema, TFRecordSchemaError
+from lab_utils.errors import LabError
 
 SCHEMA = TFRecordSchema((
     Feature("customer_id", "string"),
@@ -115,8 +116,9 @@ def test_bad_row_fails_the_write_naming_row_and_feature(tmp_path):
                         for i, v in enumerate(data["sequence"])]
     with pytest.raises(TFRecordSchemaError, match=r"row 1: feature 'sequence'"):
         tfrecords.write_tfrecords_local(data, tmp_path / "ds", SCHEMA)
-    # The half-written file was never renamed into place, and no schema.json claims completion.
-    assert list((tmp_path / "ds").iterdir()) == []
+    # The files were staged beside ``ds`` and the staging folder removed: no ``ds``, no torn
+    # file, no schema.json claiming completion, no staging folder left.
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_schema_says_how_to_fix(tmp_path):
@@ -134,3 +136,49 @@ def test_a_failed_write_leaves_no_file_behind(tmp_path):
     assert list(tmp_path.iterdir()) == []  # neither a torn part file nor its temporary
     assert tfrecords.write_file(tmp_path / "part-00000.tfrecord", [b"a", b"bc"]) == 2
     assert [p.name for p in tmp_path.iterdir()] == ["part-00000.tfrecord"]
+
+
+# --------------------------------------------------------------------------- the destination
+
+
+def test_a_folder_that_is_not_a_tfrecord_output_is_refused_and_left_intact(tmp_path):
+    shared = tmp_path / "share_storages"
+    (shared / "models").mkdir(parents=True)
+    (shared / "models" / "model.keras").write_bytes(b"weights")
+    (shared / "part-00000.tfrecord").write_bytes(b"")  # looks like one, but no schema.json
+    with pytest.raises(tfrecords.TFRecordDestinationError, match="not a TFRecord output") as info:
+        tfrecords.write_tfrecords_local(frame(2), shared, SCHEMA)
+    assert isinstance(info.value, LabError) and str(shared) in str(info.value)
+    assert "choose an empty or new folder" in str(info.value)
+    assert (shared / "models" / "model.keras").read_bytes() == b"weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["share_storages"]
+
+
+def test_a_folder_with_more_than_a_previous_output_is_refused(tmp_path):
+    tfrecords.write_tfrecords_local(frame(2), tmp_path / "ds", SCHEMA)
+    (tmp_path / "ds" / "notes.txt").write_text("mine")
+    with pytest.raises(tfrecords.TFRecordDestinationError, match="notes.txt"):
+        tfrecords.write_tfrecords_local(frame(3), tmp_path / "ds", SCHEMA)
+    assert (tmp_path / "ds" / "notes.txt").read_text() == "mine"
+    assert tfrecords.load_schema(tmp_path / "ds")[1]["records"] == 2
+
+
+def test_a_previous_output_is_replaced_and_an_empty_folder_used(tmp_path):
+    (tmp_path / "ds").mkdir()
+    tfrecords.write_tfrecords_local(frame(7), tmp_path / "ds", SCHEMA, files=3)
+    summary = tfrecords.write_tfrecords_local(frame(4), tmp_path / "ds", SCHEMA, files=1)
+    assert summary["records"] == 4
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == [
+        "part-00000.tfrecord", "schema.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no staging or old folder left
+
+
+def test_a_failed_write_leaves_the_previous_output_intact(tmp_path):
+    tfrecords.write_tfrecords_local(frame(5), tmp_path / "ds", SCHEMA, files=2)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ds").iterdir()}
+    bad = frame(3)
+    bad["label"] = [0, 1.5, 0]
+    with pytest.raises(TFRecordSchemaError, match="row 1: feature 'label'"):
+        tfrecords.write_tfrecords_local(bad, tmp_path / "ds", SCHEMA, files=1)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ds").iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]

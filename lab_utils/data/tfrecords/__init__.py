@@ -5,7 +5,10 @@ No JVM TFRecord connector has a Spark 4 release, so the files are written from P
 hidden temporary name (:mod:`lab_utils.common.atomic`, never read by Spark or by
 :func:`read_tfrecords`) and renames it
 to ``part-NNNNN.tfrecord`` only when the whole partition is written, so a failed or retried task
-never leaves a torn file behind. Next to the files, ``schema.json`` describes every feature
+never leaves a torn file behind. The whole output is staged in a hidden sibling of the
+destination and swapped in when complete, so a failed job leaves the previous output as it was;
+a folder that is not a previous output (no lab ``schema.json``, or other files) is never
+replaced. Next to the files, ``schema.json`` describes every feature
 (name, dtype, shape) with the file list and record counts; :func:`read_tfrecords` builds the
 ``tf.data`` parser from it, so the reader never re-types what the writer knew.
 
@@ -33,6 +36,7 @@ from lab_utils.data.tfrecords.schema import (
     SCHEMA_FILE,
     STATS_DDL,
     Feature,
+    TFRecordDestinationError,
     TFRecordSchema,
     TFRecordSchemaError,
     check_value,
@@ -43,8 +47,8 @@ from lab_utils.data.tfrecords.schema import (
 from lab_utils.data.tfrecords.writer import write_tfrecords, write_tfrecords_local
 
 __all__ = [
-    "DTYPES", "PART_PREFIX", "SCHEMA_FILE", "STATS_DDL", "Feature", "TFRecordSchema",
-    "TFRecordSchemaError", "check_value", "decode_strings", "encode_records",
+    "DTYPES", "PART_PREFIX", "SCHEMA_FILE", "STATS_DDL", "Feature", "TFRecordDestinationError",
+    "TFRecordSchema", "TFRecordSchemaError", "check_value", "decode_strings", "encode_records",
     "feature_description", "load_schema", "read_tfrecords", "tfrecord_files", "write_file",
     "write_tfrecords", "write_tfrecords_local",
 ]

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 DTYPES = ("int64", "float32", "bytes", "string")
 SCHEMA_FILE = "schema.json"
+#: ``schema.json``'s ``format``: how a folder written by the lab is told from any other.
+FORMAT = "tfrecord/tf.train.Example"
 PART_PREFIX = "part-"
 STATS_DDL = "partition int, file string, records long, bytes long"
 _SUFFIX = {None: ".tfrecord", "GZIP": ".tfrecord.gz", "ZLIB": ".tfrecord.zz"}
@@ -29,6 +31,11 @@ _SUFFIX = {None: ".tfrecord", "GZIP": ".tfrecord.gz", "ZLIB": ".tfrecord.zz"}
 
 class TFRecordSchemaError(LabError, ValueError):
     """A value does not match its feature's declared dtype or shape; the message names both."""
+
+
+class TFRecordDestinationError(LabError, FileExistsError):
+    """The folder given to write TFRecords into holds something that is not a previous TFRecord
+    output of the lab, so it is not replaced; the message names the folder and what is in it."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,7 @@ class TFRecordSchema:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": "tfrecord/tf.train.Example",
+            "format": FORMAT,
             "compression": self.compression,
             "features": [{"name": f.name, "dtype": f.dtype,
                           "shape": None if f.shape is None else list(f.shape),

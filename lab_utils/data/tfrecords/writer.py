@@ -1,10 +1,20 @@
 """TFRecords from Spark: ``mapInPandas`` with ``tf.io.TFRecordWriter``, one file per partition,
-each written under a temporary name and renamed when complete; ``schema.json`` last."""
+each written under a temporary name and renamed when complete; ``schema.json`` last.
+
+The whole output is written into a hidden staging folder beside ``dest`` (on the same shared
+storage, so executors see it and the final rename is atomic), then swapped in: a failed job
+leaves the previous output as it was. ``dest`` is replaced only when it is missing, empty or a
+previous output of these writers (a lab ``schema.json`` and ``part-*`` files, nothing else):
+given ``share_storages/`` by mistake, they refuse instead of deleting models and event logs.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,16 +22,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd  # at module level: mapInPandas functions are resolved with it
 
-from lab_utils.common.atomic import atomic_write_text
+from lab_utils.common.atomic import MARK, PREFIX, atomic_write_text
 from lab_utils.common.task import partition_id
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 from lab_utils.data.tfrecords.schema import (
     _SUFFIX,
+    FORMAT,
     PART_PREFIX,
     SCHEMA_FILE,
     STATS_DDL,
+    TFRecordDestinationError,
     TFRecordSchema,
     encode_records,
     write_file,
@@ -37,6 +49,79 @@ def _local(folder: Path | str) -> Path:
                          "must be local or on storage every executor mounts at the same path "
                          "(share_storages/); copy the files to object storage afterwards")
     return Path(unquote(parsed.path) if parsed.scheme else str(folder))
+
+
+def _is_lab_schema(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_destination(folder: Path) -> None:
+    """Raise :class:`TFRecordDestinationError` unless ``folder`` may be replaced: it is missing,
+    empty, or a previous output (a lab ``schema.json``, ``part-*`` files and the hidden
+    temporaries of :mod:`lab_utils.common.atomic`, nothing else, no subfolder)."""
+    if not folder.exists():
+        return
+    fix = (f"choose an empty or new folder (e.g. {folder / 'tfrecords'}), or, if nothing in it "
+           "is needed, delete it yourself")
+    if not folder.is_dir():
+        raise TFRecordDestinationError(f"{folder} is a file, not a TFRecord output of the lab, "
+                                       f"so it is not replaced: {fix}")
+    entries = sorted(folder.iterdir())
+    if not entries:
+        return
+    others = [p.name for p in entries if p.is_symlink() or not p.is_file()
+              or not (p.name == SCHEMA_FILE or p.name.startswith(PART_PREFIX)
+                      or (p.name.startswith(PREFIX) and MARK in p.name))]
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5
+                                         else "")
+        reason = f"it holds {shown}"
+    elif not _is_lab_schema(folder / SCHEMA_FILE):
+        reason = f"it has no {SCHEMA_FILE} written by write_tfrecords"
+    else:
+        return
+    raise TFRecordDestinationError(f"{folder} is not a TFRecord output of the lab ({reason}), "
+                                   f"so write_tfrecords does not replace it: {fix}")
+
+
+@contextlib.contextmanager
+def _staged(dest: Path | str) -> Iterator[Path]:
+    """A fresh staging folder beside ``dest``; on success it becomes ``dest``.
+
+    Checked first (:func:`_check_destination`), and again just before the swap. The swap
+    renames the previous output to a hidden trash name, the staging folder to ``dest``, and
+    removes the trash: ``dest`` is missing only between two renames, never half-written. On any
+    error the staging folder is removed and ``dest`` left as it was. Names carry a uuid4, so
+    two drivers on two hosts never share a staging folder.
+    """
+    folder = _local(dest)
+    if folder.is_symlink():
+        folder = folder.resolve()  # replace what the link points to, keep the link
+    _check_destination(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.with_name(f".{folder.name}.staging-{uuid.uuid4().hex}")
+    staging.mkdir()
+    try:
+        yield staging
+        _check_destination(folder)  # something else may have been put there meanwhile
+        if folder.exists():
+            trash = folder.with_name(f".{folder.name}.replaced-{uuid.uuid4().hex}")
+            os.rename(folder, trash)
+            try:
+                os.rename(staging, folder)
+            except BaseException:
+                os.rename(trash, folder)
+                raise
+            # The new output is in place: a file that cannot be removed from the old one does
+            # not make the write fail (it stays in the hidden trash folder).
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful swap
 
 
 def _partition_writer(dest: str, schema: TFRecordSchema):
@@ -72,8 +157,11 @@ def write_tfrecords(
         Must hold every column of ``schema`` (others are ignored). Array columns may be flat or
         nested; fixed shapes are checked per row.
     dest : Path or str
-        Folder on storage every executor sees at the same path (``share_storages/``). Its old
-        contents are replaced.
+        Folder on storage every executor sees at the same path (``share_storages/``). It must
+        be missing, empty or a previous output of :func:`write_tfrecords`, which is replaced
+        once the new output is complete; anything else is refused, never deleted. The files
+        are staged in a hidden sibling folder (``.<name>.staging-<uuid>``), so its parent must
+        be on that storage too.
     schema : TFRecordSchema
     partitions : int, optional
         ``repartition(partitions)`` first: this is the number of files. Choose it for the reader
@@ -92,24 +180,25 @@ def write_tfrecords(
     ------
     TFRecordSchemaError
         A row does not match the schema (the message names the feature, the expected and the
-        actual shape or dtype). Nothing is left in ``dest`` but the files already complete.
+        actual shape or dtype). ``dest`` is left as it was, and the staging folder removed.
+    TFRecordDestinationError
+        ``dest`` holds something that is not a previous output (nothing is written or deleted).
     """
-    folder = _local(dest)
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
     frame = df.select(*schema.names)
     if partitions:
         frame = frame.repartition(partitions)
     if sort_within:
         frame = frame.sortWithinPartitions(*sort_within)
-    stats = (frame.mapInPandas(_partition_writer(str(folder), schema), STATS_DDL)
-             .toPandas().sort_values("partition").reset_index(drop=True))
-    written = sorted(p.name for p in folder.glob(f"{PART_PREFIX}*"))
-    if written != sorted(stats["file"]):
-        raise RuntimeError(f"{folder}: the files on disk {written} differ from the tasks' report "
-                           f"{sorted(stats['file'])}; is {folder} shared by every executor?")
-    return _finish(folder, schema, stats)
+    with _staged(dest) as folder:
+        stats = (frame.mapInPandas(_partition_writer(str(folder), schema), STATS_DDL)
+                 .toPandas().sort_values("partition").reset_index(drop=True))
+        written = sorted(p.name for p in folder.glob(f"{PART_PREFIX}*"))
+        if written != sorted(stats["file"]):
+            raise RuntimeError(f"{folder}: the files on disk {written} differ from the tasks' "
+                               f"report {sorted(stats['file'])}; is {folder.parent} shared by "
+                               "every executor at the same path?")
+        summary = _finish(folder, schema, stats)
+    return summary
 
 
 def _finish(folder: Path, schema: TFRecordSchema, stats: pd.DataFrame) -> dict[str, Any]:
@@ -128,16 +217,16 @@ def write_tfrecords_local(
     frame: pd.DataFrame, dest: Path | str, schema: TFRecordSchema, *, files: int = 1
 ) -> dict[str, Any]:
     """:func:`write_tfrecords` for a pandas DataFrame in this process (same layout, same
-    ``schema.json``): for data that fits one machine, and for tests."""
-    folder = _local(dest)
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    rows = []
-    for index, chunk in enumerate(np.array_split(np.arange(len(frame)), max(files, 1))):
-        name = f"{PART_PREFIX}{index:05d}{_SUFFIX[schema.compression]}"
-        count = write_file(folder / name, encode_records(frame.iloc[chunk], schema),
-                           schema.compression)
-        rows.append((index, name, count, (folder / name).stat().st_size))
-    return _finish(folder, schema, pd.DataFrame(rows, columns=["partition", "file", "records",
-                                                               "bytes"]))
+    ``schema.json``, the same rules for ``dest``: staged beside it, swapped in when complete,
+    a folder that is not a previous output refused): for data that fits one machine, and for
+    tests."""
+    with _staged(dest) as folder:
+        rows = []
+        for index, chunk in enumerate(np.array_split(np.arange(len(frame)), max(files, 1))):
+            name = f"{PART_PREFIX}{index:05d}{_SUFFIX[schema.compression]}"
+            count = write_file(folder / name, encode_records(frame.iloc[chunk], schema),
+                               schema.compression)
+            rows.append((index, name, count, (folder / name).stat().st_size))
+        summary = _finish(folder, schema, pd.DataFrame(
+            rows, columns=["partition", "file", "records", "bytes"]))
+    return summary
