@@ -260,7 +260,7 @@ def sweep(*, n: int = 3000, out_dir: Path | None = None,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab_utils.bench", description=__doc__)
     parser.add_argument("--sizes", default=",".join(map(str, FIELD_SIZES)),
-                        help="comma-separated N (default: the field's 100..3000)")
+                        help="comma-separated N (default: 100..3000)")
     parser.add_argument("--models", default="cnn,resnet50")
     parser.add_argument("--styles", default=",".join(STYLES))
     parser.add_argument("--resnet-sizes", default="100,500",

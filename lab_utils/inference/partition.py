@@ -32,8 +32,9 @@ def select_device(partition_index: int, gpu_count: int | None = None) -> str:
 
     1. When Spark schedules GPUs (``spark.task.resource.gpu.amount``), the task's own
        ``TaskContext.resources()["gpu"]`` address: Spark guarantees no two tasks share it.
-    2. Otherwise, with ``gpu_count`` GPUs visible, ``partition_index % gpu_count`` (the seed's
-       rule: fine for one executor per machine, racy when several share the GPUs).
+    2. Otherwise, with ``gpu_count`` GPUs visible, ``partition_index % gpu_count`` (a common
+       rule: fine for one executor per machine; executors sharing a machine's GPUs do not know
+       each other's partition indices, so two tasks can pick the same GPU).
     3. Otherwise the CPU.
     Returns a TensorFlow device string: ``/GPU:<n>`` or ``/CPU:0``.
     """
@@ -50,7 +51,8 @@ def select_device(partition_index: int, gpu_count: int | None = None) -> str:
 
 
 class PartitionPredictor:
-    """The seed's partition-level predictor, on ``mapPartitionsWithIndex``.
+    """A partition-level predictor on ``mapPartitionsWithIndex``: one model per Python worker and
+    device, rows pre-processed, batched, predicted and post-processed by functions you give it.
 
     Parameters
     ----------

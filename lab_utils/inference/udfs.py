@@ -20,7 +20,7 @@ Styles:
 * :func:`iterator_udf` - Iterator[Series] pandas UDF, one call per partition;
 * :func:`spark_predict_batch_udf` - Spark's ``predict_batch_udf`` around the same predict fn;
 * :func:`map_in_pandas` - ``DataFrame.mapInPandas`` over whole partitions;
-* :class:`PartitionPredictor` - the seed's ``mapPartitionsWithIndex`` design with a pluggable
+* :class:`PartitionPredictor` - a ``mapPartitionsWithIndex`` predictor with a pluggable
   model loader, row pre/post-processors, batch size and GPU placement.
 """
 
@@ -122,8 +122,8 @@ def pandas_udf_series(
 ) -> Callable[[Column, Column], Column]:
     """Series -> Series pandas UDF ``f(path, content)``: one call per Arrow batch.
 
-    The model still loads once per worker (cached), unlike the field's version that loads it
-    in the UDF body on every batch.
+    The model still loads once per worker (cached), instead of loading it in the UDF body,
+    which costs one model load per Arrow batch.
     """
     from pyspark.sql.functions import pandas_udf
 

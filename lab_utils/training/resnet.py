@@ -110,7 +110,8 @@ def predict_fn_from_path(model_file: Path | str) -> MakePredictFn:
 
 
 def predict_fn_from_broadcast(weights) -> MakePredictFn:
-    """The seed's way: rebuild the architecture and set weights from a Spark broadcast."""
+    """Rebuild the architecture on each worker and set its weights from a Spark broadcast (the
+    driver ships ~100 MB of weights per application instead of each worker reading a file)."""
 
     def make() -> PredictFn:
         configure_tensorflow()

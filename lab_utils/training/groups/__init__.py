@@ -1,6 +1,6 @@
 """Embarrassingly parallel training: one model per group on Spark, stored and reused.
 
-The field's recipe makes each gzip file one partition and trains inside a scalar pandas UDF. That
+A common recipe makes each gzip file one partition and trains inside a scalar pandas UDF. That
 trains one model per *Arrow batch* (past 10,000 rows the models of one data set overwrite each
 other) and dumps them into the worker's working directory, where a real cluster loses them. The
 lab's version:

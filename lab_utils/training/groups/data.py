@@ -17,13 +17,15 @@ def group_specs(n_groups: int, *, mean_rows: int = 2000, skew: float = 1.0, seed
                 min_rows: int = 50, bad_groups: bool = False) -> pd.DataFrame:
     """The true model of every group: ``y = slope * x + intercept + noise * N(0, 1)``.
 
-    The first two groups are the seed article's (slopes 2.5 and 3.0, intercept 0). Group sizes
+    The first two groups are reference groups with known slopes 2.5 and 3.0 (intercept 0), so
+    a test or a notebook can check that the fit recovers them. Group sizes
     are log-normal around ``mean_rows`` (``skew`` is the log-normal sigma: 0 = all equal,
     1 = the biggest group is typically 20-50x the median). ``bad_groups`` adds two groups that
     cannot be trained: ``bad_tiny`` (3 rows) and ``bad_nan`` (NaN targets).
     """
     if n_groups < 2:
-        raise ValueError(f"n_groups={n_groups}: at least 2 (the seed's two data sets)")
+        raise ValueError(f"n_groups={n_groups}: at least 2 (the reference groups with slopes "
+                         "2.5 and 3.0)")
     rng = np.random.default_rng(seed)
     others = n_groups - len(SEED_SLOPES)
     names = list(SEED_SLOPES) + [f"g{i:05d}" for i in range(others)]
