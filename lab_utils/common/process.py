@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.5) -> bool:
@@ -38,13 +39,14 @@ def spawn(argv: Sequence[str], *, log: Path | None, env: dict[str, str] | None =
           cwd: Path | None = None, header: str | None = None) -> subprocess.Popen:
     """Start ``argv`` in a new session, stdin closed, stdout and stderr appended to ``log``
     (discarded when ``log`` is None), after a ``header`` line if given."""
+    sink: contextlib.AbstractContextManager[int | IO[bytes]]
     if log is None:
         sink = contextlib.nullcontext(subprocess.DEVNULL)
     else:
         log.parent.mkdir(parents=True, exist_ok=True)
         sink = open(log, "ab")  # noqa: SIM115 (closed below; the child keeps its own copy)
     with sink as handle:
-        if header and log is not None:
+        if header and not isinstance(handle, int):  # an int is DEVNULL: no log to write to
             handle.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {header}\n".encode())
             handle.flush()
         return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=handle,

@@ -14,6 +14,7 @@ the tests that start the native lab exercise the code containers run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -109,7 +110,7 @@ def _record(cfg: lab_config.LabConfig, name: str, pid: int) -> None:
 def _recorded_sessions(cfg: lab_config.LabConfig) -> dict[int, str]:
     """``{session id: service name}`` of the services this lab started, still valid: the
     leader still runs, or it is gone (Linux reuses no pid while its session has members)."""
-    found = {}
+    found: dict[int, str] = {}
     try:
         lines = _sessions_file(cfg).read_text().splitlines()
     except OSError:
@@ -246,13 +247,13 @@ def start(cfg: lab_config.LabConfig, *, jupyter: bool = True, out=print) -> dict
     for service in missing:
         if service.role == "history":
             out(f"Starting the Spark History Server on {host}:{cfg.history_port} ...")
-            launch(service, lambda s=service: healthy(s, cfg), "healthy")
+            launch(service, functools.partial(healthy, service, cfg), "healthy")
         elif service.role == "model-server":
             out(f"Starting the model server on {host}:{cfg.model_server_port} ...")
-            launch(service, lambda s=service: healthy(s, cfg), "answering on /healthz")
+            launch(service, functools.partial(healthy, service, cfg), "answering on /healthz")
         elif service.role == "jupyter":
             out(f"Starting JupyterLab on {host}:{cfg.jupyter_port} ...")
-            launch(service, lambda s=service: healthy(s, cfg), "answering on /api")
+            launch(service, functools.partial(healthy, service, cfg), "answering on /api")
     found = urls(cfg)
     atomic_write_text(cfg.state_dir / "lab.json",
                       json.dumps({k: v for k, v in found.items() if k != "jupyter"}, indent=2))

@@ -46,23 +46,29 @@ class ServerProcess:
             time.sleep(0.2)
         return self
 
+    def _live(self) -> subprocess.Popen | None:
+        """The child while it runs, else None."""
+        proc = self.proc
+        return proc if proc is not None and proc.poll() is None else None
+
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self._live() is not None
 
     def stats(self) -> dict:
         return http_json(f"{self.url}/stats")
 
     def kill(self) -> None:
         """SIGKILL, like a crash: in-flight requests get their connections reset."""
-        if self.running:
-            process.signal_group(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        proc = self._live()
+        if proc is not None:
+            process.signal_group(proc.pid, signal.SIGKILL)
+            proc.wait(10)
 
     def stop(self, grace: float = 10.0) -> None:
-        if not self.running:
+        proc = self._live()
+        if proc is None:
             return
-        proc = self.proc
         process.terminate_group(proc.pid, lambda: proc.poll() is not None, grace=grace)
 
     def restart(self, timeout: float = 90.0) -> ServerProcess:
