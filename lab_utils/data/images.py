@@ -54,7 +54,7 @@ def _augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     from PIL import Image
 
     pil = Image.fromarray(image)
-    pil = pil.rotate(float(rng.uniform(-12, 12)), resample=Image.BILINEAR,
+    pil = pil.rotate(float(rng.uniform(-12, 12)), resample=Image.Resampling.BILINEAR,
                      translate=(int(rng.integers(-2, 3)), int(rng.integers(-2, 3))))
     out = np.asarray(pil).astype(np.float32)
     out = out * rng.uniform(0.75, 1.0) + rng.uniform(0, 30)  # contrast and background level
@@ -107,7 +107,7 @@ def build_image_dataset(
             continue
         # 0..16 ink levels -> dark ink on a light background, like a scanned page.
         gray = (255 - scan * (255 / 16)).astype(np.uint8)
-        big = np.asarray(Image.fromarray(gray).resize((size, size), Image.BICUBIC))
+        big = np.asarray(Image.fromarray(gray).resize((size, size), Image.Resampling.BICUBIC))
         rgb = np.repeat(big[:, :, None], 3, axis=2)
         folder = dest / label
         folder.mkdir(parents=True, exist_ok=True)
@@ -228,7 +228,7 @@ def _to_rgb(image, size: tuple[int, int]) -> np.ndarray:
     if image.mode != "RGB":
         image = image.convert("RGB")
     if image.size != (width, height):
-        image = image.resize((width, height), Image.BILINEAR)
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8)
 
 

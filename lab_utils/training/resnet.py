@@ -44,7 +44,7 @@ def build_photo_dataset(dest: Path, n: int, *, size: int = 256, seed: int = 0) -
         top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
         crop = Image.fromarray(image[top:top + side, left:left + side]).resize((size, size))
         if rng.random() < 0.5:
-            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         folder = dest / names[k]
         folder.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
