@@ -220,7 +220,7 @@ def get_spark(
 def describe(spark: SparkSession, why: str = "") -> str:
     """One line saying where ``spark`` runs, with its UI address."""
     sc = spark.sparkContext
-    where = sc.master + (f" ({why})" if why else "")
+    where = f"{sc.master}" + (f" ({why})" if why else "")  # Optional in PySpark's types, set here
     ui = lab_config.load().links(sc.uiWebUrl).get("Spark UI", sc.uiWebUrl)  # host's address
     return (f"Spark {spark.version} · app '{sc.appName}' ({sc.applicationId}) on {where} · "
             f"UI {ui}")

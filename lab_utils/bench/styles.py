@@ -50,7 +50,9 @@ def transfer_only_udf():
     """Moves rows through Arrow and back with the same output struct, doing no work at all."""
     from pyspark.sql.functions import pandas_udf
 
-    @pandas_udf(inference.RESULT_DDL)
+    # PySpark's stubs have no overload for the type-hint form (SPARK-39142), which the docs
+    # recommend over functionType: the decorated function is untyped (Any) to mypy.
+    @pandas_udf(inference.RESULT_DDL)  # type: ignore[call-overload]
     def transfer(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
         for _paths, contents in batches:
             n = len(contents)
@@ -101,7 +103,7 @@ def spark_settings(spark) -> dict[str, str]:
     return {k: spark.conf.get(k, None) or conf.get(k, "default") for k in keys}
 
 
-def driver_rss_mb(spark) -> dict[str, float]:
+def driver_rss_mb(spark) -> dict[str, float | None]:
     """Peak RSS of this Python process and of the driver JVM (from /proc)."""
     python = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     jvm = None

@@ -40,6 +40,9 @@ def read_binary_files(spark: SparkSession, folder: Path | str, *, glob: str | No
 def empty_files(spark: SparkSession, folder: str) -> list[str]:
     """Zero-byte visible files under ``folder``, listed through Hadoop's FileSystem like Spark."""
     jvm = spark.sparkContext._jvm
+    if jvm is None:  # a SparkContext always has one once started; None means it never did
+        raise RuntimeError("empty_files needs a started classic SparkSession (with a JVM): "
+                           "create one with lab_utils.session.get_spark()")
     root = jvm.org.apache.hadoop.fs.Path(folder)
     fs = root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     found, files = [], fs.listFiles(root, True)

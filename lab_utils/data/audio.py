@@ -171,7 +171,9 @@ def log_mel_udf(**options: Any):
     error>`` (``FEATURES_DDL``); ``options`` go to :func:`clip_features`."""
     from pyspark.sql.functions import pandas_udf
 
-    @pandas_udf(FEATURES_DDL)
+    # PySpark's stubs have no overload for the type-hint form (SPARK-39142), which the docs
+    # recommend over functionType: the decorated function is untyped (Any) to mypy.
+    @pandas_udf(FEATURES_DDL)  # type: ignore[call-overload]
     def log_mel(contents: pd.Series) -> pd.DataFrame:
         return features_frame(contents, **options)
 

@@ -101,7 +101,8 @@ def graph_predict(model, preprocess: Callable | None = None) -> PredictFn:
     def predict(pixels: np.ndarray) -> np.ndarray:
         return call(np.asarray(pixels, dtype=np.float32)).numpy()
 
-    predict.graph = call  # type: ignore[attr-defined] - tests read its tracing count
+    # A function attribute, which mypy cannot type: tests read its tracing count.
+    predict.graph = call  # type: ignore[attr-defined]
     return predict
 
 

@@ -5,7 +5,7 @@ scheduled GPU when Spark assigns one, else partition index modulo the visible GP
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,7 +85,7 @@ class PartitionPredictor:
         # of ``model_loader``, so its id() would differ per task and reload the model each time.
         self._cache_key = ("partition", uuid.uuid4().hex)
 
-    def _predict_partition(self, index: int, rows: Iterator[Any]) -> Iterator[tuple]:
+    def _predict_partition(self, index: int, rows: Iterable[Any]) -> Iterator[tuple]:
         device = select_device(index, self.gpu_count)
         predict = cached_predict_fn((*self._cache_key, device),
                                     lambda: self.model_loader(device))

@@ -50,6 +50,7 @@ from lab_utils.training.cnn import ModelSpec, load_spec
 if TYPE_CHECKING:
     import requests
     from pyspark.sql import Column
+    from pyspark.sql._typing import ColumnOrName
 
 RESULT_DDL = "prediction string, confidence float, error string, attempts int"
 RESULT_FIELDS = ("prediction", "confidence", "error", "attempts")
@@ -325,6 +326,9 @@ def score_images_rest(
     confidence: list[float | None] = [None] * n
     attempts = [0] * n
     reason = guard.blocked() if guard is not None else None
+    good: list[int]
+    pixels: list[np.ndarray]
+    error: list[str | None]
     if reason is not None:
         if fail_fast and n:
             raise RestScoringError(f"{n} images from {paths[0]} on were not scored: {reason}")
@@ -343,7 +347,7 @@ def score_images_rest(
             if guard is not None:
                 guard.record(result)
         problem = result.error
-        probabilities = None
+        probabilities: np.ndarray | None = None
         if problem is None:
             probabilities = np.asarray(result.outputs, dtype=np.float64)
             if probabilities.shape != (len(rows), len(class_names)):
@@ -357,7 +361,7 @@ def score_images_rest(
             attempts[row] = result.attempts
             if problem is not None:
                 error[row] = problem
-            else:
+            elif probabilities is not None:  # always, when there is no problem
                 k = int(probabilities[j].argmax())
                 prediction[row] = class_names[k]
                 confidence[row] = float(probabilities[j, k])
@@ -465,7 +469,7 @@ def rest_udf(
     breaker_failures: int | None = 3,
     task_timeout: float | None = None,
     check: bool = True,
-) -> Callable[[Column, Column], Column]:
+) -> Callable[[ColumnOrName, ColumnOrName], Column]:
     """Iterator pandas UDF ``f(path, content)`` scoring images on a TF Serving REST server.
 
     Parameters
@@ -516,7 +520,9 @@ def rest_udf(
     endpoint = f"{url}/v1/models/{name}:predict"
     names, size = spec.class_names, spec.image_size
 
-    @pandas_udf(RESULT_DDL)
+    # PySpark's stubs have no overload for the type-hint form (SPARK-39142), which the docs
+    # recommend over functionType: the decorated function is untyped (Any) to mypy.
+    @pandas_udf(RESULT_DDL)  # type: ignore[call-overload]
     def score_rest(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
         yield from score_task(batches, endpoint, options, names, size, where=url)
 

@@ -40,6 +40,7 @@ from lab_utils.training.cnn import ModelSpec, load_spec
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
+    from pyspark.sql._typing import ColumnOrName
 from lab_utils.inference.core import (
     DEFAULT_BATCH_SIZE,
     RESULT_DDL,
@@ -94,7 +95,7 @@ def row_udf(
     *,
     use_arrow: bool,
     fail_fast: bool = False,
-) -> Callable[[Column, Column], Column]:
+) -> Callable[[ColumnOrName, ColumnOrName], Column]:
     """Row-at-a-time Python UDF ``f(path, content)``: one Python call and one model call per row.
 
     Kept for comparison: ``use_arrow=False`` is the classic pickled UDF, ``use_arrow=True`` the
@@ -119,7 +120,7 @@ def pandas_udf_series(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     fail_fast: bool = False,
-) -> Callable[[Column, Column], Column]:
+) -> Callable[[ColumnOrName, ColumnOrName], Column]:
     """Series -> Series pandas UDF ``f(path, content)``: one call per Arrow batch.
 
     The model still loads once per worker (cached), instead of loading it in the UDF body,
@@ -130,7 +131,9 @@ def pandas_udf_series(
     spec, make, key = _resolve(model, make_predict_fn)
     score = _scorer(spec, make, key, batch_size, fail_fast)
 
-    @pandas_udf(RESULT_DDL)
+    # PySpark's stubs have no overload for the type-hint form (SPARK-39142), which the docs
+    # recommend over functionType: the decorated function is untyped (Any) to mypy.
+    @pandas_udf(RESULT_DDL)  # type: ignore[call-overload]
     def predict_series(paths: pd.Series, contents: pd.Series) -> pd.DataFrame:
         return score(paths, contents)
 
@@ -143,14 +146,16 @@ def iterator_udf(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     fail_fast: bool = False,
-) -> Callable[[Column, Column], Column]:
+) -> Callable[[ColumnOrName, ColumnOrName], Column]:
     """Iterator pandas UDF ``f(path, content)``: one call per partition, batches streamed."""
     from pyspark.sql.functions import pandas_udf
 
     spec, make, key = _resolve(model, make_predict_fn)
     score = _scorer(spec, make, key, batch_size, fail_fast)
 
-    @pandas_udf(RESULT_DDL)
+    # PySpark's stubs have no overload for the type-hint form (SPARK-39142), which the docs
+    # recommend over functionType: the decorated function is untyped (Any) to mypy.
+    @pandas_udf(RESULT_DDL)  # type: ignore[call-overload]
     def predict_iter(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
         for paths, contents in batches:
             yield score(paths, contents)
@@ -164,13 +169,13 @@ def spark_predict_batch_udf(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     fail_fast: bool = False,
-) -> Callable[[Column, Column], Column]:
+) -> Callable[[ColumnOrName, ColumnOrName], Column]:
     """Spark's own ``predict_batch_udf`` around the same decode + predict core.
 
     Spark caches the predict function per Python worker itself (an LRU of 3 models).
     """
     from pyspark.ml.functions import predict_batch_udf
-    from pyspark.sql.types import StructType, _parse_datatype_string
+    from pyspark.sql.types import _parse_datatype_string
 
     spec, make, key = _resolve(model, make_predict_fn)
     names, size = spec.class_names, spec.image_size
@@ -187,7 +192,7 @@ def spark_predict_batch_udf(
 
         return predict_columns
 
-    return_type: StructType = _parse_datatype_string(RESULT_DDL)
+    return_type = _parse_datatype_string(RESULT_DDL)  # a StructType: the DDL is a field list
     return predict_batch_udf(make_predict_fn_for_spark, return_type=return_type,
                              batch_size=batch_size)
 
