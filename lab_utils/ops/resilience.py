@@ -172,6 +172,10 @@ def kill_mid_job(spark: SparkSession, action: Callable[[], object],
     cfg = cfg or lab_config.load()
     _worker_pid(cfg, worker)  # not the native lab: say so before any job starts
     sc = spark.sparkContext
+    ui_url = sc.uiWebUrl
+    if ui_url is None:  # before the job starts: its thread would run on after the error
+        raise RuntimeError("kill_mid_job watches the tasks through the Spark UI's REST API, and "
+                           "this session has no UI: start it without spark.ui.enabled=false")
     failure: list[BaseException] = []
 
     def run() -> None:
@@ -186,7 +190,7 @@ def kill_mid_job(spark: SparkSession, action: Callable[[], object],
     thread.start()
     everyone = {f"worker-{i}" for i in range(1, cfg.workers + 1)}
     lab.wait_until(lambda: not thread.is_alive()
-                   or busy_workers(sc.uiWebUrl, sc.applicationId, group, cfg) >= everyone,
+                   or busy_workers(ui_url, sc.applicationId, group, cfg) >= everyone,
                    timeout, 0.2)
     pid = kill_worker(cfg, worker) if thread.is_alive() else None
     thread.join()

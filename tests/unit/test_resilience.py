@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import urllib.error
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -117,6 +118,15 @@ def test_kill_worker_names_the_way_when_not_native(tmp_path):
     with pytest.raises(lab.LaunchError, match="worker-2 is not running in the native lab .*"
                                            "`make status`.*docker kill"):
         resilience.kill_worker(lab_cfg(tmp_path), "worker-2")
+
+
+def test_kill_mid_job_needs_the_spark_ui_before_any_job_starts(tmp_path, monkeypatch):
+    monkeypatch.setattr(resilience, "_worker_pid", lambda cfg, name: 4242)
+    ran = []
+    spark = SimpleNamespace(sparkContext=SimpleNamespace(uiWebUrl=None, applicationId="a"))
+    with pytest.raises(RuntimeError, match="no UI: start it without spark.ui.enabled=false"):
+        resilience.kill_mid_job(spark, lambda: ran.append(1), lab_cfg(tmp_path))
+    assert ran == []
 
 
 def test_lingering_processes_are_found_by_their_work_folder(tmp_path):
