@@ -190,8 +190,10 @@ def write_tfrecords(
     if sort_within:
         frame = frame.sortWithinPartitions(*sort_within)
     with _staged(dest) as folder:
-        stats = (frame.mapInPandas(_partition_writer(str(folder), schema), STATS_DDL)
-                 .toPandas().sort_values("partition").reset_index(drop=True))
+        # Named pd.DataFrame: mypy leaves PySpark's own name for toPandas()'s type unresolved.
+        reports: pd.DataFrame = (frame.mapInPandas(_partition_writer(str(folder), schema),
+                                                   STATS_DDL).toPandas())
+        stats = reports.sort_values("partition").reset_index(drop=True)
         written = sorted(p.name for p in folder.glob(f"{PART_PREFIX}*"))
         if written != sorted(stats["file"]):
             raise RuntimeError(f"{folder}: the files on disk {written} differ from the tasks' "
