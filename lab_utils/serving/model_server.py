@@ -163,11 +163,10 @@ def create_app(models_dir: Path | str, *, faults: Faults | None = None,
         return await run_in_threadpool(model_metadata, name, registry)
 
     async def predict(name: str, request: Request, version: str | None = None):
-        entry = await run_in_threadpool(registry.usable, name)
+        entry, spec = await run_in_threadpool(registry.usable, name)
         if version is not None and version != str(entry.version):
             raise ServingError(404, f"Servable not found for request: Specific({name}, "
                                     f"{version}). Version {entry.version} is served")
-        spec = entry.spec
         h, w = spec.image_size
         limit = max_body_bytes(spec)
         try:

@@ -140,29 +140,30 @@ class ModelRegistry:
                                                       f"({type(exc).__name__}: {exc}): "
                                                       f"{models.HOW_TO_CREATE}")
 
-    def usable(self, name: str) -> _Entry:
-        """The entry, or a 500 saying why the model cannot be served (its files are broken)."""
+    def usable(self, name: str) -> tuple[_Entry, models.ModelSpec]:
+        """The entry and its spec, or a 500 saying why the model cannot be served (its files
+        are broken)."""
         entry = self.entry(name)
         if entry.spec is None:
             raise ServingError(500, f"model {name!r} cannot be served: {entry.error}")
-        return entry
+        return entry, entry.spec
 
     def predictor(self, name: str) -> tuple[_Entry, PredictFn]:
         """The entry and its loaded predict function (loaded on first use, once per version)."""
-        entry = self.usable(name)
+        entry, spec = self.usable(name)
         with entry.lock:
             if entry.predict is None and entry.error is None:
                 try:
-                    predict = self.loader(entry.spec)
+                    predict = self.loader(spec)
                     # One call on a blank image traces the model now, not on a user's request.
-                    h, w = entry.spec.image_size
-                    predict(np.zeros((1, h, w, entry.spec.channels), input_dtype(entry.spec)))
+                    h, w = spec.image_size
+                    predict(np.zeros((1, h, w, spec.channels), input_dtype(spec)))
                     entry.predict = predict
                 except Exception as exc:  # noqa: BLE001 - reported to every caller as a 500
                     entry.error = f"{type(exc).__name__}: {exc}"
         if entry.predict is None:
             raise ServingError(500, f"model {name!r} failed to load: {entry.error}; fix the model "
-                                    f"in {entry.spec.path} ({models.HOW_TO_CREATE})")
+                                    f"in {spec.path} ({models.HOW_TO_CREATE})")
         return entry, entry.predict
 
     def state(self, name: str) -> tuple[_Entry, str]:
@@ -282,7 +283,7 @@ def _show(value) -> str:
 
 def _shape_of(value) -> list[int]:
     """The nested-list shape along the first elements (what an image looks like)."""
-    shape = []
+    shape: list[int] = []
     while isinstance(value, list) and len(shape) < 8:
         shape.append(len(value))
         value = value[0] if value else None
@@ -332,17 +333,17 @@ def _to_array(data: list, where: Callable[[int], str], spec: models.ModelSpec) -
     else:
         top = float(np.finfo(dtype).max)
         try:
-            array = np.array(values, dtype=np.float64)
+            wide: np.ndarray | None = np.array(values, dtype=np.float64)
         except OverflowError:  # an integer too large for a float
-            array = None
-        if array is None or not np.isfinite(array).all() or np.abs(array).max() > top:
+            wide = None
+        if wide is None or not np.isfinite(wide).all() or np.abs(wide).max() > top:
             def fits(v: float) -> bool:  # an int is compared exactly, never made a float
                 return abs(v) <= top if type(v) is int else math.isfinite(v) and abs(v) <= top
 
             first = next(i for i, v in enumerate(values) if not fits(v))
             raise bad(first, "not finite" if isinstance(values[first], float)
                       and not math.isfinite(values[first]) else "out of range")
-        array = array.astype(dtype)
+        array = wide.astype(dtype)
     return array.reshape(len(data), *dims)
 
 
@@ -445,8 +446,7 @@ def model_status(name: str, registry: ModelRegistry, version: str | None = None)
 
 def model_metadata(name: str, registry: ModelRegistry) -> dict:
     """``GET /v1/models/NAME/metadata``: the signature in TF Serving's shape, plus class names."""
-    entry = registry.usable(name)
-    spec = entry.spec
+    entry, spec = registry.usable(name)
     dim = [{"size": str(n), "name": ""} for n in (-1, *spec.image_size, spec.channels)]
     return {
         "model_spec": {"name": name, "signature_name": "", "version": str(entry.version)},
