@@ -213,7 +213,7 @@ class _Streamed:
         model.n_features_in_ = len(beta) - 1
         model.rank_, model.singular_ = len(beta) - 1, None
         h = True
-        ss_res = self.yty[h] - 2 * beta @ self.aty[h] + beta @ self.ata[h] @ beta
+        ss_res = float(self.yty[h] - 2 * beta @ self.aty[h] + beta @ self.ata[h] @ beta)
         ss_tot = self.yty[h] - self.ysum[h] ** 2 / max(self.n[h], 1)
         r2 = 1 - ss_res / ss_tot if ss_tot > 0 else float("nan")
         rmse = float(np.sqrt(max(ss_res, 0.0) / max(self.n[h], 1)))
@@ -322,7 +322,8 @@ def split_sorted(batches: Iterable[pd.DataFrame], key: str) -> Iterator[tuple[An
 
     A group may span batch boundaries; only the group being assembled is held in memory.
     """
-    current, parts = None, []
+    current = None
+    parts: list[pd.DataFrame] = []
     for batch in batches:
         if batch.empty:
             continue
@@ -354,13 +355,14 @@ def make_sorted_train_fn(opts: FitOptions, key: str):
 
 
 def split_sorted_arrow(batches: Iterable, key: str,
-                       columns: Sequence[str]) -> Iterator[tuple[str, list[pd.DataFrame]]]:
+                       columns: Sequence[str]) -> Iterator[tuple[Any, list[pd.DataFrame]]]:
     """Like :func:`split_sorted`, over Arrow record batches: the key column never becomes
     Python objects (one string per group, not per row), the numeric columns become NumPy
     arrays without a copy."""
     import pyarrow.compute as pc
 
-    current, parts = None, []
+    current = None
+    parts: list[pd.DataFrame] = []
     for batch in batches:
         n = batch.num_rows
         if n == 0:
