@@ -374,12 +374,13 @@ def score_groups(df, registry: pd.DataFrame | str, *, key: str = "group",
         out = pdf.copy()
         out[prediction] = np.nan
         out["error"] = None
-        path, sha256 = paths.get(group, (None, None))
-        if path is None:
+        stored = paths.get(group)
+        if stored is None:
             why = errors.get(group)
             out["error"] = (f"model for group {group!r} failed to train: {why}" if why
                             else f"no model for group {group!r} in the registry")
             return out
+        path, sha256 = stored
         try:
             model = load_model(path, loads, sha256=sha256)
             out[prediction] = _predict(model, pdf[list(features)].to_numpy(dtype=np.float64))
