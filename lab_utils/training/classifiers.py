@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from lab_utils.data.churn_windows import FEATURES
+from lab_utils.data.tfrecords.schema import TFRecordSchema, TFRecordSchemaError
 
 
 def _model_inputs(x: dict):
@@ -18,6 +19,15 @@ def _model_inputs(x: dict):
     seq = tf.math.log1p(tf.maximum(x["features"], 0.0))
     base = tf.math.log1p(tf.reshape(x["baseline_calls"], [-1, 1, 1]))
     return tf.concat([seq, tf.tile(base, [1, tf.shape(seq)[1], 1])], axis=-1)
+
+
+def _fixed_shape(schema: TFRecordSchema, name: str, folder) -> tuple[int, ...]:
+    """``name``'s shape in ``schema``; the models here take fixed-size inputs only."""
+    shape = schema[name].shape
+    if shape is None:
+        raise TFRecordSchemaError(f"feature {name!r} in {folder} is variable-length, but this "
+                                  "model takes a fixed shape: write it with one (Feature shape=)")
+    return shape
 
 
 def rule_scores(x: dict) -> dict[str, np.ndarray]:
@@ -60,7 +70,7 @@ def train_churn_classifier(
                                      batch_size=batch_size, shuffle_buffer=20_000, seed=seed)
     train = train.map(lambda x, y: (_model_inputs(x), tf.cast(y, tf.float32)))
     schema, info = tfrecords.load_schema(train_dir)
-    window, channels = schema["features"].shape
+    window, channels = _fixed_shape(schema, "features", train_dir)
     counts = np.zeros(2)
     for _, y in tfrecords.read_tfrecords(train_dir, label="label", features="label",
                                          batch_size=4096).as_numpy_iterator():
@@ -77,7 +87,8 @@ def train_churn_classifier(
     began = time.perf_counter()
     history = model.fit(train, epochs=epochs, class_weight=class_weight, verbose=0)
     seconds = time.perf_counter() - began
-    scores, labels, rules = [], [], {}
+    scores, labels = [], []
+    rules: dict[str, list[np.ndarray]] = {}
     for x, y in tfrecords.read_tfrecords(test_dir, label="label", features=names,
                                          batch_size=1024).as_numpy_iterator():
         scores.append(model(_model_inputs(x), training=False).numpy().ravel())
@@ -88,7 +99,7 @@ def train_churn_classifier(
     rule_auc = {name: float(roc_auc_score(y_true, np.concatenate(v))) for name, v in rules.items()}
     if model_path:
         model.save(model_path)
-    best = max(rule_auc, key=rule_auc.get)
+    best = max(rule_auc, key=rule_auc.__getitem__)
     return {
         "auc": float(roc_auc_score(y_true, np.concatenate(scores))),
         "rule_auc": rule_auc,
@@ -122,7 +133,7 @@ def train_speech_classifier(train_dir, test_dir, *, epochs: int = 12, batch_size
     keras.utils.set_random_seed(seed)
     schema, info = tfrecords.load_schema(train_dir)
     classes = list(schema.metadata["classes"])
-    frames, n_mels = schema["mel"].shape
+    frames, n_mels = _fixed_shape(schema, "mel", train_dir)
 
     def standardise(x, y):
         mean, var = tf.nn.moments(x, axes=[1, 2], keepdims=True)

@@ -182,3 +182,12 @@ def test_a_failed_write_leaves_the_previous_output_intact(tmp_path):
         tfrecords.write_tfrecords_local(bad, tmp_path / "ds", SCHEMA, files=1)
     assert {p.name: p.read_bytes() for p in (tmp_path / "ds").iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+
+
+def test_the_classifiers_name_a_variable_length_input_they_cannot_take():
+    from lab_utils.training.classifiers import _fixed_shape
+
+    schema = TFRecordSchema((Feature("mel", "float32", (4, 8)), Feature("v", "float32", None)))
+    assert _fixed_shape(schema, "mel", "ds") == (4, 8)
+    with pytest.raises(TFRecordSchemaError, match="'v' in ds is variable-length"):
+        _fixed_shape(schema, "v", "ds")
