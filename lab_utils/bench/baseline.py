@@ -62,7 +62,7 @@ class Loops:
     def decode_serial(self, chunk: Sequence[bytes]) -> np.ndarray:
         return np.stack([self.decode(c, self.size) for c in chunk])
 
-    def parallel(self, chunks: list[Sequence[bytes]]) -> int:
+    def parallel(self, chunks: Sequence[Sequence[bytes]]) -> int:
         done = 0
         pending = self.ahead.submit(self.decode_parallel, chunks[0])
         for k in range(len(chunks)):
@@ -72,7 +72,7 @@ class Loops:
             done += len(self.predict(x))
         return done
 
-    def naive(self, chunks: list[Sequence[bytes]]) -> int:
+    def naive(self, chunks: Sequence[Sequence[bytes]]) -> int:
         return sum(len(self.predict(self.decode_serial(chunk))) for chunk in chunks)
 
     def close(self) -> None:

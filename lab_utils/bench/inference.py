@@ -198,7 +198,7 @@ def run(
 
 
 #: One setting changed at a time against the lab's defaults: (name, Spark conf, predict variant).
-SWEEP = (
+SWEEP: tuple[tuple[str, dict[str, str], str], ...] = (
     ("lab defaults (TF threads = task cores = 1, Arrow 1024, model(x))", {}, "call"),
     ("TF pools left machine-sized in every worker", {"spark.executorEnv.LAB_TF_THREADS": "tf"},
      "call"),

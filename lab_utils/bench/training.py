@@ -98,7 +98,7 @@ def run(spark, *, groups: int = 1000, mean_rows: int = 3000, skew: float = 0.5,
                              ("spark (no fit)", {"kind": "noop"})):
             if style == "spark (no fit)" and kind != "linear":
                 continue  # the fixed cost does not depend on the estimator: measured once
-            args = {"kind": kind, "params": params, **extra}
+            args: dict[str, Any] = {"kind": kind, "params": params, **extra}
             t0 = time.perf_counter()
             res = gt.train_groups(df, run="spark", models_dir=models_dir, **args)
             seconds = time.perf_counter() - t0
