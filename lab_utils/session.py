@@ -20,7 +20,7 @@ import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from lab_utils import config as lab_config
@@ -76,7 +76,7 @@ def check_master_reachable(url: str, timeout: float = 3.0) -> None:
     )
 
 
-def _jupyter_shell():
+def _jupyter_shell() -> Any:
     """The running IPython kernel shell when inside Jupyter, else None."""
     ipython = sys.modules.get("IPython")
     if ipython is None:
@@ -87,7 +87,7 @@ def _jupyter_shell():
     return shell
 
 
-def sparkmonitor_conf(shell) -> dict[str, str]:
+def sparkmonitor_conf(shell: Any) -> dict[str, str]:
     """Conf that attaches sparkmonitor's listener to this kernel's monitor socket."""
     try:
         shell.extension_manager.load_extension("sparkmonitor.kernelextension")  # no-op if loaded

@@ -28,17 +28,17 @@ def _print_urls(found: dict[str, str]) -> None:
     print("Stop it with `make stop`; logs are in .lab/logs/.")
 
 
-def _start(args, cfg) -> int:
+def _start(args: argparse.Namespace, cfg: lab_config.LabConfig) -> int:
     _print_urls(lab.start(cfg))
     return 0
 
 
-def _stop(args, cfg) -> int:
+def _stop(args: argparse.Namespace, cfg: lab_config.LabConfig) -> int:
     lab.stop(cfg)
     return 0
 
 
-def _status(args, cfg) -> int:
+def _status(args: argparse.Namespace, cfg: lab_config.LabConfig) -> int:
     report = lab.status(cfg)
     for name, item in report.items():
         state = "healthy" if item["healthy"] else ("running" if item["pid"] else "stopped")
@@ -48,7 +48,7 @@ def _status(args, cfg) -> int:
     return 0 if all(item["healthy"] for item in report.values()) else 3
 
 
-def _env(args, cfg) -> int:
+def _env(args: argparse.Namespace, cfg: lab_config.LabConfig) -> int:
     from lab_utils.ops import docker
 
     project = docker.project_for(cfg.root)  # adds LAB_UID/LAB_GID, the Docker lab's ids
@@ -59,12 +59,12 @@ def _env(args, cfg) -> int:
     return 0
 
 
-def _run(args, cfg) -> int:
+def _run(args: argparse.Namespace, cfg: lab_config.LabConfig) -> int:
     lab.run(args.role, cfg)  # replaces this process (exec); returns only on error
     return 0
 
 
-def _health(args, cfg) -> int:
+def _health(args: argparse.Namespace, cfg: lab_config.LabConfig) -> int:
     role_file = cfg.state_dir / "role"
     role = args.role or (role_file.read_text().strip() if role_file.is_file() else "")
     if role not in lab.ROLES:

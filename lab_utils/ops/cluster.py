@@ -7,7 +7,8 @@ import importlib.metadata
 import os
 import platform
 import socket
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from lab_utils import config as lab_config
 from lab_utils.common.net import http_json
@@ -43,8 +44,9 @@ def library_versions(modules: tuple[str, ...] = PARITY_MODULES, *,
     return versions
 
 
-def _partition_report(modules: tuple[str, ...], load: bool):
-    def report(index, rows):
+def _partition_report(modules: tuple[str, ...], load: bool
+                      ) -> Callable[[int, Iterable[Any]], Iterator[dict[str, Any]]]:
+    def report(index: int, rows: Iterable[Any]) -> Iterator[dict[str, Any]]:
         for _ in rows:
             pass
         # A Python worker's cwd is its executor's work dir (.../app-id/executor-id): it tells

@@ -150,7 +150,8 @@ def missing_tool_warnings() -> list[str]:
             for exe, why, how in SYSTEM_TOOLS if shutil.which(exe) is None]
 
 
-def start(cfg: lab_config.LabConfig, *, jupyter: bool = True, out=print) -> dict[str, str]:
+def start(cfg: lab_config.LabConfig, *, jupyter: bool = True,
+          out: Callable[[str], object] = print) -> dict[str, str]:
     """Start the native lab, or the services of it that are missing, and wait until healthy.
 
     Idempotent: with everything running it only says so; with the master running it starts
@@ -335,7 +336,8 @@ def _stop_service(cfg: lab_config.LabConfig, service: Service, grace: float = 15
     return pid
 
 
-def stop(cfg: lab_config.LabConfig, *, out=print, grace: float = 15.0) -> list[str]:
+def stop(cfg: lab_config.LabConfig, *, out: Callable[[str], object] = print,
+         grace: float = 15.0) -> list[str]:
     """Stop every service (JupyterLab first, master last) and sweep up leftover children."""
     # What belongs to the lab is decided before anything stops: a kernel that exits with
     # JupyterLab leaves the processes it started without their parent.

@@ -31,7 +31,7 @@ class Faults:
     delay_rate: float = 0.0
     seed: int = 0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("fail_rate", "delay_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

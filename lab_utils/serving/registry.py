@@ -261,7 +261,7 @@ def _expected(spec: models.ModelSpec) -> str:
             "row form")
 
 
-def _show(value) -> str:
+def _show(value: object) -> str:
     """A JSON value in a message: short, with its JSON type."""
     if isinstance(value, bool):
         return f"{str(value).lower()} (a boolean)"
@@ -281,7 +281,7 @@ def _show(value) -> str:
     return f"an object with keys {sorted(value)[:5]}" if isinstance(value, dict) else repr(value)
 
 
-def _shape_of(value) -> list[int]:
+def _shape_of(value: object) -> list[int]:
     """The nested-list shape along the first elements (what an image looks like)."""
     shape: list[int] = []
     while isinstance(value, list) and len(shape) < 8:
