@@ -82,8 +82,9 @@ bench: venv ## Benchmark every inference style against one plain process (BENCH_
 bench-gpu: venv ## Rows/s of the partition predictor on the GPU and the CPU (digits CNN, ResNet-50); no Spark
 	$(BIN)/python -m tests.gpu.bench $(BENCH_ARGS)
 
-lint: venv ## Lint the package, tests and notebooks with ruff
+lint: venv ## Lint the package, tests and notebooks with ruff, then type-check lab_utils with mypy
 	$(BIN)/ruff check lab_utils tests notebooks
+	$(BIN)/mypy
 
 format: venv ## Format the code with ruff
 	$(BIN)/ruff format lab_utils tests
@@ -111,4 +112,4 @@ docker-down: ## Stop the Docker lab, leaving no container, network or anonymous 
 	$(DOCKER_LAB) down
 
 clean: stop ## Remove the virtualenv, tools and the lab's local state (keeps share_storages/)
-	rm -rf $(VENV) $(TOOLS) .lab .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .lab .pytest_cache .ruff_cache .mypy_cache

@@ -1,4 +1,5 @@
-"""The package, the tests and the notebooks follow one ruff configuration (pyproject.toml)."""
+"""The package, the tests and the notebooks follow one ruff configuration, and the package
+type-checks with mypy (both configured in pyproject.toml, both run by `make lint`)."""
 
 import subprocess
 import sys
@@ -12,3 +13,10 @@ def test_ruff_clean():
     result = subprocess.run([str(ruff), "check", "lab_utils", "tests", "notebooks"], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_mypy_clean():
+    mypy = Path(sys.executable).with_name("mypy")
+    # Its settings and the package to check ([tool.mypy] packages) come from pyproject.toml.
+    result = subprocess.run([str(mypy)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
