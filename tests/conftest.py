@@ -63,6 +63,9 @@ def pytest_terminal_summary(terminalreporter):
             continue
         for path in paths:
             terminalreporter.write_line(f"{path.relative_to(ROOT)}  {path.stat().st_size:,} bytes")
+    for path in fresh:  # a layer's one-line account of its costs (tests/docker writes one)
+        if path.name.endswith(".summary.txt"):
+            terminalreporter.write_line(path.read_text().strip())
     if len(files) > len(fresh):
         older = len(files) - len(fresh)
         terminalreporter.write_line(f"(and {older} older files from earlier runs)")
