@@ -1,6 +1,8 @@
 import json
+from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from lab_utils import notebooks
 from lab_utils.ops import cluster
@@ -32,3 +34,25 @@ def test_version_mismatches_are_reported():
                                                                      "pandas": "2.3.3"}])
     assert cluster.version_mismatches(driver, other) == [
         "python: driver has 3.11.7, an executor has 3.12.1"]
+
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_parameters_cell_is_tagged_and_holds_the_smoke_switch(path):
+    # papermill and nbclient users inject values after the cell tagged "parameters"; it must be
+    # the one cell that reads the LAB_SMOKE switch (cfg.smoke), so injected sizes win over it.
+    cells = json.loads(path.read_text())["cells"]  # json, not nbformat: no jupyter needed
+    code = [c for c in cells if c["cell_type"] == "code"]
+    tagged = [c for c in code if "parameters" in c["metadata"].get("tags", [])]
+    smoke = [c for c in code if "cfg.smoke" in "".join(c["source"])]
+    assert len(tagged) == 1, f"{path.name}: {len(tagged)} code cells tagged 'parameters'"
+    assert len(smoke) == 1, f"{path.name}: {len(smoke)} code cells read cfg.smoke"
+    assert tagged[0] is smoke[0], f"{path.name}: the 'parameters' tag is not on the LAB_SMOKE cell"
+    assert not [c for c in cells if c["cell_type"] != "code"
+                and "parameters" in c["metadata"].get("tags", [])]
+
+
+def test_every_notebook_is_checked_for_its_parameters_cell():
+    assert [p.stem[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(9)]
