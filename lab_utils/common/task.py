@@ -35,3 +35,10 @@ def task_resources() -> dict[str, Any]:
     """The task's resources (``{"gpu": ResourceInformation}`` when GPUs are scheduled)."""
     ctx = task_context()
     return ctx.resources() if ctx is not None else {}
+
+
+def task_gpu_addresses() -> list[str]:
+    """GPU addresses Spark assigned to the running task (``spark.task.resource.gpu.amount``);
+    ``[]`` without GPU scheduling or outside a task."""
+    gpu = task_resources().get("gpu")
+    return [str(a) for a in gpu.addresses] if gpu is not None and gpu.addresses else []

@@ -18,8 +18,10 @@ from lab_utils.inference.core import (
     configure_tensorflow,
     graph_predict,
     keras_predict_fn,
+    restrict_tensorflow_gpus,
     score_images,
     task_cpus,
+    visible_gpus,
 )
 from lab_utils.inference.files import local_path, place_by_class, read_images
 from lab_utils.inference.partition import (
@@ -40,6 +42,6 @@ __all__ = [
     "InferenceError", "MakePredictFn", "PartitionPredictor", "PredictFn", "cached_predict_fn",
     "configure_tensorflow", "graph_predict", "image_partition_predictor", "iterator_udf",
     "keras_predict_fn", "local_path", "map_in_pandas", "pandas_udf_series", "place_by_class",
-    "read_images", "row_udf", "score_images", "select_device", "spark_predict_batch_udf",
-    "task_cpus",
+    "read_images", "restrict_tensorflow_gpus", "row_udf", "score_images", "select_device",
+    "spark_predict_batch_udf", "task_cpus", "visible_gpus",
 ]

@@ -4,8 +4,9 @@ function from image bytes to result rows (tested without Spark)."""
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,7 @@ import numpy as np
 import pandas as pd  # at module level: pandas UDF type hints are resolved from these globals
 
 from lab_utils.common.cache import WorkerCache
-from lab_utils.common.task import task_cpus
+from lab_utils.common.task import task_cpus, task_gpu_addresses
 from lab_utils.data import images
 from lab_utils.errors import LabError
 
@@ -52,11 +53,69 @@ def cached_predict_fn(key: Any, make_predict_fn: MakePredictFn) -> PredictFn:
     return _CACHE.get(key, make_predict_fn)
 
 
+_LOG = logging.getLogger(__name__)
 _TF_CONFIGURED = False
+#: Physical GPU addresses this Python worker restricted TensorFlow to, in TensorFlow's order
+#: (the first is ``/GPU:0``); ``None`` while TensorFlow sees every GPU it found.
+_VISIBLE_GPUS: list[str] | None = None
+_GPU_RESTRICTION_TRIED = False
+
+
+def _gpu_address(device: Any) -> str:
+    return str(device.name).rsplit(":", 1)[-1]  # "/physical_device:GPU:3" -> "3"
+
+
+def visible_gpus() -> list[str] | None:
+    """The physical GPU addresses TensorFlow was restricted to in this process, or ``None``."""
+    return _VISIBLE_GPUS
+
+
+def restrict_tensorflow_gpus(addresses: Sequence[str] | None = None) -> list[str] | None:
+    """Let TensorFlow see only the task's GPUs, with memory growth, before it initialises.
+
+    Left alone, TensorFlow maps most of the memory of every GPU it can see, so a task given
+    GPU 1 would also take GPU 0 from the task next to it. With ``addresses`` (default: the
+    running task's ``TaskContext.resources()["gpu"].addresses``) this calls
+    ``tf.config.set_visible_devices`` with those physical GPUs and
+    ``tf.config.experimental.set_memory_growth(gpu, True)`` on each; they then appear as
+    ``/GPU:0``, ``/GPU:1``, ... in TensorFlow. Once per Python worker: when TensorFlow has
+    already initialised here it cannot change, so it is left as it is and a warning is logged.
+
+    Returns the physical addresses now visible, or ``None`` when nothing was changed.
+    """
+    global _VISIBLE_GPUS, _GPU_RESTRICTION_TRIED
+    if _GPU_RESTRICTION_TRIED:
+        return _VISIBLE_GPUS
+    wanted = set(task_gpu_addresses() if addresses is None else map(str, addresses))
+    if not wanted:
+        return None  # no GPU for this task; a later task of this worker may get one
+    _GPU_RESTRICTION_TRIED = True
+    import tensorflow as tf
+
+    physical = tf.config.list_physical_devices("GPU")
+    chosen = [d for d in physical if _gpu_address(d) in wanted]
+    if not chosen:
+        _LOG.warning("Spark gave this task GPU(s) %s, but TensorFlow sees %s: TensorFlow is "
+                     "left as it is (is this a CUDA build of TensorFlow?)", sorted(wanted),
+                     [_gpu_address(d) for d in physical] or "no GPU")
+        return None
+    try:
+        tf.config.set_visible_devices(chosen, "GPU")
+        for gpu in chosen:
+            tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError as exc:  # TF initialised its devices before this call
+        _LOG.warning("TensorFlow was already initialised in this Python worker (%s): it keeps "
+                     "every visible GPU. Call inference.configure_tensorflow() before any "
+                     "TensorFlow op runs in the worker.", exc)
+        return None
+    _VISIBLE_GPUS = [_gpu_address(d) for d in chosen]
+    return _VISIBLE_GPUS
 
 
 def configure_tensorflow(threads: int | None = None) -> None:
-    """Size TensorFlow's thread pools to the task's cores, once, before TF runs any op.
+    """Size TensorFlow's thread pools to the task's cores, once, before TF runs any op; when
+    Spark assigned the task GPUs, first restrict TensorFlow to them
+    (:func:`restrict_tensorflow_gpus`).
 
     TensorFlow ignores ``OMP_NUM_THREADS``; left alone, every Python worker starts pools as
     large as the machine, and several tasks per machine oversubscribe the cores.
@@ -66,6 +125,8 @@ def configure_tensorflow(threads: int | None = None) -> None:
     global _TF_CONFIGURED
     if _TF_CONFIGURED:
         return
+    if task_gpu_addresses():
+        restrict_tensorflow_gpus()  # before anything initialises TensorFlow's devices
     override = os.environ.get("LAB_TF_THREADS", "").strip().lower()
     if override == "tf" and threads is None:
         _TF_CONFIGURED = True

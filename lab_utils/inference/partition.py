@@ -4,6 +4,7 @@ scheduled GPU when Spark assigns one, else partition index modulo the visible GP
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lab_utils.common.task import task_resources
+from lab_utils.common.task import task_gpu_addresses
 from lab_utils.data import images
 from lab_utils.training.cnn import ModelSpec, load_spec
 
@@ -24,7 +25,12 @@ from lab_utils.inference.core import (
     cached_predict_fn,
     configure_tensorflow,
     graph_predict,
+    restrict_tensorflow_gpus,
+    visible_gpus,
 )
+
+_LOG = logging.getLogger(__name__)
+_WARNED_OTHER_GPU = False
 
 
 def select_device(partition_index: int, gpu_count: int | None = None) -> str:
@@ -36,11 +42,24 @@ def select_device(partition_index: int, gpu_count: int | None = None) -> str:
        rule: fine for one executor per machine; executors sharing a machine's GPUs do not know
        each other's partition indices, so two tasks can pick the same GPU).
     3. Otherwise the CPU.
-    Returns a TensorFlow device string: ``/GPU:<n>`` or ``/CPU:0``.
+    Returns a TensorFlow device string: ``/GPU:<n>`` or ``/CPU:0``. For rule 1, ``n`` is the
+    GPU's index among those TensorFlow sees: ``/GPU:0`` once :func:`restrict_tensorflow_gpus`
+    limited this worker's TensorFlow to the task's GPU, else the physical address.
     """
-    resources = task_resources()
-    if "gpu" in resources and resources["gpu"].addresses:
-        return f"/GPU:{int(resources['gpu'].addresses[0])}"
+    global _WARNED_OTHER_GPU
+    addresses = task_gpu_addresses()
+    if addresses:
+        visible = visible_gpus()
+        if visible is None:  # TensorFlow sees every GPU: logical index = physical address
+            return f"/GPU:{int(addresses[0])}"
+        if addresses[0] in visible:
+            return f"/GPU:{visible.index(addresses[0])}"
+        if not _WARNED_OTHER_GPU:  # a reused Python worker, restricted for an earlier task
+            _WARNED_OTHER_GPU = True
+            _LOG.warning("Spark gave this task GPU %s, but this Python worker's TensorFlow "
+                         "sees only GPU(s) %s (set for an earlier task): using /GPU:0",
+                         addresses[0], visible)
+        return "/GPU:0"
     if gpu_count is None:
         import tensorflow as tf
 
@@ -68,24 +87,31 @@ class PartitionPredictor:
     batch_size : int
     gpu_count : int, optional
         Visible GPUs for the modulo rule; default: ask TensorFlow.
+    restrict_gpus : bool
+        When Spark assigned the task GPUs, limit TensorFlow to them before the model loads
+        (:func:`restrict_tensorflow_gpus`); ``False`` for a loader that does not use TensorFlow.
     """
 
     def __init__(self, model_loader: Callable[[str], PredictFn],
                  preprocess: Callable[[Any], np.ndarray],
                  postprocess: Callable[[Any, np.ndarray | None, str | None], dict],
                  schema: str, *, batch_size: int = DEFAULT_BATCH_SIZE,
-                 gpu_count: int | None = None):
+                 gpu_count: int | None = None, restrict_gpus: bool = True):
         self.model_loader = model_loader
         self.preprocess = preprocess
         self.postprocess = postprocess
         self.schema = schema
         self.batch_size = batch_size
         self.gpu_count = gpu_count
+        self.restrict_gpus = restrict_gpus
         # Made on the driver and pickled with the predictor: every task unpickles a new copy
         # of ``model_loader``, so its id() would differ per task and reload the model each time.
         self._cache_key = ("partition", uuid.uuid4().hex)
 
     def _predict_partition(self, index: int, rows: Iterable[Any]) -> Iterator[tuple]:
+        if self.restrict_gpus and task_gpu_addresses():
+            # Before the device string is chosen: after it, the task's GPU is /GPU:0.
+            restrict_tensorflow_gpus()
         device = select_device(index, self.gpu_count)
         predict = cached_predict_fn((*self._cache_key, device),
                                     lambda: self.model_loader(device))
