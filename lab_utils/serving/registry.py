@@ -1,12 +1,10 @@
 """The models a server serves (every folder of ``share_storages/models``, reloaded when its
-``model.keras`` changes) and the TF Serving payloads: parsing, status and metadata."""
+``model.keras`` changes), and their TF Serving status and metadata. The predict payloads are
+:mod:`lab_utils.serving.payloads`."""
 
 from __future__ import annotations
 
 import contextlib
-import itertools
-import json
-import math
 import os
 import threading
 from collections.abc import Callable
@@ -15,35 +13,25 @@ from pathlib import Path
 
 import numpy as np
 
-from lab_utils.errors import LabError
+from lab_utils.serving.payloads import (  # noqa: F401 (re-exported: the server's API)
+    BODY_MARGIN,
+    BODY_SLACK,
+    MAX_BODY_BYTES,
+    MAX_INSTANCES,
+    MAX_REQUEST_VALUES,
+    ServingError,
+    _input_name,
+    input_dtype,
+    max_batch,
+    max_body_bytes,
+    parse_predict_body,
+)
 from lab_utils.training import cnn as models
 
 #: What a loader returns: pixels [N, H, W, C] (uint8, or metadata.json's ``input_dtype``) ->
 #: probabilities [N, classes].
 PredictFn = Callable[[np.ndarray], np.ndarray]
 Loader = Callable[[models.ModelSpec], PredictFn]
-
-#: More instances than this in one request is refused (413): split the batch.
-MAX_INSTANCES = 4096
-#: ... and more numbers than this in all (images x height x width x channels): 682 images of
-#: 32x32x3, 13 of 224x224x3, some 8 MB of compact JSON. One ``json.loads`` call holds the GIL
-#: while it runs, so this bound is what keeps ``/healthz`` answering while a request is parsed.
-MAX_REQUEST_VALUES = 2 ** 21
-#: A model's body limit (:func:`max_body_bytes`) is the worst-case JSON of its largest batch
-#: times this margin (whitespace, named instances), plus this slack, capped at the overall cap.
-BODY_MARGIN = 2
-BODY_SLACK = 64 * 1024
-MAX_BODY_BYTES = 256 * 1024 * 1024
-
-
-class ServingError(LabError):
-    """An error answered to the client as TF Serving does: ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
 
 def keras_loader(spec: models.ModelSpec) -> PredictFn:
     """Load a saved Keras model once; its predict function calls ``model(x)`` per request.
@@ -183,253 +171,6 @@ class ModelRegistry:
     def _load_quietly(self, name: str) -> None:
         with contextlib.suppress(ServingError):  # the error is kept in the entry and reported
             self.predictor(name)
-
-
-# --------------------------------------------------------------------------- payloads
-
-
-def _input_name(spec: models.ModelSpec) -> str:
-    return str(spec.metadata.get("input_name", "pixels"))
-
-
-def input_dtype(spec: models.ModelSpec) -> np.dtype:
-    """The dtype the model's predict function takes: ``metadata.json``'s ``input_dtype``
-    (``uint8`` when absent, as :func:`lab_utils.training.cnn.train` writes it).
-
-    Raises
-    ------
-    lab_utils.training.cnn.ModelError
-        ``input_dtype`` names no integer or floating-point numpy dtype.
-    """
-    name = spec.metadata.get("input_dtype", "uint8")
-    try:
-        dtype = np.dtype(name)
-    except TypeError:
-        dtype = None
-    if dtype is None or dtype.kind not in "uif":
-        raise models.ModelError(f"{spec.path / models.METADATA_FILE}: input_dtype {name!r} is "
-                                "not an integer or float dtype (e.g. 'uint8', 'float32'): "
-                                f"{models.HOW_TO_CREATE}")
-    return dtype
-
-
-def _value_text(dtype: np.dtype) -> str:
-    """What one input value may be, in words, for the error messages."""
-    if dtype.kind in "ui":
-        info = np.iinfo(dtype)
-        return f"a JSON integer from {info.min} to {info.max}"
-    return "a finite JSON number"
-
-
-def _value_chars(dtype: np.dtype) -> int:
-    """The most characters one valid value takes in JSON (``-2.2250738585072014e-308``: 24)."""
-    if dtype.kind in "ui":
-        info = np.iinfo(dtype)
-        return max(len(str(info.min)), len(str(info.max)))
-    return 24
-
-
-def max_batch(spec: models.ModelSpec) -> int:
-    """The most images one request may hold: ``MAX_INSTANCES``, and no more than
-    ``MAX_REQUEST_VALUES`` numbers in all (at least one image)."""
-    h, w = spec.image_size
-    return max(1, min(MAX_INSTANCES, MAX_REQUEST_VALUES // (h * w * spec.channels)))
-
-
-def max_body_bytes(spec: models.ModelSpec) -> int:
-    """The largest request body this model's predict accepts, in bytes.
-
-    The worst-case JSON of :func:`max_batch` images: every value at its longest (``255`` for
-    uint8) followed by ``", "``, four bytes of brackets and separator per nested list, times
-    ``BODY_MARGIN`` (whitespace, ``{"pixels": ...}`` names) plus ``BODY_SLACK`` for the envelope,
-    and never more than ``MAX_BODY_BYTES``. A body over it is refused with 413 as soon as that
-    many bytes arrived, whatever its ``Content-Length`` says (or when it has none: chunked).
-    """
-    h, w = spec.image_size
-    values, lists = h * w * spec.channels, 1 + h + h * w
-    image = values * (_value_chars(input_dtype(spec)) + 2) + lists * 4
-    return min(MAX_BODY_BYTES, max_batch(spec) * image * BODY_MARGIN + BODY_SLACK)
-
-
-def _expected(spec: models.ModelSpec) -> str:
-    h, w = spec.image_size
-    shape = f"[{h}, {w}, {spec.channels}]"
-    dtype = input_dtype(spec)
-    return (f'expected {{"instances": [<image>, ...]}} or {{"inputs": [<image>, ...]}} where '
-            f"each <image> is a {shape} nested list of {dtype} values (each "
-            f'{_value_text(dtype)}), optionally named {{"{_input_name(spec)}": <image>}} in '
-            "row form")
-
-
-def _show(value: object) -> str:
-    """A JSON value in a message: short, with its JSON type."""
-    if isinstance(value, bool):
-        return f"{str(value).lower()} (a boolean)"
-    if value is None:
-        return "null"
-    if isinstance(value, int):
-        text = str(value)
-        return f"{text if len(text) <= 24 else text[:10] + '...'} (an integer)"
-    if isinstance(value, float):
-        text = {math.inf: "Infinity", -math.inf: "-Infinity"}.get(value, repr(value))
-        return f"{'NaN' if math.isnan(value) else text} (a number)"
-    if isinstance(value, str):
-        text = json.dumps(value)
-        return f"{text if len(text) <= 40 else text[:37] + '...'} (a string)"
-    if isinstance(value, list):
-        return f"a list of {len(value)}"
-    return f"an object with keys {sorted(value)[:5]}" if isinstance(value, dict) else repr(value)
-
-
-def _shape_of(value: object) -> list[int]:
-    """The nested-list shape along the first elements (what an image looks like)."""
-    shape: list[int] = []
-    while isinstance(value, list) and len(shape) < 8:
-        shape.append(len(value))
-        value = value[0] if value else None
-    return shape
-
-
-def _to_array(data: list, where: Callable[[int], str], spec: models.ModelSpec) -> np.ndarray:
-    """Check every image's shape and every value's type and range, then build the array.
-
-    The nesting is checked level by level before any array exists, so a ragged, too deep or
-    mistyped batch costs no numpy conversion and gets a message naming the first bad position.
-    """
-    h, w = spec.image_size
-    dims = (h, w, spec.channels)
-    expected = _expected(spec)
-    dtype = input_dtype(spec)
-    level = data
-    for depth, size in enumerate(dims):
-        for i, item in enumerate(level):
-            if type(item) is not list or len(item) != size:
-                index = np.unravel_index(i, (len(data), *dims[:depth]))
-                k = int(index[0])
-                at = "".join(f"[{int(j)}]" for j in index[1:])
-                detail = f" ({where(k)}{at} is {_show(item)})" if at else ""
-                raise ServingError(400, f"{where(k)} has shape {_shape_of(data[k])}, but the "
-                                        f"model takes {list(dims)}{detail}; {expected}")
-        level = list(itertools.chain.from_iterable(level))
-    values = level
-
-    def bad(i: int, why: str) -> ServingError:
-        index = np.unravel_index(i, (len(data), *dims))
-        at = "".join(f"[{int(j)}]" for j in index[1:])
-        return ServingError(400, f"{where(int(index[0]))}{at} is {_show(values[i])}: {why}; "
-                                 f"the model's input is {dtype}, so each value must be "
-                                 f"{_value_text(dtype)}; {expected}")
-
-    allowed = (int,) if dtype.kind in "ui" else (int, float)
-    if not set(map(type, values)) <= set(allowed):  # bool and str are not numbers here
-        first = next(i for i, v in enumerate(values) if type(v) not in allowed)
-        raise bad(first, "not " + ("an integer" if dtype.kind in "ui" else "a number"))
-    if dtype.kind in "ui":
-        info = np.iinfo(dtype)
-        if min(values) < info.min or max(values) > info.max:
-            first = next(i for i, v in enumerate(values) if not info.min <= v <= info.max)
-            raise bad(first, "out of range")
-        array = np.array(values, dtype=dtype)
-    else:
-        top = float(np.finfo(dtype).max)
-        try:
-            wide: np.ndarray | None = np.array(values, dtype=np.float64)
-        except OverflowError:  # an integer too large for a float
-            wide = None
-        if wide is None or not np.isfinite(wide).all() or np.abs(wide).max() > top:
-            def fits(v: float) -> bool:  # an int is compared exactly, never made a float
-                return abs(v) <= top if type(v) is int else math.isfinite(v) and abs(v) <= top
-
-            first = next(i for i, v in enumerate(values) if not fits(v))
-            raise bad(first, "not finite" if isinstance(values[first], float)
-                      and not math.isfinite(values[first]) else "out of range")
-        array = wide.astype(dtype)
-    return array.reshape(len(data), *dims)
-
-
-def parse_predict_body(body: bytes, spec: models.ModelSpec) -> tuple[np.ndarray, str]:
-    """Decode a predict request into the model's input ``[N, H, W, C]`` and its form.
-
-    Any body that is not a valid request is a :class:`ServingError` with 400, whatever is wrong
-    with it (not JSON, nested too deeply, an integer of thousands of digits, a string, a
-    boolean or a fraction where the model takes uint8, ...): the JSON parser's own exceptions
-    never leave this function.
-
-    Returns
-    -------
-    (pixels, form)
-        ``pixels`` has the model's :func:`input_dtype`; ``form`` is ``"instances"`` (answer
-        ``predictions``) or ``"inputs"`` (answer ``outputs``).
-
-    Raises
-    ------
-    ServingError
-        400 naming what is wrong (the first bad value's position and type) and the expected
-        shape; 413 for more images than :func:`max_batch`.
-    """
-    expected = _expected(spec)
-    try:
-        payload = json.loads(body)
-    except RecursionError:
-        raise ServingError(400, "the request body is nested too deeply (an image is only "
-                                f"[height, width, channels] deep); {expected}") from None
-    except ValueError as exc:  # not JSON, not UTF-8, or an integer of over 4300 digits
-        raise ServingError(400, f"the request body is not valid JSON ({str(exc)[:200]}); "
-                                f"{expected}") from None
-    if not isinstance(payload, dict):
-        raise ServingError(400, f"the request body must be a JSON object, got "
-                                f"{type(payload).__name__}; {expected}")
-    forms = [k for k in ("instances", "inputs") if k in payload]
-    if len(forms) != 1:
-        what = "both" if forms else "neither"
-        raise ServingError(400, f'the request has {what} of "instances" and "inputs": send '
-                                f"exactly one; {expected}")
-    signature = payload.get("signature_name", "serving_default")
-    if signature != "serving_default":
-        shown = repr(signature)[:60] if isinstance(signature, str) else _show(signature)
-        raise ServingError(400, f"unknown signature_name {shown}: this model has only "
-                                "'serving_default'")
-    extra = set(payload) - {"instances", "inputs", "signature_name"}
-    if extra:
-        raise ServingError(400, f"unexpected keys {sorted(extra)[:10]} in the request; "
-                                f"{expected}")
-    form = forms[0]
-    data = payload[form]
-    name = _input_name(spec)
-
-    def where(k: int) -> str:
-        return f"{form}[{k}]"
-
-    if form == "instances":
-        if not isinstance(data, list) or not data:
-            raise ServingError(400, f'"instances" must be a non-empty list; {expected}')
-        if isinstance(data[0], dict):
-            if not all(isinstance(row, dict) and set(row) == {name} for row in data):
-                raise ServingError(400, f'named instances must each be {{"{name}": <image>}} '
-                                        f"(the model's only input); {expected}")
-            data = [row[name] for row in data]
-
-            def where(k: int) -> str:
-                return f'instances[{k}]["{name}"]'
-    else:
-        if isinstance(data, dict):
-            if set(data) != {name}:
-                raise ServingError(400, f'"inputs" names {sorted(data)[:10]} but the model\'s '
-                                        f'only input is "{name}"; {expected}')
-            data = data[name]
-
-            def where(k: int) -> str:
-                return f'inputs["{name}"][{k}]'
-        if not isinstance(data, list) or not data:
-            raise ServingError(400, f'"inputs" must be a non-empty list of images; {expected}')
-    most = max_batch(spec)
-    if len(data) > most:
-        h, w = spec.image_size
-        raise ServingError(413, f"{len(data)} images in one request is more than {most} "
-                                f"(at most {MAX_INSTANCES} images and {MAX_REQUEST_VALUES} "
-                                f"values of [{h}, {w}, {spec.channels}] images): send "
-                                "smaller batches")
-    return _to_array(data, where, spec), form
 
 
 def model_status(name: str, registry: ModelRegistry, version: str | None = None) -> dict:

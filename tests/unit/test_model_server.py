@@ -19,7 +19,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
     from fastapi.testclient import TestClient
 
-from lab_utils.serving import model_server, registry
+from lab_utils.serving import model_server, payloads, registry
 from lab_utils.training import cnn as models
 from tests.utils import servers
 from tests.utils.fake_models import CLASSES, brightness_loader, write_model
@@ -206,7 +206,7 @@ def test_a_float_model_takes_numbers_but_not_booleans_or_strings(tmp_path):
 
 
 def test_too_many_instances_is_413(models_dir, monkeypatch):
-    monkeypatch.setattr(registry, "MAX_INSTANCES", 3)
+    monkeypatch.setattr(payloads, "MAX_INSTANCES", 3)  # read where it is used
     with client_for(models_dir) as client:
         response = client.post("/v1/models/tiny:predict", json={"instances": [image(0)] * 4})
         assert response.status_code == 413
@@ -243,7 +243,7 @@ def padded(limit, size):
 
 def test_a_body_over_the_models_limit_is_413_with_or_without_content_length(models_dir,
                                                                             monkeypatch):
-    monkeypatch.setattr(registry, "MAX_INSTANCES", 3)
+    monkeypatch.setattr(payloads, "MAX_INSTANCES", 3)  # read where it is used
     limit = registry.max_body_bytes(models.load_spec(models_dir / "tiny"))
     assert limit == 3 * 324 * 2 + 64 * 1024
     body = padded(limit, limit + 1)
@@ -281,7 +281,7 @@ def read_answer(sock) -> bytes:
 
 def test_an_upload_is_refused_once_past_the_limit_and_healthz_answers_meanwhile(models_dir,
                                                                                monkeypatch):
-    monkeypatch.setattr(registry, "MAX_INSTANCES", 3)
+    monkeypatch.setattr(payloads, "MAX_INSTANCES", 3)  # read where it is used
     limit = registry.max_body_bytes(models.load_spec(models_dir / "tiny"))
     app = model_server.create_app(models_dir, loader=brightness_loader)
     with servers.in_thread(app) as url, \

@@ -1,0 +1,243 @@
+"""The REST client's transport: its options, one POST with retries, and a task's breaker.
+
+:func:`post_with_retries` sends one micro-batch and retries only what can succeed on a retry
+(connection errors, timeouts, 429, 502, 503, 504), with exponential backoff and jitter, honouring
+``Retry-After``, counting every attempt. :class:`TaskGuard` is one task's circuit breaker and
+deadline. Pure Python (``requests`` is imported when a request is sent), so every branch is
+unit-tested with fake sessions and clocks; :mod:`lab_utils.inference.rest_scoring` builds the
+Spark UDF on top.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import requests
+
+#: Answers worth another try: overloaded (429), or a server or gateway not there right now
+#: (502, 503, 504). A 500 is an error of the server's own making (a broken model): the next try
+#: gets the same answer, so it is not retried, like the client's errors (400, 404, 413).
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+@dataclass(frozen=True)
+class RestOptions:
+    """How the client talks to the server.
+
+    Parameters
+    ----------
+    batch_size : int
+        Images per request (micro-batch).
+    connect_timeout, read_timeout : float
+        Seconds to open a connection, and to wait for an answer once the request is sent.
+    retries : int
+        Further attempts after the first one fails with a retryable error (0: no retry).
+    backoff, backoff_max : float
+        Attempt k waits ``min(backoff_max, backoff * 2**(k-1))`` seconds (times a jitter factor
+        of 0.5-1, so tasks that failed together do not retry together), at least what the
+        server's ``Retry-After`` asks for, capped at ``backoff_max``.
+    fail_fast : bool
+        Raise :class:`RestScoringError` instead of marking rows when a request finally fails.
+    breaker_failures : int or None
+        The circuit breaker: after this many micro-batches **in a row** of one task failed for
+        want of a server (a connection error, a timeout or a 429/5xx answer on their last
+        attempt, after all their retries), the task sends nothing more: each of its remaining
+        rows gets ``error`` ``"not sent: circuit breaker open ..."`` with the last failure,
+        and ``attempts`` 0. A scored batch resets the count; a refused one (400, 413, 500)
+        neither counts nor resets. Default 3: with the default retries a down server costs a
+        task about three batches' backoff (~20 s), not every batch's. ``None`` turns it off
+        (every batch is tried, e.g. to count failures exactly).
+    task_timeout : float or None
+        Seconds one task may spend scoring, from its first row. Once passed, its remaining rows
+        are marked ``"not sent: this task's task_timeout=...s passed"`` without a request; the
+        request in flight has its connect/read timeouts and backoff cut to the time left.
+        Default ``None`` (no deadline): how long a healthy task takes depends on its partition
+        size. Set it to bound a job against a server that may hang: with the defaults, a
+        server that accepts connections and never answers costs a task up to
+        ``breaker_failures * (retries + 1) * read_timeout`` (~9 min) before the breaker opens.
+    """
+
+    batch_size: int = 64
+    connect_timeout: float = 3.0
+    read_timeout: float = 30.0
+    retries: int = 5
+    backoff: float = 0.25
+    backoff_max: float = 8.0
+    fail_fast: bool = False
+    breaker_failures: int | None = 3
+    task_timeout: float | None = None
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size} must be at least 1")
+        if self.retries < 0:
+            raise ValueError(f"retries={self.retries} must be 0 or more")
+        if min(self.connect_timeout, self.read_timeout) <= 0:
+            raise ValueError("connect_timeout and read_timeout must be positive seconds")
+        if self.backoff < 0 or self.backoff_max < 0:
+            raise ValueError("backoff and backoff_max must be >= 0 seconds")
+        breaker = self.breaker_failures
+        if breaker is not None and (isinstance(breaker, bool) or not isinstance(breaker, int)
+                                    or breaker < 1):
+            raise ValueError(f"breaker_failures={self.breaker_failures!r} must be a whole number "
+                             "of micro-batches, at least 1 (None turns the breaker off)")
+        if self.task_timeout is not None and not self.task_timeout > 0:
+            raise ValueError(f"task_timeout={self.task_timeout} must be positive seconds "
+                             "(None: no deadline)")
+
+
+@dataclass(frozen=True)
+class PostResult:
+    """The outcome of one micro-batch: the decoded answer or why there is none.
+
+    ``unavailable`` is True when the failure says the server is not there to answer (a
+    connection error, a timeout, a 429/502/503/504): what the circuit breaker counts.
+    """
+
+    outputs: Any | None
+    attempts: int
+    error: str | None = None
+    unavailable: bool = False
+
+
+# --------------------------------------------------------------------------- HTTP with retries
+
+
+def server_message(response) -> str:
+    try:
+        body = response.json()
+        if isinstance(body, dict) and "error" in body:
+            return str(body["error"])
+    except ValueError:
+        pass
+    return (response.text or response.reason or "")[:300]
+
+
+def _retry_after(response) -> float | None:
+    value = response.headers.get("Retry-After", "")
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return None
+
+
+def post_with_retries(
+    session: requests.Session,
+    url: str,
+    body: bytes,
+    options: RestOptions,
+    *,
+    answer_key: str = "predictions",
+    sleep: Callable[[float], None] = time.sleep,
+    jitter: Callable[[], float] = random.random,
+    deadline: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> PostResult:
+    """POST ``body`` (JSON) to ``url``; retry transient failures; never raise for HTTP trouble.
+
+    ``deadline`` (a ``clock()`` time, the task's ``task_timeout``) ends the retries when it
+    passes, and cuts each attempt's timeouts and each backoff to the time left.
+
+    Returns
+    -------
+    PostResult
+        ``outputs`` is the answer's ``answer_key`` value; on failure ``error`` says what
+        happened on the last attempt and how many attempts were made.
+    """
+    import requests
+
+    last = ""
+    attempt = 0
+    for attempt in range(1, options.retries + 2):  # noqa: B007 - reported after the loop
+        wait_at_least = 0.0
+        connect, read = options.connect_timeout, options.read_timeout
+        if deadline is not None:
+            left = deadline - clock()
+            if left <= 0:
+                return PostResult(None, attempt - 1, f"task_timeout={options.task_timeout}s "
+                                  f"passed after {attempt - 1} attempts at {url}: {last}",
+                                  unavailable=True)
+            connect, read = min(connect, left), min(read, left)
+        try:
+            response = session.post(url, data=body, timeout=(connect, read),
+                                     headers={"Content-Type": "application/json"})
+        except requests.exceptions.ConnectTimeout:
+            last = (f"no connection within connect_timeout={options.connect_timeout}s"
+                    if connect == options.connect_timeout else
+                    f"no connection within the {connect:.3g}s left of task_timeout="
+                    f"{options.task_timeout}s")
+        except requests.exceptions.ReadTimeout:
+            last = (f"no answer within read_timeout={options.read_timeout}s"
+                    if read == options.read_timeout else
+                    f"no answer within the {read:.3g}s left of task_timeout="
+                    f"{options.task_timeout}s")
+        except (requests.exceptions.ConnectionError,
+                requests.exceptions.ChunkedEncodingError) as exc:
+            last = f"connection failed ({type(exc).__name__}: {str(exc)[:200]})"
+        except requests.exceptions.RequestException as exc:  # invalid URL and the like
+            return PostResult(None, attempt, f"request to {url} failed: {exc}")
+        else:
+            status = response.status_code
+            if status == 200:
+                try:
+                    return PostResult(response.json()[answer_key], attempt)
+                except (ValueError, KeyError, TypeError):
+                    return PostResult(None, attempt, f"{url} answered 200 without a JSON "
+                                                     f'"{answer_key}" field: '
+                                                     f"{response.text[:200]!r}")
+            message = f"HTTP {status}: {server_message(response)}"
+            if status not in RETRY_STATUSES:  # a bad request stays bad: do not repeat it
+                return PostResult(None, attempt, f"{url} refused the request: {message}")
+            last = message
+            wait_at_least = _retry_after(response) or 0.0
+        if attempt <= options.retries:
+            delay = min(options.backoff_max, options.backoff * 2 ** (attempt - 1))
+            delay *= 0.5 + 0.5 * jitter()
+            delay = min(max(delay, wait_at_least), options.backoff_max)
+            if deadline is not None:
+                delay = min(delay, max(0.0, deadline - clock()))
+            sleep(delay)
+    return PostResult(None, attempt, f"gave up after {attempt} attempts at {url}: {last}",
+                      unavailable=True)
+
+
+# --------------------------------------------------------------------------- breaker, deadline
+
+
+class TaskGuard:
+    """One task's circuit breaker and deadline (:class:`RestOptions` ``breaker_failures`` and
+    ``task_timeout``): :meth:`blocked` says why nothing more is to be sent, if so."""
+
+    def __init__(self, options: RestOptions, where: str = "the model server",
+                 clock: Callable[[], float] = time.monotonic):
+        self.options, self.where, self.clock = options, where, clock
+        self.deadline = None if options.task_timeout is None else clock() + options.task_timeout
+        self.failures = 0  # micro-batches in a row the server was not there for
+        self.last: str | None = None
+        self.reason: str | None = None
+
+    def blocked(self) -> str | None:
+        """Why the task's remaining rows are not sent (None: send them)."""
+        if self.reason is None and self.deadline is not None and self.clock() >= self.deadline:
+            self.reason = (f"not sent: this task's task_timeout={self.options.task_timeout}s "
+                           f"passed" + (f" (last error: {self.last})" if self.last else ""))
+        return self.reason
+
+    def record(self, result: PostResult) -> None:
+        """Count a micro-batch's outcome; open the breaker after too many failures in a row."""
+        if result.error is None:
+            self.failures = 0
+            return
+        if not result.unavailable:  # the server answered (a refused request): no outage
+            return
+        self.failures += 1
+        self.last = result.error
+        limit = self.options.breaker_failures
+        if limit is not None and self.failures >= limit and self.reason is None:
+            self.reason = (f"not sent: circuit breaker open after {self.failures} failed "
+                           f"micro-batches in a row at {self.where} (breaker_failures={limit}); "
+                           f"last error: {result.error}")
