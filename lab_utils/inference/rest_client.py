@@ -71,7 +71,7 @@ class RestOptions:
     breaker_failures: int | None = 3
     task_timeout: float | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size} must be at least 1")
         if self.retries < 0:
@@ -107,7 +107,7 @@ class PostResult:
 # --------------------------------------------------------------------------- HTTP with retries
 
 
-def server_message(response) -> str:
+def server_message(response: requests.Response) -> str:
     try:
         body = response.json()
         if isinstance(body, dict) and "error" in body:
@@ -117,7 +117,7 @@ def server_message(response) -> str:
     return (response.text or response.reason or "")[:300]
 
 
-def _retry_after(response) -> float | None:
+def _retry_after(response: requests.Response) -> float | None:
     value = response.headers.get("Retry-After", "")
     try:
         return max(float(value), 0.0)
