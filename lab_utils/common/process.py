@@ -35,10 +35,27 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
         time.sleep(interval)
 
 
+#: The children :func:`spawn` started that may still run, by pid. They outlive the call that
+#: started them (services are tracked by pid files), so their ``Popen`` objects are kept here:
+#: dropping one while its child runs is a ``ResourceWarning``, and a child that exits is reaped
+#: by the next :func:`reap` instead of staying a zombie for as long as this process lives.
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+def reap() -> list[int]:
+    """Collect the exit status of every spawned child that has ended; return their pids."""
+    ended = [pid for pid, proc in _CHILDREN.items() if proc.poll() is not None]
+    for pid in ended:
+        del _CHILDREN[pid]
+    return ended
+
+
 def spawn(argv: Sequence[str], *, log: Path | None, env: dict[str, str] | None = None,
           cwd: Path | None = None, header: str | None = None) -> subprocess.Popen:
     """Start ``argv`` in a new session, stdin closed, stdout and stderr appended to ``log``
-    (discarded when ``log`` is None), after a ``header`` line if given."""
+    (discarded when ``log`` is None), after a ``header`` line if given. The child is kept in
+    :data:`_CHILDREN` until :func:`reap` sees it end."""
+    reap()
     sink: contextlib.AbstractContextManager[int | IO[bytes]]
     if log is None:
         sink = contextlib.nullcontext(subprocess.DEVNULL)
@@ -49,9 +66,11 @@ def spawn(argv: Sequence[str], *, log: Path | None, env: dict[str, str] | None =
         if header and not isinstance(handle, int):  # an int is DEVNULL: no log to write to
             handle.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {header}\n".encode())
             handle.flush()
-        return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=handle,
+        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=handle,
                                 stderr=subprocess.STDOUT, env=env, cwd=cwd,
                                 start_new_session=True)
+    _CHILDREN[proc.pid] = proc
+    return proc
 
 
 def signal_group(pid: int, sig: int) -> None:

@@ -359,6 +359,7 @@ def stop(cfg: lab_config.LabConfig, *, out: Callable[[str], object] = print,
         wait_until(lambda: not _lab_processes(cfg, sessions), 5, 0.1)
     if not _lab_processes(cfg, sessions):
         _sessions_file(cfg).unlink(missing_ok=True)
+    process.reap()  # services this process started itself: collect their exit status
     if leftovers:
         out(f"stopped {len(leftovers)} leftover lab processes (kernels, drivers, executors)")
     if not stopped and not leftovers:
