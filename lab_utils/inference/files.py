@@ -168,6 +168,23 @@ def place_by_class(predictions: DataFrame, dest: Path | str, *, link: bool = Fal
     pyspark.sql.DataFrame
         ``path``, ``placed`` (where the file is now, or null) and ``placed_error`` (null, or why
         it is not where its prediction says) for each input row.
+
+    Examples
+    --------
+    Two cameras' ``IMG_0001.JPG``, both predicted ``cat``, and a file that could not be scored:
+
+    >>> for camera in ("a", "b"):
+    ...     _ = (tmp / "in" / camera).mkdir(parents=True)
+    ...     _ = (tmp / "in" / camera / "IMG_0001.JPG").write_bytes(camera.encode())
+    >>> _ = (tmp / "in" / "broken.png").write_bytes(b"")
+    >>> scored = read_images(spark, tmp / "in").selectExpr(
+    ...     "path", "IF(length(content) > 0, 'cat', NULL) AS prediction",
+    ...     "IF(length(content) > 0, NULL, 'empty file') AS error")
+    >>> out = place_by_class(scored, tmp / "sorted").toPandas()
+    >>> len(out), out["placed_error"].isna().all().item()
+    (3, True)
+    >>> sorted(p.parent.name for p in (tmp / "sorted").rglob("*") if p.is_file())
+    ['_errors', 'cat', 'cat']
     """
     dest = str(dest)
 

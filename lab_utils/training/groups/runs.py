@@ -137,6 +137,29 @@ def train_groups(df, *, run: str, key: str = "group", features: Sequence[str] = 
 
     Everything a run cannot survive (missing columns, an unwritable folder, a bad run name, an
     unknown kind or method) fails here, on the driver, before the job starts.
+
+    Examples
+    --------
+    Two groups whose true slopes are 2.5 and 3.0, and one with too few rows to train:
+
+    >>> import numpy as np, pandas as pd
+    >>> x = np.arange(50, dtype=float)
+    >>> rows = pd.DataFrame({"group": ["a"] * 50 + ["b"] * 50 + ["tiny"] * 3,
+    ...                      "x": np.concatenate([x, x, x[:3]]),
+    ...                      "y": np.concatenate([2.5 * x + 1, 3.0 * x, x[:3]])})
+    >>> run = train_groups(spark.createDataFrame(rows), run="doc-slopes", models_dir=tmp)
+    >>> fitted = run.trained.set_index("group")[["slope", "intercept"]].round(3) + 0.0
+    >>> fitted.to_dict("index")
+    {'a': {'slope': 2.5, 'intercept': 1.0}, 'b': {'slope': 3.0, 'intercept': 0.0}}
+    >>> run.failed["group"].tolist(), (run.run_dir / "registry.parquet").is_file()
+    (['tiny'], True)
+
+    Each group is scored with its own model (:func:`score_groups`):
+
+    >>> new = spark.createDataFrame(pd.DataFrame({"group": ["a", "b"], "x": [10.0, 10.0]}))
+    >>> scored = score_groups(new, run.registry).toPandas().sort_values("group")
+    >>> scored["prediction"].round(3).tolist(), scored["error"].tolist()
+    ([26.0, 30.0], [None, None])
     """
     features = tuple(features)
     _check_columns(df, [key, *features, target])
