@@ -125,8 +125,7 @@ def configure_tensorflow(threads: int | None = None) -> None:
     global _TF_CONFIGURED
     if _TF_CONFIGURED:
         return
-    if task_gpu_addresses():
-        restrict_tensorflow_gpus()  # before anything initialises TensorFlow's devices
+    restrict_tensorflow_gpus()  # a no-op without task GPUs; before TF initialises devices
     override = os.environ.get("LAB_TF_THREADS", "").strip().lower()
     if override == "tf" and threads is None:
         _TF_CONFIGURED = True

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 import pytest
 
 from lab_utils import inference
-from tests.utils.task_context import fake_task_context, gpu_resources, without_pyspark
+from tests.utils.task_context import (
+    fake_task_context,
+    gpu_resources,
+    summing_predictor,
+    without_pyspark,
+)
 
 
 def _modulo_rule(index: int, gpu_count: int) -> str:
@@ -64,15 +68,7 @@ def test_unknown_gpu_count_asks_tensorflow(monkeypatch):
 
 def test_partition_predictor_loads_on_the_task_s_scheduled_gpu(monkeypatch):
     fake_task_context(monkeypatch, gpu_resources("1"))
-    devices = []
-
-    def loader(device):
-        devices.append(device)
-        return lambda batch: batch.sum(axis=1, keepdims=True)
-
-    predictor = inference.PartitionPredictor(
-        loader, lambda row: np.array([row["x"], 1.0]),
-        lambda row, out, err: {"id": row["id"], "y": float(out[0]), "error": err},
-        "id int, y double, error string", gpu_count=0)
+    devices: list[str] = []
+    predictor = summing_predictor(devices, gpu_count=0)
     assert list(predictor._predict_partition(9, iter([{"id": 1, "x": 2.0}]))) == [(1, 3.0, None)]
     assert devices == ["/GPU:1"]

@@ -12,7 +12,7 @@ import pytest
 
 from lab_utils import inference
 from lab_utils.inference import core, partition
-from tests.utils.task_context import fake_task_context, gpu_resources
+from tests.utils.task_context import fake_task_context, gpu_resources, summing_predictor
 
 
 class FakeTF(types.ModuleType):
@@ -132,16 +132,8 @@ def test_a_reused_worker_given_another_gpu_keeps_its_own_and_says_so(monkeypatch
 def test_partition_predictor_restricts_before_it_picks_the_device(monkeypatch, fresh_worker):
     tf = fresh_worker(FakeTF(2))
     fake_task_context(monkeypatch, gpu_resources("1"))
-    devices = []
-
-    def loader(device):
-        devices.append(device)
-        return lambda batch: batch.sum(axis=1, keepdims=True)
-
-    predictor = inference.PartitionPredictor(
-        loader, lambda row: np.array([row["x"], 1.0]),
-        lambda row, out, err: {"id": row["id"], "y": float(out[0]), "error": err},
-        "id int, y double, error string")
+    devices: list[str] = []
+    predictor = summing_predictor(devices)
     assert list(predictor._predict_partition(4, iter([{"id": 1, "x": 2.0}]))) == [(1, 3.0, None)]
     assert devices == ["/GPU:0"] and [d.name for d in tf.visible] == ["/physical_device:GPU:1"]
 

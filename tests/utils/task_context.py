@@ -46,3 +46,20 @@ def without_pyspark(monkeypatch) -> None:
     """Make ``from pyspark import TaskContext`` raise ImportError, as on a machine without
     Spark (a ``None`` entry in ``sys.modules`` blocks the import)."""
     monkeypatch.setitem(sys.modules, "pyspark", None)
+
+
+def summing_predictor(devices: list[str], **kw):
+    """A ``PartitionPredictor`` over rows ``{"id", "x"}`` giving ``y = x + 1``, whose loader
+    records the device string it was given in ``devices``."""
+    import numpy as np
+
+    from lab_utils import inference
+
+    def loader(device: str):
+        devices.append(device)
+        return lambda batch: batch.sum(axis=1, keepdims=True)
+
+    return inference.PartitionPredictor(
+        loader, lambda row: np.array([row["x"], 1.0]),
+        lambda row, out, err: {"id": row["id"], "y": float(out[0]), "error": err},
+        "id int, y double, error string", **kw)
