@@ -8,12 +8,16 @@ where ``make test`` reads them back and asserts them: the notebook's own numbers
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lab_utils import config as lab_config
 from lab_utils.common.atomic import atomic_write_text
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
 
 
 def results_path(notebook: str, cfg: lab_config.LabConfig | None = None) -> Path:
@@ -34,6 +38,20 @@ def load_results(notebook: str, cfg: lab_config.LabConfig | None = None) -> dict
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run notebook {notebook} first")
     return json.loads(path.read_text())
+
+
+#: The physical operators that show how a DataFrame reaches Python, as ``explain()`` names them.
+PYTHON_OPERATORS = ("BatchEvalPython", "ArrowEvalPython", "MapInPandas", "MapInArrow",
+                    "FlatMapGroupsInPandas", "FlatMapGroupsInArrow", "FlatMapCoGroupsInPandas",
+                    "AggregateInPandas", "WindowInPandas")
+
+
+def python_operators(df: DataFrame) -> list[str]:
+    """The Python operators in ``df``'s physical plan, top to bottom, as ``df.explain()`` shows
+    them: what a notebook records so its test can assert which plan a UDF style produced."""
+    plan = df._jdf.queryExecution().executedPlan().toString()
+    found = re.findall(r"\b(" + "|".join(PYTHON_OPERATORS) + r")\b", plan)
+    return list(dict.fromkeys(found))
 
 
 def strip(path: Path) -> bool:

@@ -56,3 +56,32 @@ def test_the_parameters_cell_is_tagged_and_holds_the_smoke_switch(path):
 
 def test_every_notebook_is_checked_for_its_parameters_cell():
     assert [p.stem[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(9)]
+
+
+class _Plan:
+    """The corner of a DataFrame's JVM handle that python_operators reads."""
+
+    def __init__(self, text):
+        self._text = text
+
+    def queryExecution(self):  # noqa: N802 - the JVM's name
+        return self
+
+    def executedPlan(self):  # noqa: N802
+        return self
+
+    def toString(self):  # noqa: N802
+        return self._text
+
+
+class _Frame:
+    def __init__(self, text):
+        self._jdf = _Plan(text)
+
+
+def test_python_operators_lists_each_python_node_once_in_plan_order():
+    plan = ("*(2) Project [path#0, r#5]\n+- ArrowEvalPython [predict(path#0)#4], [r#5], 200\n"
+            "   +- MapInPandas predict_partition(path#0), [path#0]\n"
+            "      +- ArrowEvalPython [f(x#1)#2], [y#3], 200\n      +- FileScan binaryFile")
+    assert notebooks.python_operators(_Frame(plan)) == ["ArrowEvalPython", "MapInPandas"]
+    assert notebooks.python_operators(_Frame("*(1) Range (0, 10)")) == []
