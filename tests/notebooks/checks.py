@@ -26,6 +26,10 @@ def check_00_getting_started(r: dict, *, master: str = "spark://127.0.0.1:") -> 
                              ("python UDF (pickled)", "python UDF (Arrow)", "pandas UDF")}
     assert (r["bucket_rows"], r["bucket_total"]) == (n, n * (n - 1) // 2)
     assert all(t["seconds"] > 0 for t in r["timings"])
+    # The plan says how rows reach Python: pickled rows, or Arrow batches for both Arrow kinds.
+    assert r["plans"] == {"python UDF (pickled)": ["BatchEvalPython"],
+                          "python UDF (Arrow)": ["ArrowEvalPython"],
+                          "pandas UDF": ["ArrowEvalPython"]}
 
 
 def check_01_udf_inference_keras(r: dict) -> None:
