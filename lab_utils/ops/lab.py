@@ -205,11 +205,16 @@ def start(cfg: lab_config.LabConfig, *, jupyter: bool = True,
         else:
             stop(cfg, out=lambda *_: None)
 
-    def launch(service: Service, check: Callable[[], bool], what: str) -> None:
-        began = time.monotonic()
-        pid = _spawn(service, cfg)
+    started: dict[str, tuple[int, float]] = {}  # name -> (pid, when spawned)
+
+    def spawn(service: Service) -> None:
+        started[service.name] = (_spawn(service, cfg), time.monotonic())
         spawned.append(service)
-        ok = wait_until(lambda: check() or _start_time(pid) is None, timeout)
+
+    def await_ready(service: Service, check: Callable[[], bool], what: str) -> None:
+        pid, began = started[service.name]
+        ok = wait_until(lambda: check() or _start_time(pid) is None,
+                        max(1.0, timeout - (time.monotonic() - began)))
         if not ok or _start_time(pid) is None:
             state = "exited" if _start_time(pid) is None else f"not {what} after {timeout}s"
             give_up()
@@ -220,10 +225,25 @@ def start(cfg: lab_config.LabConfig, *, jupyter: bool = True,
             )
         out(f"  {service.name} ready in {time.monotonic() - began:.1f}s")
 
+    # What does not depend on another service starts at once: the master, the history server,
+    # the model server and JupyterLab (a notebook connects only when its first cell runs). The
+    # workers need the master's RPC port, so they start when it is healthy; each service's
+    # JVM or Python start-up (seconds each) then overlaps the others'.
+    what = {"history": "healthy", "model-server": "answering on /healthz",
+            "jupyter": "answering on /api"}
+    where = {"history": f"the Spark History Server on {host}:{cfg.history_port}",
+             "model-server": f"the model server on {host}:{cfg.model_server_port}",
+             "jupyter": f"JupyterLab on {host}:{cfg.jupyter_port}"}
     master = wanted[0]
     if master in missing:
         out(f"Starting the Spark master on {host}:{cfg.master_port} ...")
-        launch(master, lambda: healthy(master, cfg), "healthy")
+        spawn(master)
+    independent = [s for s in missing if s.role in what]
+    for service in independent:
+        out(f"Starting {where[service.role]} ...")
+        spawn(service)
+    if master in missing:
+        await_ready(master, lambda: healthy(master, cfg), "healthy")
     all_workers = [s for s in wanted if s.role == "worker"]
     workers = [s for s in missing if s.role == "worker"]
     if workers:
@@ -231,8 +251,8 @@ def start(cfg: lab_config.LabConfig, *, jupyter: bool = True,
             f"({cfg.worker_cores} cores, {cfg.worker_memory} each) ...")
         pids = {}
         for worker in workers:
-            pids[worker.name] = _spawn(worker, cfg)
-            spawned.append(worker)
+            spawn(worker)
+            pids[worker.name] = started[worker.name][0]
         # The master keeps a dead worker listed as DEAD: count the ALIVE ones.
         if not wait_until(lambda: alive_workers(cfg) >= len(all_workers), timeout):
             dead = [name for name, pid in pids.items() if _start_time(pid) is None]
@@ -245,16 +265,8 @@ def start(cfg: lab_config.LabConfig, *, jupyter: bool = True,
                 "Common causes: not enough memory for LAB_WORKER_MEMORY, a firewall on LAB_HOST, "
                 f"a slow machine (raise LAB_START_TIMEOUT).\n{tails}"
             )
-    for service in missing:
-        if service.role == "history":
-            out(f"Starting the Spark History Server on {host}:{cfg.history_port} ...")
-            launch(service, functools.partial(healthy, service, cfg), "healthy")
-        elif service.role == "model-server":
-            out(f"Starting the model server on {host}:{cfg.model_server_port} ...")
-            launch(service, functools.partial(healthy, service, cfg), "answering on /healthz")
-        elif service.role == "jupyter":
-            out(f"Starting JupyterLab on {host}:{cfg.jupyter_port} ...")
-            launch(service, functools.partial(healthy, service, cfg), "answering on /api")
+    for service in independent:
+        await_ready(service, functools.partial(healthy, service, cfg), what[service.role])
     found = urls(cfg)
     atomic_write_text(cfg.state_dir / "lab.json",
                       json.dumps({k: v for k, v in found.items() if k != "jupyter"}, indent=2))
