@@ -136,6 +136,20 @@ def check_05_parallel_training(r: dict) -> None:
     assert r["slopes_within_6se"] == r["trained_groups"]
     # The seed's scalar-UDF recipe trains one model per Arrow batch: 5,000 rows / 1,024.
     assert r["seed_recipe_models_for_one_group"] == 5
+    # The page's train(key, pdf) and lab_utils' train_groups give the same rows: same groups,
+    # coefficients and metrics within 1e-9, the same failures.
+    assert r["parity"] == {"applyInPandas trainer": True}
+    assert r["parity_groups"] == r["groups"] and r["parity_max_difference"] < 1e-9
+    assert set(r["first_trainer_failed"]) == set(r["failed"])
+    assert "at least 10 are needed" in r["first_trainer_failed"]["bad_tiny"]
+    assert "NaN" in r["first_trainer_failed"]["bad_nan"]
+    mine, lab = r["first_trainer_seed_slopes"], r["seed_slopes"]
+    assert set(mine) == set(lab) and all(abs(mine[g] - lab[g]) < 1e-9 for g in lab)
+    assert r["lab_method"] == "sorted-mapInArrow"
+    # Its plan: a shuffle by the key (spark.sql.shuffle.partitions), then one call per group.
+    assert r["python_operators"] == ["FlatMapGroupsInPandas"]
+    assert r["shuffle_before_python"] is True
+    assert r["plan_shuffle_partitions"] == r["shuffle_partitions"]
     # The partitioning trap: AQE coalesces the naive plan; the lab's plan keeps its tasks.
     assert r["tasks_naive"] < r["tasks_lab"] == 8
     assert r["streamed_groups"] > 0 and r["streamed_max_slope_difference"] < 1e-9
