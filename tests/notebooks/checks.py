@@ -213,6 +213,13 @@ def check_07_audio_features(r: dict) -> None:
     assert r["chance"] == 1 / 6
     assert r["accuracy"] >= 0.6 and r["accuracy"] > r["majority"] + 0.25, r
     assert r["plotted_labels"] == words
+    # The read + pandas UDF written on the page give the rows of lab_utils' read_audio +
+    # log_mel_udf: same files and labels, same errors, features within 1e-6; one Arrow UDF.
+    assert r["parity"] == {"clips": True, "bad files": True}
+    assert r["parity_rows"] == {"clips": 192, "bad files": 12}
+    assert 0 <= r["parity_max_feature_diff"] <= 1e-6
+    assert r["python_operators"] == ["ArrowEvalPython"]
+    assert r["plain_read_skips"] == ["empty.wav"]  # Spark's file sources skip zero-byte files
     # Broken files: each has the error it should, usable odd formats have features, and the
     # text file outside the *.wav glob is listed as skipped, not lost.
     expected = r["bad_expected"]
@@ -225,12 +232,17 @@ def check_07_audio_features(r: dict) -> None:
 
 def check_08_external_api_scoring(r: dict) -> None:
     n = r["n_images"]
-    assert n == 120  # the smoke size
+    assert n == 120 == r["images_written"]  # the smoke size, written by 08 itself
     assert r["server"] == "lab"  # the test cluster runs the lab's model server: it was used
     assert r["status_state"] == "AVAILABLE" and r["bad_request_status"] == 400
     assert r["rows_rest"] == r["rows_in_spark"] == r["unique_paths_rest"] == n
     assert r["errors_rest"] == 0
     assert r["agree"] is True and r["max_confidence_diff"] < 1e-4
+    # The REST UDF written on the page gives the rows of lab_utils' rest_udf (paths,
+    # predictions, errors, attempts; confidences within 1e-6), through one Arrow UDF.
+    assert r["parity"] == {"REST UDF": True} and r["parity_rows"] == [n, n]
+    assert r["python_operators"] == ["ArrowEvalPython"]
+    assert r["plotted_runs"] == ["no retries", "with retries"]
     no_retries, retries = r["faults"]["no retries"], r["faults"]["with retries"]
     for run in (no_retries, retries):
         assert run["rows"] == run["unique_paths"] == n  # no lost or duplicated rows
