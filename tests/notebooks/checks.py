@@ -199,6 +199,18 @@ def check_06_timeseries_windows_tfrecord(r: dict) -> None:
                                   "smaller top-ups in window"}
     assert r["best_rule_auc"] == max(r["rule_auc"].values())
     assert r["auc"] >= 0.72 and r["auc"] >= r["best_rule_auc"] + 0.03, r
+    # The page's applyInPandas function and mapInPandas writer give what lab_utils gives: the
+    # same window rows (every row counted equally in both), the same files and records.
+    assert r["parity"] == {"applyInPandas windows": True, "mapInPandas writer": True}, r["parity"]
+    rows = r["windows"] + r["error_customers"]  # one error row per bad customer
+    assert r["parity_windows"] == {"page": rows, "lab_utils": rows, "differ": 0}
+    assert list(r["page_writer_records"]) == parts
+    assert sum(r["page_writer_records"].values()) == r["tfrecord_records"]["test"]
+    # The plans: one call per customer after a shuffle; the writer streams whole partitions
+    # (the grouped operator below it is the cached windows' plan).
+    assert r["plans"] == {"windows": ["FlatMapGroupsInPandas"],
+                          "writer": ["MapInPandas", "FlatMapGroupsInPandas"]}, r["plans"]
+    assert r["window_seconds"] > 0 and r["window_cores"] >= 1
 
 
 def check_07_audio_features(r: dict) -> None:
