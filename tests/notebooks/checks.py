@@ -102,19 +102,42 @@ def check_02_benchmark_udf_styles(r: dict) -> None:
 def check_03_resnet50_batch_inference(r: dict) -> None:
     n = r["n_images"]
     assert n == 24
-    assert r["rows"] == {"broadcast weights": n, "shared storage": n}
-    assert r["errors"] == {"broadcast weights": 0, "shared storage": 0}
+    ways = ("broadcast weights", "shared storage", "lab_utils iterator_udf")
+    assert r["rows"] == dict.fromkeys(ways, n)
+    assert r["errors"] == dict.fromkeys(ways, 0)
+    # The page's `classify` UDF gives the factory's rows; broadcast weights give the file's.
+    assert r["parity"] == {"iterator UDF": True} and r["parity_rows"] == n
     assert r["same_predictions"] is True
+    assert r["python_operators"] == ["ArrowEvalPython"]
+    # The memory guard as the running session has it, and as each Python worker applied it:
+    # pyspark.memory / executor cores, passed as PYSPARK_EXECUTOR_MEMORY_MB, set as RLIMIT_AS.
+    mb, guard = r["python_worker_memory_mb"], r["memory_guard"]
+    cores = int(guard["spark.executor.cores"])
+    assert cores >= 1 and guard["spark.task.cpus"] == "1"
+    assert guard["spark.executor.pyspark.memory"] == f"{mb * cores}m"
+    assert r["worker_limits"] == [[str(mb), mb]]
+    # Random weights in the tests: no table of meaningless class names.
+    assert r["imagenet_weights"] is False and r["prediction_table_shown"] is False
     assert r["max_records_per_batch"] == 64
     assert len(r["timings"]) == 4 and all(t["seconds"] > 0 for t in r["timings"])
+    steady = {t["model from"]: t["images/s"] for t in r["timings"] if t["run"].startswith("second")}
+    assert r["one_process_images_per_s"] > 0
+    ratio = steady["shared storage"] / r["one_process_images_per_s"]
+    assert abs(r["spark_vs_one_process"] - ratio) <= 1e-9 * ratio  # computed in the notebook
+    assert r["plotted"] == ["one process", "broadcast weights", "shared storage"]
 
 
 def check_04_partition_predictor(r: dict) -> None:
     assert r["rows"] >= 300
     assert r["top1_accuracy"] >= 0.8 and r["top3_accuracy"] >= r["top1_accuracy"]
     assert r["top3_accuracy"] >= 0.95
+    # The page's predict_partition gives the lab's PartitionPredictor's rows, row by row.
+    assert r["parity"] == {"partition predictor": True} and r["parity_rows"] == r["rows"]
     assert r["agrees_with_iterator_udf"] is True
     assert r["errors"] == 0
+    # The confusion matrix plotted every row; its diagonal is the top-1 hits.
+    assert r["confusion_total"] == r["rows"]
+    assert r["confusion_diagonal"] == round(r["top1_accuracy"] * r["rows"])
     assert r["devices"] == ["/CPU:0"]  # no GPU on the test machines
     assert r["modulo_devices"] == ["/GPU:0", "/GPU:1"]
     assert r["partitions"] >= 2
