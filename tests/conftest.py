@@ -98,13 +98,3 @@ def lab_cluster(tmp_path_factory) -> Iterator[LabCluster]:
         lab.stop(cluster.cfg, out=lambda *_: None)
         os.environ.clear()
         os.environ.update(saved)
-
-
-@pytest.fixture(scope="session")
-def spark(lab_cluster):
-    """A SparkSession on the test cluster, made by the lab's own session helper."""
-    from lab_utils.session import get_spark
-
-    session = get_spark("pytest", quiet=True)
-    yield session
-    session.stop()
