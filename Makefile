@@ -16,7 +16,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 # The browser tests drive Debian's chromium: Playwright must never fetch a browser of its own.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: help venv env lab stop status models bench bench-gpu test test-unit test-spark test-cluster \
+.PHONY: help venv env lab stop status models bench bench-peers bench-gpu test test-unit test-spark test-cluster \
         test-browser test-notebooks test-packaging test-gpu lint format strip-notebooks docker-config docker-build \
         docker-up docker-urls docker-down test-docker clean
 
@@ -76,8 +76,14 @@ test-docker: venv ## Build both images, run the compose lab and notebooks 00, 01
 models: venv ## Build the image data set and train the lab's CNN (if missing) into share_storages/
 	$(BIN)/python -m lab_utils.training.cnn
 
-bench: venv ## Benchmark every inference style against one plain process (BENCH_ARGS=..., e.g. --rest)
+# With --peers in BENCH_ARGS, the venv is first synced with the bench-peers group (Ray Data,
+# Daft); `make venv`/`make test` sync without it again (CI and the images never install it).
+bench: venv ## Benchmark every inference style against one plain process (BENCH_ARGS=..., e.g. --rest, --peers)
+	$(if $(findstring --peers,$(BENCH_ARGS)),$(UV) sync --frozen --python $(PYTHON) --group bench-peers)
 	$(BIN)/python -m lab_utils.bench $(BENCH_ARGS)
+
+bench-peers: venv ## Install the peers (Ray Data, Daft) into the venv and run `make bench` with --peers
+	$(MAKE) bench BENCH_ARGS="--peers $(BENCH_ARGS)"
 
 bench-gpu: venv ## Rows/s of the partition predictor on the GPU and the CPU (digits CNN, ResNet-50); no Spark
 	$(BIN)/python -m tests.gpu.bench $(BENCH_ARGS)

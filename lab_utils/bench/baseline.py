@@ -8,12 +8,14 @@ it is compared with run in other processes too). It reads one JSON object on std
      "size": [h, w], "threads": N, "batch": B}
 
 and prints one JSON line per size and mode: ``{"n", "mode", "load_s", "seconds", "rows",
-"peak_rss_mb"}``. Two modes are timed on the first ``n`` files:
+"peak_rss_mb"}``. Two modes are timed on the first ``n`` files (``"modes"``, optional, picks):
 
 * ``parallel``: the best one process can do on these cores. Pillow decodes outside the GIL, so
   ``threads`` decoder threads run in parallel, and the next batch is decoded while the model
   runs on this one; TensorFlow uses ``threads`` intra-op threads.
 * ``naive``: decode, then predict, in one thread: the baseline most published comparisons use.
+  With ``threads`` 1 (TensorFlow on one thread too) it is the single-threaded per-image cost of
+  decode plus model that the all-cores ideal scales (:func:`ideal_rows_per_s`).
 
 The model is loaded once and its load time (first trace included) is reported with each size.
 Every batch shape the timed loops use runs once before timing (kernels are set up per shape),
@@ -23,7 +25,6 @@ so neither mode pays that for the other.
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +33,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+def rss_mb(field: str = "VmRSS") -> float:
+    """This process's resident memory (``VmRSS``) or its peak (``VmHWM``) in MB, from /proc.
+
+    Not ``getrusage``: its ``ru_maxrss`` survives ``exec``, so a process started by the
+    benchmark would report the benchmark's own peak when that was larger."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def load_predict(kind: str, model_file: str, threads: int) -> Callable[[np.ndarray], Any]:
@@ -100,17 +112,24 @@ def run(args: dict[str, Any], out=sys.stdout) -> list[dict[str, Any]]:
         for n in args["sizes"]:
             chunks = [contents[i:min(i + batch, n)] for i in range(0, n, batch)]
             for mode, loop in (("parallel", loops.parallel), ("naive", loops.naive)):
+                if mode not in args.get("modes", ("parallel", "naive")):
+                    continue
                 start = time.perf_counter()
                 done = loop(chunks)
                 seconds = time.perf_counter() - start
                 record = {"n": n, "mode": mode, "load_s": load, "seconds": seconds,
-                          "rows": done, "peak_rss_mb":
-                          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+                          "rows": done, "peak_rss_mb": rss_mb("VmHWM")}
                 print(json.dumps(record), file=out, flush=True)
                 records.append(record)
     finally:
         loops.close()
     return records
+
+
+def ideal_rows_per_s(single_thread_rows: int, single_thread_seconds: float, cores: int) -> float:
+    """The all-cores ideal: the per-image cost of decode plus model in one single-threaded
+    process, times the cores (perfect scaling, no transfer, no coordination)."""
+    return cores * single_thread_rows / single_thread_seconds
 
 
 def main() -> int:

@@ -16,6 +16,12 @@ STYLES = ("transfer_only", "row_pickled", "row_arrow", "pandas_series", "iterato
 ROW_STYLES = {"row_pickled", "row_arrow"}
 #: The single-process loops; the faster of the two is the baseline every ratio is taken against.
 BASELINES = ("baseline_pipelined", "baseline_naive")
+#: One single-threaded process (decode and TensorFlow on one thread): the unit of the all-cores
+#: ideal, its throughput times the cores (``ideal_rows_per_s`` in the results).
+SINGLE = "single_thread"
+#: Peer engines (``--peers``), each run by :mod:`lab_utils.bench.peers`, and their styles.
+PEERS = ("ray", "daft")
+PEER_STYLES = {"ray": "ray_data", "daft": "daft"}
 #: Opt-in styles, not in the default run (``--rest`` or ``--styles ...,rest``).
 EXTRA_STYLES = ("rest",)
 #: Images per REST request (each 32x32 image is ~10 KB of JSON).

@@ -10,6 +10,11 @@ For each model (the lab's CNN on 32x32 image files, ResNet-50 at 224x224) and ea
 * **transfer only**: an iterator UDF that moves the same rows through Arrow and does no work:
   the Spark/Arrow ceiling;
 * every Spark style of :mod:`lab_utils.inference`;
+* **the all-cores ideal**: the same loop with one thread (decode and TensorFlow), its per-image
+  cost times the cores the Spark application gets (``single_thread``, and ``efficiency`` of every
+  row against the ideal);
+* with ``--peers`` also Ray Data (``ray_data``) and Daft (``daft``) in processes of their own, on
+  the same files, cores, decode, model and batch size (:mod:`lab_utils.bench.peers`);
 * with ``--rest`` also ``rest``: the same rows scored over HTTP by the lab's model server
   (:mod:`lab_utils.inference.rest_scoring`, a server started for the run on a free port, CNN only),
   reported as a ratio to the in-Spark iterator UDF.
@@ -45,6 +50,8 @@ from lab_utils.bench.cases import (  # noqa: F401 (re-exported: bench.STYLES, ..
     BASELINES,
     EXTRA_STYLES,
     FIELD_SIZES,
+    PEER_STYLES,
+    PEERS,
     REST_BATCH,
     ROW_STYLES,
     STYLES,
@@ -52,7 +59,12 @@ from lab_utils.bench.cases import (  # noqa: F401 (re-exported: bench.STYLES, ..
     list_files,
     prepare_models,
 )
-from lab_utils.bench.report import plot, report, summarize  # noqa: F401 (re-exported)
+from lab_utils.bench.report import (  # noqa: F401 (re-exported)
+    plot,
+    report,
+    side_by_side,
+    summarize,
+)
 from lab_utils.bench.styles import (
     cached_input,
     driver_rss_mb,
@@ -65,7 +77,8 @@ from lab_utils.bench.styles import (
 
 
 def run_baselines(model: BenchModel, files: list[Path], sizes: list[int], threads: int,
-                  batch: int) -> dict[int, dict[str, dict]]:
+                  batch: int, modes: tuple[str, ...] = ("parallel", "naive"),
+                  ) -> dict[int, dict[str, dict]]:
     """One plain Python process, all cores, same decode and model: the physical limit.
 
     Runs :mod:`lab_utils.bench.baseline` in a process of its own, which times its ``parallel``
@@ -76,7 +89,8 @@ def run_baselines(model: BenchModel, files: list[Path], sizes: list[int], thread
     """
     args = {"kind": model.baseline_kind, "model_file": str(model.spec.model_file),
             "files": [str(f) for f in files[:max(sizes)]], "sizes": list(sizes),
-            "size": list(model.spec.image_size), "threads": threads, "batch": batch}
+            "size": list(model.spec.image_size), "threads": threads, "batch": batch,
+            "modes": list(modes)}
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     done = subprocess.run([sys.executable, "-m", "lab_utils.bench.baseline"],
                           input=json.dumps(args),
@@ -89,6 +103,36 @@ def run_baselines(model: BenchModel, files: list[Path], sizes: list[int], thread
             record = json.loads(line)
             results.setdefault(record["n"], {})[record["mode"]] = record
     return results
+
+
+def run_peers(engine: str, model: BenchModel, files: list[Path], sizes: list[int], cores: int,
+              batch: int, marks: Path) -> dict[int, dict]:
+    """Ray Data or Daft (:mod:`lab_utils.bench.peers`) in a process of its own, limited to
+    ``cores``, on the first N files for every size; ``{n: record}``."""
+    args = {"engine": engine, "kind": model.baseline_kind,
+            "model_file": str(model.spec.model_file),
+            "class_names": list(model.spec.class_names), "size": list(model.spec.image_size),
+            "files": [str(f) for f in files[:max(sizes)]], "sizes": list(sizes),
+            "cores": cores, "batch": batch, "marks": str(marks)}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "RAY_DEDUP_LOGS": "0",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    done = subprocess.run([sys.executable, "-m", "lab_utils.bench.peers"],
+                          input=json.dumps(args),
+                          capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{engine} failed:\n{done.stderr[-3000:]}")
+    return {r["n"]: r for r in (json.loads(line) for line in done.stdout.splitlines()
+                                 if line.startswith('{"engine"'))}
+
+
+def check_peers(engines: tuple[str, ...]) -> None:
+    """Fail before a session starts when a peer engine is not installed."""
+    import importlib.util
+
+    missing = [e for e in engines if importlib.util.find_spec(e) is None]
+    if missing:
+        raise SystemExit(f"peer engine(s) {missing} not installed: `make bench-peers` (or "
+                         "`uv sync --frozen --group bench-peers`) installs them")
 
 
 def run_baseline(model: BenchModel, files: list[Path], threads: int, batch: int) -> dict:
@@ -108,6 +152,7 @@ def run(
     batch: dict[str, int] | None = None,
     row_style_max_n: dict[str, int] | None = None,
     out_dir: Path | None = None,
+    peers: tuple[str, ...] = (),
     progress: Callable[[str], None] = print,
 ) -> pd.DataFrame:
     """Run the benchmark; return one row per (model, style, N) and write CSV/JSON/PNG."""
@@ -146,6 +191,17 @@ def run(
         progress(f"[{done + 1}/{total} {time.perf_counter() - began:6.0f}s] {model.name} "
                  f"baseline (1 process, {cores} TF threads), N={model_sizes}")
         baselines = run_baselines(model, all_files, model_sizes, cores, batch[model.name])
+        progress(f"[{done + 1}/{total} {time.perf_counter() - began:6.0f}s] {model.name} "
+                 f"single-threaded process (the all-cores ideal's unit), N={model_sizes}")
+        single = run_baselines(model, all_files, model_sizes, 1, batch[model.name],
+                               modes=("naive",))
+        peer_runs = {}
+        for engine in peers:
+            progress(f"[{done + 1}/{total} {time.perf_counter() - began:6.0f}s] {model.name} "
+                     f"{PEER_STYLES[engine]} ({cores} cores), N={model_sizes}")
+            peer_runs[engine] = run_peers(engine, model, all_files, model_sizes, cores,
+                                          batch[model.name],
+                                          out_dir / "peer-marks" / model.name / engine)
         rss_dir = out_dir / "rss" / model.name
         make = recording_maker(model, rss_dir)
         for n in model_sizes:
@@ -161,6 +217,18 @@ def run(
                                 "warmup_s": base["load_s"], "seconds": base["seconds"],
                                 "worker_peak_rss_mb": base["peak_rss_mb"], "python_workers": 1,
                                 "tf_threads_per_task": cores})
+            one = single[n]["naive"]
+            records.append({**base_record, "style": "single_thread", "rows": one["rows"],
+                            "warmup_s": one["load_s"], "seconds": one["seconds"],
+                            "worker_peak_rss_mb": one["peak_rss_mb"], "python_workers": 1,
+                            "tf_threads_per_task": 1})
+            for engine, by_n in peer_runs.items():
+                peer = by_n[n]
+                records.append({**base_record, "style": PEER_STYLES[engine],
+                                **{k: v for k, v in peer.items()
+                                   if k not in ("engine", "n", "settings")},
+                                "tf_threads_per_task": 1,
+                                "peer_settings": json.dumps(peer["settings"])})
             for style in styles:
                 done += 1
                 if style == "rest" and (rest_server is None or model.name != "cnn"):
@@ -268,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rest", action="store_true",
                         help="also score over HTTP through a model server started for the run "
                              "(style 'rest', CNN only) and print its ratio to the iterator UDF")
+    parser.add_argument("--peers", action="store_true",
+                        help="also run Ray Data and Daft (the bench-peers dependency group: "
+                             "`make bench-peers`) on the same files, cores and model")
+    parser.add_argument("--peer-engines", default=",".join(PEERS),
+                        help="which peers with --peers (default: ray,daft)")
     parser.add_argument("--sweep", action="store_true",
                         help="instead: the CNN's iterator UDF at N=3000, one setting at a time")
     parser.add_argument("--suites", default="inference,training",
@@ -295,13 +368,22 @@ def main(argv: list[str] | None = None) -> int:
                      f"{', '.join(STYLES + EXTRA_STYLES)}")
     if args.rest:
         styles = tuple(dict.fromkeys([*styles, "iterator", "rest"]))
+    peers: tuple[str, ...] = ()
+    if args.peers:
+        peers = tuple(e for e in args.peer_engines.split(",") if e)
+        if set(peers) - set(PEERS):
+            parser.error(f"unknown peer engines {sorted(set(peers) - set(PEERS))}: choose "
+                         f"from {', '.join(PEERS)}")
+        check_peers(peers)
     spark = get_spark("benchmark: " + " + ".join(sorted(suites)))
     if "inference" in suites:
         which = args.models.split(",")
         sizes = {"cnn": args.sizes, "resnet50": args.resnet_sizes}
-        table = run(spark, styles=styles, sizes={
+        table = run(spark, styles=styles, peers=peers, sizes={
             name: tuple(int(n) for n in sizes[name].split(",")) for name in which})
         print(report(table))
+        print()
+        print(side_by_side(table))
         rest = table[(table["style"] == "rest") & (table["rows"] > 0)]
         for row in rest.itertuples():
             print(f"REST / in-Spark iterator UDF throughput, {row.model} N={row.n}: "
