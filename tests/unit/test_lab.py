@@ -368,3 +368,38 @@ def test_stop_sweeps_what_the_lab_started_and_nothing_else(tmp_path):
         for proc in [*procs.values(), users_job]:
             proc.kill()
             proc.wait()
+
+
+def test_independent_services_start_before_the_master_is_healthy_and_workers_after(
+        tmp_path, stand_in, monkeypatch):
+    """History server, model server and JupyterLab do not wait for the master; the workers do
+    (they need its RPC port). Spawns and health checks are recorded in the order they happen."""
+    cfg = make_cfg(tmp_path, LAB_WORKERS="2")
+    events: list[str] = []
+    spawned: set[str] = set()
+
+    def spawn(service, _cfg):
+        events.append(f"spawn {service.name}")
+        spawned.add(service.name)
+        return stand_in
+
+    def healthy(service, _cfg):
+        if f"{service.name} healthy" not in events:
+            events.append(f"{service.name} healthy")
+        return True
+
+    monkeypatch.setattr(lab, "java_version", lambda: None)
+    monkeypatch.setattr(lab, "port_free", lambda *_: True)
+    monkeypatch.setattr(lab, "prepare", lambda c: c.state_dir.mkdir(parents=True))
+    monkeypatch.setattr(lab, "_spawn", spawn)
+    monkeypatch.setattr(lab, "healthy", healthy)
+    monkeypatch.setattr(lab, "alive_workers",
+                        lambda _cfg: len({"worker-1", "worker-2"} & spawned))
+    lab.start(cfg, out=lambda *_: None)
+    master_up = events.index("master healthy")
+    for name in ("history", "model-server", "jupyter"):
+        assert events.index(f"spawn {name}") < master_up, events
+        assert f"{name} healthy" in events, events
+    for name in ("worker-1", "worker-2"):
+        assert events.index(f"spawn {name}") > master_up, events
+    assert events[0] == "spawn master"
