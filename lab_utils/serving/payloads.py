@@ -3,10 +3,19 @@
 ``{"instances": [...]}`` (row form) and ``{"inputs": ...}`` (columnar) bodies are checked for
 shape, nesting and the values the model's dtype allows *before* an array is built, and every
 failure is a :class:`ServingError` answered as TF Serving does (``{"error": message}``).
+
+Binary inputs follow TF Serving's convention: an image file's bytes travel base64-encoded in a
+``{"b64": "..."}`` object, per instance (``{"instances": [{"b64": ...}, ...]}``), or under the
+model's bytes input, whose name ends in ``_bytes`` (``{"image_bytes": {"b64": ...}}`` in row
+form, ``{"inputs": {"image_bytes": [{"b64": ...}, ...]}}`` in columnar form). The server decodes
+them with :func:`lab_utils.data.images.decode_image`, the decode in-Spark inference uses, so an
+image file sent as bytes is predicted exactly as its decoded pixels sent as lists.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import itertools
 import json
 import math
@@ -14,6 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from lab_utils.data import images
 from lab_utils.errors import LabError
 from lab_utils.training import cnn as models
 
@@ -39,6 +49,12 @@ class ServingError(LabError):
         self.message = message
 
 
+#: The name of the model's binary input: TF Serving's convention is a name ending in ``_bytes``.
+IMAGE_BYTES_INPUT = "image_bytes"
+#: At most this many undecodable images are named in one 400 answer.
+MAX_NAMED_ERRORS = 10
+
+
 def _input_name(spec: models.ModelSpec) -> str:
     return str(spec.metadata.get("input_name", "pixels"))
 
@@ -62,6 +78,17 @@ def input_dtype(spec: models.ModelSpec) -> np.dtype:
                                 "not an integer or float dtype (e.g. 'uint8', 'float32'): "
                                 f"{models.HOW_TO_CREATE}")
     return dtype
+
+
+def takes_images(spec: models.ModelSpec) -> bool:
+    """True when the server can feed the model decoded image files (``{"b64": ...}`` inputs).
+
+    :func:`~lab_utils.data.images.decode_image` gives RGB uint8, so the model must take 3
+    channels and a dtype that holds 0-255 (uint8, a wider integer, or a float).
+    """
+    dtype = input_dtype(spec)
+    holds_255 = dtype.kind == "f" or np.iinfo(dtype).max >= 255
+    return spec.channels == 3 and holds_255
 
 
 def _value_text(dtype: np.dtype) -> str:
@@ -106,10 +133,13 @@ def _expected(spec: models.ModelSpec) -> str:
     h, w = spec.image_size
     shape = f"[{h}, {w}, {spec.channels}]"
     dtype = input_dtype(spec)
+    binary = (f'; or image files as {{"instances": [{{"b64": "<base64 of a PNG/JPEG file>"}}, '
+              f'...]}}, optionally named {{"{IMAGE_BYTES_INPUT}": {{"b64": ...}}}}'
+              if takes_images(spec) else "")
     return (f'expected {{"instances": [<image>, ...]}} or {{"inputs": [<image>, ...]}} where '
             f"each <image> is a {shape} nested list of {dtype} values (each "
             f'{_value_text(dtype)}), optionally named {{"{_input_name(spec)}": <image>}} in '
-            "row form")
+            f"row form{binary}")
 
 
 def _show(value: object) -> str:
@@ -201,6 +231,8 @@ def _to_array(data: list, where: Callable[[int], str], spec: models.ModelSpec) -
 def parse_predict_body(body: bytes, spec: models.ModelSpec) -> tuple[np.ndarray, str]:
     """Decode a predict request into the model's input ``[N, H, W, C]`` and its form.
 
+    Images come as nested lists of pixels or, for a model that :func:`takes_images`, as image
+    files in ``{"b64": ...}`` objects (:func:`decode_files`); one request holds one kind.
     Any body that is not a valid request is a :class:`ServingError` with 400, whatever is wrong
     with it (not JSON, nested too deeply, an integer of thousands of digits, a string, a
     boolean or a fraction where the model takes uint8, ...): the JSON parser's own exceptions
@@ -247,6 +279,10 @@ def parse_predict_body(body: bytes, spec: models.ModelSpec) -> tuple[np.ndarray,
     form = forms[0]
     data = payload[form]
     name = _input_name(spec)
+    names = (name, IMAGE_BYTES_INPUT) if takes_images(spec) else (name,)
+    binary = False
+    named_as = f'{{"{name}": <image>}}' + (f' or {{"{IMAGE_BYTES_INPUT}": {{"b64": ...}}}}'
+                                            if takes_images(spec) else "")
 
     def where(k: int) -> str:
         return f"{form}[{k}]"
@@ -254,23 +290,30 @@ def parse_predict_body(body: bytes, spec: models.ModelSpec) -> tuple[np.ndarray,
     if form == "instances":
         if not isinstance(data, list) or not data:
             raise ServingError(400, f'"instances" must be a non-empty list; {expected}')
-        if isinstance(data[0], dict):
-            if not all(isinstance(row, dict) and set(row) == {name} for row in data):
-                raise ServingError(400, f'named instances must each be {{"{name}": <image>}} '
-                                        f"(the model's only input); {expected}")
-            data = [row[name] for row in data]
+        if isinstance(data[0], dict) and set(data[0]) != {"b64"}:
+            key = next(iter(data[0])) if len(data[0]) == 1 else None
+            if key not in names or not all(isinstance(row, dict) and set(row) == {key}
+                                           for row in data):
+                raise ServingError(400, f"named instances must each be {named_as} (the "
+                                        f"model's only input); {expected}")
+            data = [row[key] for row in data]
+            binary = key == IMAGE_BYTES_INPUT
 
             def where(k: int) -> str:
-                return f'instances[{k}]["{name}"]'
+                return f'instances[{k}]["{key}"]'
     else:
         if isinstance(data, dict):
-            if set(data) != {name}:
+            key = next(iter(data)) if len(data) == 1 else None
+            if key not in names:
+                bytes_too = (f' (or "{IMAGE_BYTES_INPUT}" for image files)'
+                             if takes_images(spec) else "")
                 raise ServingError(400, f'"inputs" names {sorted(data)[:10]} but the model\'s '
-                                        f'only input is "{name}"; {expected}')
-            data = data[name]
+                                        f'only input is "{name}"{bytes_too}; {expected}')
+            data = data[key]
+            binary = key == IMAGE_BYTES_INPUT
 
             def where(k: int) -> str:
-                return f'inputs["{name}"][{k}]'
+                return f'inputs["{key}"][{k}]'
         if not isinstance(data, list) or not data:
             raise ServingError(400, f'"inputs" must be a non-empty list of images; {expected}')
     most = max_batch(spec)
@@ -280,4 +323,59 @@ def parse_predict_body(body: bytes, spec: models.ModelSpec) -> tuple[np.ndarray,
                                 f"(at most {MAX_INSTANCES} images and {MAX_REQUEST_VALUES} "
                                 f"values of [{h}, {w}, {spec.channels}] images): send "
                                 "smaller batches")
+    if binary or (isinstance(data[0], dict) and set(data[0]) == {"b64"}):
+        return decode_files(data, where, spec), form
     return _to_array(data, where, spec), form
+
+
+#: Web-safe base64 (``-``, ``_``) read as the standard alphabet: clients use either.
+_WEBSAFE = str.maketrans("-_", "+/")
+
+
+def decode_files(data: list, where: Callable[[int], str], spec: models.ModelSpec) -> np.ndarray:
+    """``[{"b64": ...}, ...]`` image files -> the model's input ``[N, H, W, 3]``.
+
+    Each file is decoded by :func:`lab_utils.data.images.decode_image`, as in-Spark inference
+    decodes it, then cast to the model's :func:`input_dtype`. Every file is tried: a 400 names
+    each undecodable one (up to :data:`MAX_NAMED_ERRORS`) with its own reason, so a client can
+    tell its bad files from its good ones (the lab's client marks the bad rows and sends the
+    rest again).
+
+    Raises
+    ------
+    ServingError
+        400: the model takes no image files, an instance is not ``{"b64": "<string>"}``, or
+        files are not valid base64 or not usable images.
+    """
+    expected = _expected(spec)
+    if not takes_images(spec):
+        raise ServingError(400, f"this model takes no image files ({{\"b64\": ...}}): its input "
+                                f"is [{', '.join(map(str, (*spec.image_size, spec.channels)))}] "
+                                f"{input_dtype(spec)}, and decoded files are RGB 0-255; send "
+                                f"pixels as nested lists; {expected}")
+    h, w = spec.image_size
+    pixels = np.empty((len(data), h, w, 3), dtype=input_dtype(spec))
+    errors: list[str] = []
+    for k, item in enumerate(data):
+        if not (isinstance(item, dict) and set(item) == {"b64"}
+                and isinstance(item["b64"], str)):
+            raise ServingError(400, f'{where(k)} is {_show(item)}: an image file goes in '
+                                    f'{{"b64": "<base64 of the file>"}}, and one request holds '
+                                    f"either files or pixel lists, not both; {expected}")
+        try:
+            raw = base64.b64decode(item["b64"].translate(_WEBSAFE), validate=True)
+        except (binascii.Error, ValueError) as exc:  # ValueError: not ASCII
+            errors.append(f"{where(k)} is not valid base64 ({exc})")
+            continue
+        try:
+            pixels[k] = images.decode_image(raw, spec.image_size)
+        except images.ImageError as exc:
+            errors.append(f"{where(k)}: {exc}")
+    if errors:
+        more = len(errors) - MAX_NAMED_ERRORS
+        raise ServingError(400, f"{len(errors)} of {len(data)} image files cannot be used: "
+                                + "; ".join(errors[:MAX_NAMED_ERRORS])
+                                + (f"; and {more} more" if more > 0 else "")
+                                + ": send image files Pillow reads (PNG, JPEG, GIF, ...), or "
+                                  "their pixels as nested lists")
+    return pixels

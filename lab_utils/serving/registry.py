@@ -16,15 +16,18 @@ import numpy as np
 from lab_utils.serving.payloads import (  # noqa: F401 (re-exported: the server's API)
     BODY_MARGIN,
     BODY_SLACK,
+    IMAGE_BYTES_INPUT,
     MAX_BODY_BYTES,
     MAX_INSTANCES,
     MAX_REQUEST_VALUES,
     ServingError,
     _input_name,
+    decode_files,
     input_dtype,
     max_batch,
     max_body_bytes,
     parse_predict_body,
+    takes_images,
 )
 from lab_utils.training import cnn as models
 
@@ -185,8 +188,26 @@ def model_status(name: str, registry: ModelRegistry, version: str | None = None)
         "status": {"error_code": entry.error_code if error else "OK", "error_message": error}}]}
 
 
+def image_input(spec: models.ModelSpec) -> dict | None:
+    """What ``metadata`` says about the model's image-file input (None: pixels only).
+
+    The signature keeps the model's one tensor input, as a TF Serving export of it declares;
+    this lab extra says that the server also takes image files for it (``{"b64": ...}``,
+    decoded as in-Spark inference decodes them), so a client can send the files instead of
+    their pixels.
+    """
+    if not takes_images(spec):
+        return None
+    h, w = spec.image_size
+    return {"name": IMAGE_BYTES_INPUT, "encoding": "b64", "decoded_to": [h, w, 3],
+            "decode": "lab_utils.data.images.decode_image: any image Pillow reads, converted "
+                      "to RGB, resized (bilinear) to the model's size",
+            "for_input": _input_name(spec)}
+
+
 def model_metadata(name: str, registry: ModelRegistry) -> dict:
-    """``GET /v1/models/NAME/metadata``: the signature in TF Serving's shape, plus class names."""
+    """``GET /v1/models/NAME/metadata``: the signature in TF Serving's shape, plus class names
+    and the image-file input (:func:`image_input`)."""
     entry, spec = registry.usable(name)
     dim = [{"size": str(n), "name": ""} for n in (-1, *spec.image_size, spec.channels)]
     return {
@@ -200,6 +221,7 @@ def model_metadata(name: str, registry: ModelRegistry) -> dict:
                         {"size": str(len(spec.class_names)), "name": ""}],
                 "unknown_rank": False}, "name": "probabilities"}},
             "method_name": "tensorflow/serving/predict"}}},
-            # Not in TF Serving: what the lab's clients need to name the classes.
-            "class_names": list(spec.class_names)},
+            # Not in TF Serving: what the lab's clients need to name the classes, and whether
+            # image files may be sent instead of pixels (None: pixels only).
+            "class_names": list(spec.class_names), "image_input": image_input(spec)},
     }

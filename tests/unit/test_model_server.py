@@ -3,7 +3,9 @@ answer shapes, the 4xx errors, and seeded fault injection. No TensorFlow, no Spa
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
 import json
 import socket
 import time
@@ -419,3 +421,148 @@ def test_cli_refuses_a_bad_rate(capsys):
     with pytest.raises(SystemExit):
         model_server.main(["--fail-rate", "2"])
     assert "not a fraction between 0 and 1" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- image files (b64)
+
+
+def encoded(pixels, fmt="PNG", **kw) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(buffer, format=fmt, **kw)
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> dict:
+    return {"b64": base64.b64encode(data).decode()}
+
+
+def recording_loader(seen):
+    """Brightness predictions, and every batch the model got kept in ``seen``."""
+    def load(spec):
+        predict = brightness_loader(spec)
+
+        def recording(pixels):
+            seen.append(pixels.copy())
+            return predict(pixels)
+        return recording
+    return load
+
+
+def varied_files():
+    """Files whose decode is not trivial: noise PNG and JPEG, a larger one that is resized,
+    grayscale, RGBA (composited on white)."""
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (4, 4, 3))
+    return [encoded(noise), encoded(noise, "JPEG", quality=80),
+            encoded(rng.integers(0, 256, (30, 40, 3))), encoded(noise[:, :, 0]),
+            encoded(np.dstack([noise, noise[:, :, :1]]))]
+
+
+def test_image_files_as_b64_are_predicted_exactly_as_their_decoded_pixels(models_dir):
+    from lab_utils.data import images
+
+    files = varied_files()
+    pixels = [images.decode_image(f, (4, 4)).tolist() for f in files]  # the in-Spark decode
+    seen = []
+    with client_for(models_dir, loader=recording_loader(seen)) as client:
+        lists = client.post("/v1/models/tiny:predict", json={"instances": pixels})
+        assert lists.status_code == 200
+        bodies = [{"instances": [b64(f) for f in files]},
+                  {"instances": [{"image_bytes": b64(f)} for f in files]},
+                  {"inputs": {"image_bytes": [b64(f) for f in files]}},
+                  {"inputs": [b64(f) for f in files]}]
+        for body in bodies:
+            answer = client.post("/v1/models/tiny:predict", json=body)
+            assert answer.status_code == 200, answer.text
+            key = "predictions" if "instances" in body else "outputs"
+            assert answer.json()[key] == lists.json()["predictions"]  # exactly, not approx
+        websafe = client.post("/v1/models/tiny:predict", json={"instances": [
+            {"b64": base64.urlsafe_b64encode(f).decode()} for f in files]})
+        assert websafe.json() == lists.json()
+    warm_up, from_lists, *from_files = seen  # the registry traces the model on zeros first
+    assert not warm_up.any() and len(from_files) == len(bodies) + 1
+    for batch in from_files:  # the model got the very same uint8 array every time
+        assert batch.dtype == np.uint8 and np.array_equal(batch, from_lists)
+    assert len(set(np.asarray(lists.json()["predictions"])[:, 1])) == len(files)
+
+
+def test_metadata_declares_the_image_input(models_dir):
+    with client_for(models_dir) as client:
+        meta = client.get("/v1/models/tiny/metadata").json()["metadata"]
+    assert meta["image_input"] == {
+        "name": "image_bytes", "encoding": "b64", "decoded_to": [4, 4, 3],
+        "decode": "lab_utils.data.images.decode_image: any image Pillow reads, converted to "
+                  "RGB, resized (bilinear) to the model's size", "for_input": "pixels"}
+    assert registry.image_input(spec_of((4, 4), channels=1)) is None  # decoded files are RGB
+    assert registry.image_input(spec_of((4, 4), dtype="int8")) is None  # 255 does not fit
+    assert registry.image_input(spec_of((4, 4), dtype="float32"))["decoded_to"] == [4, 4, 3]
+
+
+def test_a_float_model_gets_decoded_files_as_floats(tmp_path):
+    float_model(tmp_path / "models" / "soft")
+    seen = []
+    with client_for(tmp_path / "models", loader=dtype_loader(seen)) as client:
+        ok = client.post("/v1/models/soft:predict", json={"instances": [b64(encoded(
+            np.full((4, 4, 3), 9)))]})
+        assert ok.status_code == 200 and seen == [np.float32, np.float32]  # warm-up, request
+
+
+def test_undecodable_files_are_each_named_with_their_reason(models_dir):
+    good = encoded(np.full((4, 4, 3), 200))
+    noise = encoded(np.random.default_rng(1).integers(0, 256, (32, 32, 3)))
+    body = {"instances": [b64(good), b64(noise[:len(noise) // 2]), {"b64": "not base64!"},
+                          b64(b"just text"), b64(good)]}
+    with client_for(models_dir) as client:
+        response = client.post("/v1/models/tiny:predict", json=body)
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert error.startswith("3 of 5 image files cannot be used: instances[1]: corrupt or "
+                                "truncated image")
+        assert "instances[2] is not valid base64" in error
+        assert "instances[3]: not an image file (Pillow cannot identify it)" in error
+        assert "instances[0]" not in error and "instances[4]" not in error
+        named = client.post("/v1/models/tiny:predict", json={"inputs": {"image_bytes": [
+            b64(good), b64(b"")]}})
+        assert 'inputs["image_bytes"][1]: empty file (0 bytes)' in named.json()["error"]
+        assert client.get("/stats").json()["bad_requests"] == 2
+
+
+def test_more_than_ten_bad_files_are_counted_not_all_named(models_dir):
+    with client_for(models_dir) as client:
+        error = client.post("/v1/models/tiny:predict", json={"instances": [
+            b64(b"x")] * 12}).json()["error"]
+    assert error.startswith("12 of 12 image files cannot be used")
+    assert "instances[9]:" in error and "instances[10]" not in error and "and 2 more" in error
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"instances": [{"b64": 5}]}, 'instances[0] is an object with keys [\'b64\']: an image file '
+                                  'goes in {"b64": "<base64 of the file>"}'),
+    ({"instances": [b64(b"x"), image(0)]}, "instances[1] is a list of 4: an image file goes in"),
+    ({"instances": [{"image_bytes": "aGVsbG8="}]},
+     'instances[0]["image_bytes"] is "aGVsbG8=" (a string): an image file goes in {"b64"'),
+    ({"instances": [{"b64": "aGVsbG8=", "x": 1}]}, '{"pixels": <image>} or {"image_bytes": '
+                                                   '{"b64": ...}} (the model\'s only input)'),
+    ({"inputs": {"photo_bytes": [b64(b"x")]}},
+     'only input is "pixels" (or "image_bytes" for image files)'),
+])
+def test_malformed_binary_payloads_are_400_saying_the_form(models_dir, body, fragment):
+    with client_for(models_dir) as client:
+        response = client.post("/v1/models/tiny:predict", json=body)
+    assert response.status_code == 400
+    assert fragment in response.json()["error"]
+
+
+def test_a_model_that_takes_no_rgb_files_refuses_them_saying_to_send_pixels(tmp_path):
+    folder = write_model(tmp_path / "models" / "narrow")
+    meta = json.loads((folder / "metadata.json").read_text())
+    (folder / "metadata.json").write_text(json.dumps({**meta, "input_dtype": "int8"}))
+    with client_for(tmp_path / "models") as client:
+        assert client.get("/v1/models/narrow/metadata").json()["metadata"]["image_input"] is None
+        response = client.post("/v1/models/narrow:predict",
+                               json={"instances": [b64(encoded(np.zeros((4, 4, 3))))]})
+    assert response.status_code == 400
+    assert "this model takes no image files" in response.json()["error"]
+    assert "send pixels as nested lists" in response.json()["error"]
