@@ -96,12 +96,14 @@ class PostResult:
 
     ``unavailable`` is True when the failure says the server is not there to answer (a
     connection error, a timeout, a 429/502/503/504): what the circuit breaker counts.
+    ``status`` is the HTTP status of a refused request (400, 404, 413, 500), else None.
     """
 
     outputs: Any | None
     attempts: int
     error: str | None = None
     unavailable: bool = False
+    status: int | None = None
 
 
 # --------------------------------------------------------------------------- HTTP with retries
@@ -191,7 +193,8 @@ def post_with_retries(
                                                      f"{response.text[:200]!r}")
             message = f"HTTP {status}: {server_message(response)}"
             if status not in RETRY_STATUSES:  # a bad request stays bad: do not repeat it
-                return PostResult(None, attempt, f"{url} refused the request: {message}")
+                return PostResult(None, attempt, f"{url} refused the request: {message}",
+                                  status=status)
             last = message
             wait_at_least = _retry_after(response) or 0.0
         if attempt <= options.retries:

@@ -3,6 +3,7 @@ results and errors, the driver-side check against a real server on loopback (fak
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import time
@@ -317,3 +318,167 @@ def test_driver_check_names_the_served_models(live_server):
     with pytest.raises(rest_scoring.ModelServerUnavailableError,
                        match=r"does not serve model 'nope': .*This server serves: tiny"):
         rest_scoring.check_model_server(live_server, "nope")
+
+
+# --------------------------------------------------------------------------- image files (b64)
+
+
+def noise_png(seed: int, size=(4, 4)) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (*size[::-1], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_encode_b64_is_tf_servings_binary_form():
+    files = [bytes(range(256)), b"\x89PNG"]
+    body = json.loads(rest_scoring.encode_b64(files))
+    assert list(body) == ["instances"]
+    assert [base64.b64decode(item["b64"]) for item in body["instances"]] == files
+    assert all(set(item) == {"b64"} for item in body["instances"])
+
+
+def test_small_files_go_as_they_are_large_ones_as_a_png_of_the_models_size():
+    from lab_utils.data import images
+
+    small, large = noise_png(1), noise_png(2, size=(120, 90))
+    assert len(small) < 4096 < len(large)
+    good, files, error = rest_scoring.prepare_files(
+        ["s", "l", "e", "n", "bad"], [small, large, b"", None, b"x" * 5000], (4, 4),
+        max_file_bytes=4096)
+    assert good == [0, 1] and files[0] == small
+    assert len(files[1]) < 200  # 4x4 pixels, not 120x90
+    # Lossless: the server's decode of the PNG gives the pixels the original decodes to.
+    assert np.array_equal(images.decode_image(files[1], (4, 4)),
+                          images.decode_image(large, (4, 4)))
+    assert error[:2] == [None, None]
+    assert error[2] == error[3] == "empty file (0 bytes)"
+    assert error[4] == "not an image file (Pillow cannot identify it)"
+    with pytest.raises(rest_scoring.RestScoringError, match="bad: not an image file"):
+        rest_scoring.prepare_files(["bad"], [b"x" * 5000], (4, 4), max_file_bytes=4096,
+                                   fail_fast=True)
+
+
+def file_brightness(files):
+    """What the lab's server answers for files with the brightness model (the fake post)."""
+    from lab_utils.data import images
+
+    return brightness(np.stack([images.decode_image(f, (4, 4)) for f in files]))
+
+
+def test_b64_sends_the_files_undecoded_and_gives_the_rows_of_pixels():
+    contents = [png(10), b"", noise_png(3), png(250), noise_png(4, (64, 64)), png(5)]
+    sent = []
+
+    def post_fn(files):
+        sent.append(list(files))
+        return file_brightness(files)
+
+    paths = [f"f{i}" for i in range(6)]
+    out = rest_scoring.score_images_rest(paths, contents, post_fn, CLASSES, (4, 4),
+                                         batch_size=3, payload="b64")
+    pixels_post, _ = fake_post([brightness, brightness])
+    pixels = rest_scoring.score_images_rest(paths, contents, pixels_post, CLASSES, (4, 4),
+                                            batch_size=3)
+    assert [len(batch) for batch in sent] == [3, 2]  # the empty file is never sent
+    assert sent[0] == [contents[0], contents[2], contents[3]]  # as they are
+    assert rest_scoring.default_max_file_bytes((4, 4)) == 4096 < len(contents[4])
+    assert sent[1][1] != contents[4] and len(sent[1][1]) < 200  # 64 x 64: shrunk to 4 x 4
+    pd.testing.assert_frame_equal(out, pixels)
+
+
+def test_files_the_server_refuses_are_their_rows_errors_and_the_rest_is_sent_again():
+    truncated = noise_png(5, (32, 32))[:300]
+    contents = [png(10), truncated, png(250), b"garbage", png(200)]
+    refused = rest_scoring.PostResult(None, 1, "X refused the request: HTTP 400: 2 of 4 image "
+                                               "files cannot be used: ...", status=400)
+    sent = []
+
+    def post_fn(files):
+        sent.append(list(files))
+        return refused if len(sent) == 1 else rest_scoring.PostResult(
+            file_brightness(files).outputs, 2)  # scored after one retry (a 503, say)
+
+    paths = [f"f{i}" for i in range(5)]
+    out = rest_scoring.score_images_rest(paths, contents, post_fn, CLASSES, (4, 4),
+                                         batch_size=4, payload="b64")
+    assert sent[1] == [contents[0], contents[2]] and sent[2] == [contents[4]]
+    pixels_post, _ = fake_post([brightness, brightness])
+    pixels = rest_scoring.score_images_rest(paths, contents, pixels_post, CLASSES, (4, 4),
+                                            batch_size=4)
+    # The same predictions and the same error texts as pixels (where the client decodes).
+    pd.testing.assert_frame_equal(out.drop(columns="attempts"), pixels.drop(columns="attempts"))
+    assert out["error"][1].startswith("corrupt or truncated image")
+    # Sent once and refused: 1; sent, refused, sent again (2 attempts): 1 + 2. Batch two: 2.
+    assert list(out["attempts"]) == [3, 1, 3, 1, 2]
+    with pytest.raises(rest_scoring.RestScoringError, match="f1: corrupt or truncated"):
+        sent.clear()
+        rest_scoring.score_images_rest(paths, contents, post_fn, CLASSES, (4, 4),
+                                       batch_size=4, payload="b64", fail_fast=True)
+
+
+def test_a_refused_batch_of_good_files_says_how_to_send_pixels():
+    refused = rest_scoring.PostResult(None, 1, "X refused the request: HTTP 400: expected "
+                                               "pixels", status=400)
+    post_fn, seen = fake_post([refused])
+    out = rest_scoring.score_images_rest(["a", "b"], [png(1), png(2)], post_fn, CLASSES,
+                                         (4, 4), payload="b64")
+    assert seen == [2]  # not sent again: the server refused the payload, not a file
+    assert list(out["error"]) == ["X refused the request: HTTP 400: expected pixels (sent as "
+                                  "image files, payload='b64'; if the model takes tensors, not "
+                                  "image files, pass payload='pixels' to send decoded pixels as "
+                                  "nested lists)"] * 2
+
+
+def test_auto_payload_reads_the_models_metadata(live_server):
+    assert rest_scoring.resolve_payload(live_server, "tiny") == "b64"
+    assert rest_scoring.resolve_payload(live_server, "tiny", "pixels") == "pixels"
+    assert rest_scoring.resolve_payload(servers.closed_port_url(), "tiny") == "pixels"
+    with pytest.raises(rest_scoring.PayloadError, match=r"payload='png' is not one of \('auto', "
+                                                        r"'b64', 'pixels'\)"):
+        rest_scoring.resolve_payload(live_server, "tiny", "png")
+
+
+def signature(inputs):
+    return {"metadata": {"signature_def": {"signature_def": {"serving_default": {
+        "inputs": inputs}}}}}
+
+
+@pytest.mark.parametrize("metadata, declared", [
+    (signature({"image_bytes": {"dtype": "DT_STRING"}}), True),  # a TF Serving bytes export
+    (signature({"image_bytes": {"dtype": "DT_FLOAT"}}), False),
+    (signature({"pixels": {"dtype": "DT_STRING"}}), False),  # not named *_bytes
+    (signature({"image_bytes": {"dtype": "DT_STRING"}, "key": {"dtype": "DT_STRING"}}), False),
+    (signature({"pixels": {"dtype": "DT_FLOAT"}}), False),  # a tensor input: pixels
+    ({"metadata": {"image_input": None, **signature({})["metadata"]}}, False),
+    ({}, False),
+    ({"metadata": "?"}, False),
+])
+def test_which_metadata_declares_an_image_input(metadata, declared):
+    assert rest_scoring.declares_image_input(metadata) is declared
+
+
+def test_b64_and_pixels_give_the_same_rows_over_http(live_server):
+    """The whole path on a real server: files sent as b64, one of them corrupt, against the
+    same rows sent as pixels."""
+    contents = [png(v) for v in (0, 40, 90)] + [noise_png(6, (32, 32))[:300]] + [
+        noise_png(s) for s in range(7, 12)] + [b"", noise_png(12, (64, 48))]
+    paths = [f"f{i:02d}" for i in range(len(contents))]
+    options = rest_scoring.RestOptions(batch_size=4)
+    outs, posts = {}, {}
+    for payload in ("b64", "pixels"):
+        batches = iter([(pd.Series(paths), pd.Series(contents))])
+        session = CountingSession()
+        outs[payload] = pd.concat(rest_scoring.score_task(
+            batches, f"{live_server}/v1/models/tiny:predict", options, CLASSES, (4, 4),
+            session=session, payload=payload))
+        posts[payload] = session.posts
+    b64_out, pixels_out = outs["b64"], outs["pixels"]
+    pd.testing.assert_frame_equal(b64_out.drop(columns="attempts"),
+                                  pixels_out.drop(columns="attempts"))
+    assert b64_out["error"].notna().tolist() == [False] * 3 + [True] + [False] * 5 + [True,
+                                                                                      False]
+    assert b64_out["prediction"].notna().sum() == 9
+    # b64: 3 batches of 4, 4, 2 (the empty file is not sent), the first refused and sent again.
+    assert posts == {"b64": 4, "pixels": 3}
+    assert list(b64_out["attempts"]) == [2, 2, 2, 1] + [1] * 5 + [0, 1]
