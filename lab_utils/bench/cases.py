@@ -22,9 +22,12 @@ SINGLE = "single_thread"
 #: Peer engines (``--peers``), each run by :mod:`lab_utils.bench.peers`, and their styles.
 PEERS = ("ray", "daft")
 PEER_STYLES = {"ray": "ray_data", "daft": "daft"}
+#: REST scoring through the lab's model server: ``rest`` as ``rest_udf`` chooses (image files as
+#: ``{"b64": ...}``, the model declaring an image input), ``rest_pixels`` with pixel lists forced.
+REST_STYLES = ("rest", "rest_pixels")
 #: Opt-in styles, not in the default run (``--rest`` or ``--styles ...,rest``).
-EXTRA_STYLES = ("rest",)
-#: Images per REST request (each 32x32 image is ~10 KB of JSON).
+EXTRA_STYLES = REST_STYLES
+#: Images per REST request (a 32x32 JPEG is ~1.4 KB as b64, ~13 KB as pixel lists).
 REST_BATCH = 64
 FIELD_SIZES = (100, 500, 1000, 1500, 2000, 2500, 3000)
 

@@ -15,9 +15,10 @@ For each model (the lab's CNN on 32x32 image files, ResNet-50 at 224x224) and ea
   row against the ideal);
 * with ``--peers`` also Ray Data (``ray_data``) and Daft (``daft``) in processes of their own, on
   the same files, cores, decode, model and batch size (:mod:`lab_utils.bench.peers`);
-* with ``--rest`` also ``rest``: the same rows scored over HTTP by the lab's model server
-  (:mod:`lab_utils.inference.rest_scoring`, a server started for the run on a free port, CNN only),
-  reported as a ratio to the in-Spark iterator UDF.
+* with ``--rest`` also ``rest`` and ``rest_pixels``: the same rows scored over HTTP by the lab's
+  model server (:mod:`lab_utils.inference.rest_scoring`, a server started for the run on a free
+  port, CNN only), the image files sent as ``{"b64": ...}`` and as pixel lists, each reported as
+  a ratio to the in-Spark iterator UDF.
 
 Rules: the input bytes are cached in Spark (and in memory for the baseline) so neither side
 times the disk; every timing forces full evaluation (``noop`` sink); a warm-up run on a slice of
@@ -53,6 +54,7 @@ from lab_utils.bench.cases import (  # noqa: F401 (re-exported: bench.STYLES, ..
     PEER_STYLES,
     PEERS,
     REST_BATCH,
+    REST_STYLES,
     ROW_STYLES,
     STYLES,
     BenchModel,
@@ -171,7 +173,7 @@ def run(
     records: list[dict[str, Any]] = []
     bench_models = [m for name, n in sizes.items() for m in prepare_models(cfg, (name,), max(n))]
     rest_server = None
-    if "rest" in styles and any(m.name == "cnn" for m in bench_models):
+    if set(REST_STYLES) & set(styles) and any(m.name == "cnn" for m in bench_models):
         from lab_utils.serving import model_server
 
         # A server of its own, serving only the CNN (not ResNet-50's 100 MB) on a free port.
@@ -231,7 +233,7 @@ def run(
                                 "peer_settings": json.dumps(peer["settings"])})
             for style in styles:
                 done += 1
-                if style == "rest" and (rest_server is None or model.name != "cnn"):
+                if style in REST_STYLES and (rest_server is None or model.name != "cnn"):
                     records.append({**base_record, "style": style, "rows": 0,
                                     "skipped": "REST scoring is measured for the CNN only"})
                     continue
@@ -335,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="N for ResNet-50 (slow on CPU); the --sizes apply to the CNN")
     parser.add_argument("--rest", action="store_true",
                         help="also score over HTTP through a model server started for the run "
-                             "(style 'rest', CNN only) and print its ratio to the iterator UDF")
+                             "(rest: image files as b64; rest_pixels: pixel lists; CNN only) and "
+                             "print their ratios to the iterator UDF")
     parser.add_argument("--peers", action="store_true",
                         help="also run Ray Data and Daft (the bench-peers dependency group: "
                              "`make bench-peers`) on the same files, cores and model")
@@ -367,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown styles {sorted(unknown)}: choose from "
                      f"{', '.join(STYLES + EXTRA_STYLES)}")
     if args.rest:
-        styles = tuple(dict.fromkeys([*styles, "iterator", "rest"]))
+        styles = tuple(dict.fromkeys([*styles, "iterator", *REST_STYLES]))
     peers: tuple[str, ...] = ()
     if args.peers:
         peers = tuple(e for e in args.peer_engines.split(",") if e)
@@ -384,9 +387,9 @@ def main(argv: list[str] | None = None) -> int:
         print(report(table))
         print()
         print(side_by_side(table))
-        rest = table[(table["style"] == "rest") & (table["rows"] > 0)]
+        rest = table[table["style"].isin(REST_STYLES) & (table["rows"] > 0)]
         for row in rest.itertuples():
-            print(f"REST / in-Spark iterator UDF throughput, {row.model} N={row.n}: "
+            print(f"REST ({row.style}) / in-Spark iterator UDF throughput, {row.model} N={row.n}: "
                   f"{row.ratio_to_iterator:.2f}x ({row.rows_per_s:,.0f} vs "
                   f"{row.rows_per_s / row.ratio_to_iterator:,.0f} rows/s)")
     if "training" in suites:

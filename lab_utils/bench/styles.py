@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from lab_utils import inference
-from lab_utils.bench.cases import REST_BATCH, BenchModel
+from lab_utils.bench.cases import REST_BATCH, REST_STYLES, BenchModel
 
 
 def _rss_mb() -> float:
@@ -67,10 +67,11 @@ def style_builder(style: str, model: BenchModel, make, batch: int,
     """``df -> scored df`` for ``style``; built once, so warm-up and timed run share the
     factory and therefore the model cached in each Python worker."""
     spec = model.spec
-    if style == "rest":
+    if style in REST_STYLES:
         from lab_utils.inference import rest_scoring
 
-        udf = rest_scoring.rest_udf(spec, rest_url, batch_size=REST_BATCH)
+        udf = rest_scoring.rest_udf(spec, rest_url, batch_size=REST_BATCH,
+                                    payload="pixels" if style == "rest_pixels" else "auto")
         return lambda df: df.select(udf("path", "content").alias("r"))
     if style == "transfer_only":
         udf = transfer_only_udf()
