@@ -8,7 +8,10 @@ TF Serving container serving the same model under the same name:
 * ``GET  /v1/models/NAME``                 status (``model_version_status``)
 * ``GET  /v1/models/NAME/metadata``        input/output signature (plus class names)
 * ``POST /v1/models/NAME:predict``         ``{"instances": [...]}`` (row form) answered with
-  ``{"predictions": [...]}``, or ``{"inputs": ...}`` (columnar) answered with ``{"outputs": ...}``
+  ``{"predictions": [...]}``, or ``{"inputs": ...}`` (columnar) answered with ``{"outputs": ...}``;
+  each image a nested list of pixels or, in TF Serving's binary form, an image file
+  ``{"b64": "..."}`` (bare or under ``image_bytes``), decoded as in-Spark inference decodes it
+  (:mod:`lab_utils.serving.payloads`; the metadata's ``image_input`` says a model takes files)
 * ``/v1/models/NAME/versions/V…``          the same, for one version
 
 Errors are TF Serving's ``{"error": "..."}`` with 400 (bad payload: what is wrong and the

@@ -76,11 +76,16 @@ def test_the_labs_server_gives_the_in_spark_predictions(lab_cluster, images_df, 
                                                         reference):
     url = lab_cluster.cfg.model_server_url
     assert lab.healthy(lab.Service("model-server", "model-server"), lab_cluster.cfg)
-    out = collect(images_df, rest_scoring.rest_udf(spec, url, batch_size=BATCH))
-    assert out["error"].isna().all(), out["error"].dropna().head()
     assert reference["error"].isna().all()
-    assert_matches(out, reference)
-    assert set(out["attempts"]) == {1}  # nothing to retry on a healthy server
+    # The default sends the image files ({"b64": ...}: the server declares an image input);
+    # forced pixel lists must give the same rows.
+    for payload, sent in (("auto", "b64"), ("pixels", "pixels")):
+        udf = rest_scoring.rest_udf(spec, url, batch_size=BATCH, payload=payload)
+        assert udf.payload == sent
+        out = collect(images_df, udf)
+        assert out["error"].isna().all(), out["error"].dropna().head()
+        assert_matches(out, reference)
+        assert set(out["attempts"]) == {1}  # nothing to retry on a healthy server
 
 
 def test_without_retries_exactly_the_failed_requests_rows_are_marked(images_df, spec,

@@ -1,16 +1,20 @@
-"""``rest_udf`` in Spark tasks against a server that is down: the breaker of each task marks
-its remaining rows with the reason instead of waiting through every batch's retries."""
+"""``rest_udf`` in Spark tasks: against a server that is down, the breaker of each task marks
+its remaining rows with the reason instead of waiting through every batch's retries; against a
+live server (fake model, in a thread of the test process), the image files sent as ``{"b64":
+...}`` give the rows the pixel lists give, a corrupt file included."""
 
 from __future__ import annotations
 
 import io
 import time
 
+import pytest
 from PIL import Image
 
 from lab_utils.inference import rest_scoring
+from lab_utils.serving import model_server
 from tests.utils import servers
-from tests.utils.fake_models import write_model
+from tests.utils.fake_models import brightness_loader, write_model
 
 
 def png(value: int) -> bytes:
@@ -38,3 +42,32 @@ def test_a_down_server_opens_each_tasks_breaker(local_spark, tmp_path):
         "(breaker_failures=2)").all()
     assert list(out["attempts"]) == [2] * 4 + [0] * 8
     assert seconds < 120  # generous: one local job; the requests themselves take milliseconds
+
+
+def test_auto_sends_image_files_and_gives_the_rows_of_pixel_lists(local_spark, tmp_path):
+    model = write_model(tmp_path / "models" / "tiny")
+    noise = Image.effect_noise((32, 32), 80).convert("RGB")
+    buffer = io.BytesIO()
+    noise.save(buffer, format="PNG")
+    rows = [(f"f{i:02d}.png", png(20 * i)) for i in range(12)]
+    rows[5] = ("f05.png", buffer.getvalue()[:200])  # truncated: the server refuses it
+    rows[8] = ("f08.png", b"")
+    df = local_spark.createDataFrame(rows, "path string, content binary").repartition(2)
+    app = model_server.create_app(tmp_path / "models", loader=brightness_loader)
+    with servers.in_thread(app) as url:
+        outs = {}
+        for payload in ("auto", "pixels"):
+            udf = rest_scoring.rest_udf(model, url, batch_size=4, payload=payload)
+            outs[udf.payload] = (df.select("path", udf("path", "content").alias("r"))
+                                 .select("path", "r.*").toPandas().sort_values("path")
+                                 .reset_index(drop=True))
+    assert sorted(outs) == ["b64", "pixels"]  # auto chose b64: the metadata declares images
+    b64, pixels = outs["b64"], outs["pixels"]
+    assert list(b64["path"]) == [r[0] for r in rows]
+    assert list(b64["prediction"]) == list(pixels["prediction"])
+    assert list(b64["error"].fillna("")) == list(pixels["error"].fillna(""))
+    assert b64["confidence"].to_numpy() == pytest.approx(pixels["confidence"].to_numpy(),
+                                                         nan_ok=True)
+    assert b64["error"][5].startswith("corrupt or truncated image")
+    assert b64["error"][8] == "empty file (0 bytes)"
+    assert b64["error"].notna().sum() == 2 and b64["prediction"].notna().sum() == 10
