@@ -292,3 +292,99 @@ def test_a_registry_without_checksums_asks_for_a_retrain(tmp_path, specs):
     # A frame that does not say which run it belongs to (built by hand): the caller must say.
     with pytest.raises(gt.GroupTrainingError, match="pass run_dir="):
         gt.score_groups(_Frame(), pd.DataFrame(run.registry.to_dict("list")))
+
+
+# --------------------------------------------------------------------------- scoring plans
+
+
+def test_key_runs_keep_null_keys_apart_from_their_neighbours():
+    import pyarrow as pa
+
+    keys = pa.array([None, None, "a", "a", "b", None, "c"])
+    assert list(gt.key_runs(keys)) == [(None, 0, 2), ("a", 2, 4), ("b", 4, 5), (None, 5, 6),
+                                       ("c", 6, 7)]
+    assert list(gt.key_runs(pa.array([3, 3, 3]))) == [(3, 0, 3)]
+    assert list(gt.key_runs(pa.array([], pa.string()))) == []
+    # The training splitter uses the same cuts: the null rows are their own group.
+    batch = pa.RecordBatch.from_pydict({"group": [None, "a", "a"], "x": [1.0, 2.0, 3.0]})
+    got = [(g, p[0]["x"].tolist()) for g, p in gt.split_sorted_arrow([batch], "group", ["x"])]
+    assert got == [(None, [1.0]), ("a", [2.0, 3.0])]
+
+
+class _Loads:
+    """Stands in for a Spark accumulator."""
+
+    def __init__(self):
+        self.value = 0
+
+    def add(self, n):
+        self.value += n
+
+
+def _scoring_case(tmp_path, specs):
+    run = _seq_run(tmp_path, specs)
+    data = pd.concat([gt.group_rows(s, seed=5) for s in specs.to_dict("records")],
+                     ignore_index=True)
+    data = pd.concat([data, pd.DataFrame({"group": ["stranger"] * 3, "x": [1.0, 2.0, 3.0],
+                                          "y": 0.0})], ignore_index=True)
+    data = data.sort_values("group", kind="stable").reset_index(drop=True)
+    bad = data.index[data["group"] == "seed_a"][:2]
+    data.loc[bad, "x"] = [np.nan, np.inf]  # two bad rows in a group that trained
+    paths = gt.model_files(run.registry, run.run_dir)
+    errors = {g: e for g, e in zip(run.registry["group"], run.registry["error"], strict=True)
+              if isinstance(e, str)}
+    return run, data, paths, errors
+
+
+def test_the_arrow_scorer_gives_the_pandas_scorers_rows_loading_each_model_once(tmp_path, specs):
+    import pyarrow as pa
+
+    gt.score._MODEL_CACHE._values.clear()  # a fresh Python worker
+    run, data, paths, errors = _scoring_case(tmp_path, specs)
+    loads = _Loads()
+    arrow_fn = gt.make_arrow_score_fn(gt.GroupScorer(paths, errors, ["x"], loads), "group")
+    # Batches of 333 rows: most groups span two or more batches.
+    batches = [pa.RecordBatch.from_pandas(b, preserve_index=False) for b in _batches(data, 333)]
+    out = [b for b in arrow_fn(iter(batches))]
+    assert [b.schema.names for b in out[:1]] == [["group", "x", "y", "prediction", "error"]]
+    assert [b.num_rows for b in out] == [b.num_rows for b in batches]  # batch for batch
+    got = pa.Table.from_batches(out).to_pandas()
+    assert loads.value == len(run.trained)  # once per group, not once per batch
+    pandas_fn = gt.make_pandas_score_fn(gt.GroupScorer(paths, errors, ["x"]))
+    want = pd.concat([pandas_fn((g,), part) for g, part in data.groupby("group", sort=True)],
+                     ignore_index=True)
+    pd.testing.assert_frame_equal(got, want)
+    bad = data.index[~np.isfinite(data["x"])]
+    assert len(bad) == 2 and got.loc[bad, "prediction"].isna().all()
+    assert got.loc[bad, "error"].str.contains("NaN/inf in the features").all()
+    rest = got[got["group"] == "seed_a"].drop(index=bad)
+    assert rest["error"].isna().all() and rest["prediction"].notna().all()
+    marked = got[got["error"].notna()].drop(index=bad).groupby("group")["error"].first()
+    assert marked.str.contains("failed to train").tolist() == [True, True, False]
+    assert marked["stranger"] == "no model for group 'stranger' in the registry"
+    ok = got[got["error"].isna()].merge(specs, on="group")
+    assert np.abs(ok["prediction"] - (ok["slope"] * ok["x"] + ok["intercept"])).mean() < 0.5
+
+
+def test_a_model_that_fails_to_load_marks_only_its_groups_rows(tmp_path, specs):
+    import pyarrow as pa
+
+    run, data, paths, errors = _scoring_case(tmp_path, specs)
+    victim = run.trained.iloc[1]
+    joblib.dump(_RunsCode(tmp_path / "code-ran"), victim.model_path)
+    fn = gt.make_arrow_score_fn(gt.GroupScorer(paths, errors, ["x"]), "group")
+    got = pa.Table.from_batches(list(fn(iter(
+        [pa.RecordBatch.from_pandas(b, preserve_index=False) for b in _batches(data, 500)]
+    )))).to_pandas()
+    bad = got[got["group"] == victim.group]
+    assert bad["prediction"].isna().all()
+    assert bad["error"].str.contains("ModelIntegrityError").all()
+    assert got.loc[got["group"] == run.trained.iloc[0].group, "error"].isna().sum() > 0
+    assert not (tmp_path / "code-ran").exists()
+
+
+def test_score_groups_checks_its_method_before_anything_else(tmp_path, specs):
+    run = _seq_run(tmp_path, specs)
+    with pytest.raises(gt.GroupTrainingError, match="unknown method 'groupBy'"):
+        gt.score_groups(_Frame(), run.registry, method="groupBy")
+    assert gt.SCORE_METHODS[0] == "sorted-mapInArrow"

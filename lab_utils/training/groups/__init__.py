@@ -36,6 +36,7 @@ run folders, the registry, scoring), :mod:`.search` (hyperparameter search on th
 Notebooks use the names re-exported here: ``from lab_utils.training import groups as gt``.
 """
 
+from lab_utils.training.groups.cut import key_runs, split_sorted, split_sorted_arrow
 from lab_utils.training.groups.data import (
     SEED_SLOPES,
     group_rows,
@@ -60,32 +61,38 @@ from lab_utils.training.groups.fit import (
     make_train_fn,
     model_filename,
     save_model,
-    split_sorted,
-    split_sorted_arrow,
 )
 from lab_utils.training.groups.runs import (
-    MODEL_CACHE_SIZE,
     TrainingRun,
     default_partitions,
-    load_model,
     load_registry,
-    model_files,
     models_root,
     prepare_run_dir,
-    score_groups,
     task_slots,
     train_groups,
     train_sequential,
     write_registry,
 )
+from lab_utils.training.groups.score import (
+    MODEL_CACHE_SIZE,
+    SCORE_METHODS,
+    GroupScorer,
+    load_model,
+    make_arrow_score_fn,
+    make_pandas_score_fn,
+    model_files,
+    score_groups,
+)
 from lab_utils.training.groups.search import search_hyperparameters
 
 __all__ = [
     "DEFAULT_MAX_ROWS", "DEFAULT_MIN_ROWS", "HOLDOUT_EVERY", "KINDS", "METHODS", "MODEL_CACHE_SIZE",
-    "REGISTRY_COLUMNS", "REGISTRY_SCHEMA", "SEED_SLOPES", "FitOptions", "GroupTrainingError",
-    "ModelIntegrityError", "TrainingRun", "default_partitions", "fit_group", "group_rows",
-    "group_specs", "load_model", "load_registry", "make_arrow_train_fn", "make_sorted_train_fn",
-    "make_train_fn", "model_filename", "model_files", "models_root", "prepare_run_dir",
+    "REGISTRY_COLUMNS", "REGISTRY_SCHEMA", "SCORE_METHODS", "SEED_SLOPES", "FitOptions",
+    "GroupScorer", "GroupTrainingError", "ModelIntegrityError", "TrainingRun",
+    "default_partitions", "fit_group", "group_rows", "group_specs", "key_runs", "load_model",
+    "load_registry", "make_arrow_score_fn", "make_arrow_train_fn", "make_pandas_score_fn",
+    "make_sorted_train_fn", "make_train_fn", "model_filename", "model_files", "models_root",
+    "prepare_run_dir",
     "save_model", "score_groups", "search_hyperparameters", "split_sorted", "split_sorted_arrow",
     "task_slots", "train_groups", "train_sequential", "truth_path", "write_group_dataset",
     "write_registry",

@@ -19,6 +19,7 @@ from lab_utils.common.atomic import atomic_write
 from lab_utils.common.cache import file_sha256
 from lab_utils.common.task import partition_id
 from lab_utils.errors import LabError
+from lab_utils.training.groups.cut import split_sorted, split_sorted_arrow
 
 #: One registry row per group.
 REGISTRY_SCHEMA = (
@@ -317,32 +318,6 @@ def make_train_fn(opts: FitOptions, key: str):
     return train
 
 
-def split_sorted(batches: Iterable[pd.DataFrame], key: str) -> Iterator[tuple[Any, list]]:
-    """Cut a stream of batches sorted by ``key`` into (group, that group's frames).
-
-    A group may span batch boundaries; only the group being assembled is held in memory.
-    """
-    current = None
-    parts: list[pd.DataFrame] = []
-    for batch in batches:
-        if batch.empty:
-            continue
-        keys = batch[key].to_numpy()
-        # Positions where the key changes inside this batch.
-        cuts = np.flatnonzero(keys[1:] != keys[:-1]) + 1
-        starts = [0, *cuts.tolist()]
-        ends = [*cuts.tolist(), len(batch)]
-        for s, e in zip(starts, ends, strict=True):
-            k = keys[s]
-            if parts and k != current:
-                yield current, parts
-                parts = []
-            current = k
-            parts.append(batch.iloc[s:e])
-    if parts:
-        yield current, parts
-
-
 def make_sorted_train_fn(opts: FitOptions, key: str):
     """The ``mapInPandas`` function over partitions sorted by key: one registry row per group."""
 
@@ -352,36 +327,6 @@ def make_sorted_train_fn(opts: FitOptions, key: str):
             yield _registry_frame(rows)
 
     return train
-
-
-def split_sorted_arrow(batches: Iterable, key: str,
-                       columns: Sequence[str]) -> Iterator[tuple[Any, list[pd.DataFrame]]]:
-    """Like :func:`split_sorted`, over Arrow record batches: the key column never becomes
-    Python objects (one string per group, not per row), the numeric columns become NumPy
-    arrays without a copy."""
-    import pyarrow.compute as pc
-
-    current = None
-    parts: list[pd.DataFrame] = []
-    for batch in batches:
-        n = batch.num_rows
-        if n == 0:
-            continue
-        keys = batch.column(key)
-        change = pc.not_equal(keys.slice(1), keys.slice(0, n - 1)).to_numpy(
-            zero_copy_only=False)
-        cuts = (np.flatnonzero(change) + 1).tolist()
-        for s, e in zip([0, *cuts], [*cuts, n], strict=True):
-            k = keys[s].as_py()
-            if parts and k != current:
-                yield current, parts
-                parts = []
-            current = k
-            part = batch.slice(s, e - s)
-            parts.append(pd.DataFrame({c: part.column(c).to_numpy(zero_copy_only=False)
-                                       for c in columns}))
-    if parts:
-        yield current, parts
 
 
 def make_arrow_train_fn(opts: FitOptions, key: str):

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -14,13 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from lab_utils import config as lab_config
 from lab_utils.common import atomic
 from lab_utils.common.atomic import atomic_write
-from lab_utils.common.cache import WorkerCache, file_key, sha256_hex
 from lab_utils.training.groups.fit import (
     DEFAULT_MAX_ROWS,
     DEFAULT_MIN_ROWS,
@@ -29,7 +25,6 @@ from lab_utils.training.groups.fit import (
     REGISTRY_SCHEMA,
     FitOptions,
     GroupTrainingError,
-    ModelIntegrityError,
     _kind_name,
     _registry_frame,
     fit_group,
@@ -156,6 +151,7 @@ def train_groups(df, *, run: str, key: str = "group", features: Sequence[str] = 
 
     Each group is scored with its own model (:func:`score_groups`):
 
+    >>> from lab_utils.training.groups import score_groups
     >>> new = spark.createDataFrame(pd.DataFrame({"group": ["a", "b"], "x": [10.0, 10.0]}))
     >>> scored = score_groups(new, run.registry).toPandas().sort_values("group")
     >>> scored["prediction"].round(3).tolist(), scored["error"].tolist()
@@ -259,157 +255,3 @@ def train_sequential(data: pd.DataFrame, *, run: str, key: str = "group",
     write_registry(registry, run_dir, opts)
     registry.attrs["run_dir"] = str(run_dir)
     return TrainingRun(run, run_dir, registry, seconds, 1, {"kind": _kind_name(kind)})
-
-
-#: Group models kept per Python worker (a scoring job touches one model per group).
-MODEL_CACHE_SIZE = 64
-_MODEL_CACHE: WorkerCache[Any] = WorkerCache(MODEL_CACHE_SIZE)
-
-
-def load_model(path: str, loads=None, *, sha256: str):
-    """A stored group model (joblib or .keras), checked against the ``sha256`` its registry
-    recorded, cached per Python worker (least recently used dropped first); ``loads`` (a Spark
-    accumulator) counts the loads from disk.
-
-    Loading a joblib (pickle) file runs code, so the bytes are read once, checked, and only
-    those bytes are loaded: a file changed after training is refused with
-    :class:`ModelIntegrityError`, never unpickled.
-
-    The cache key is the file's version (:func:`~lab_utils.common.cache.file_key`) and the
-    expected digest, not the path: workers are reused across jobs, and a run retrained under
-    the same name must score with the new models.
-    """
-
-    def load():
-        data = Path(path).read_bytes()
-        if sha256_hex(data) != sha256:
-            raise ModelIntegrityError(
-                f"{path} is not the model file its registry recorded (its sha256 differs: it "
-                "changed after training): it was not loaded. Retrain the run (train_groups), or "
-                "restore the file from a backup. Loading a model file runs code: keep "
-                "share_storages/models writable only by people you trust.")
-        if path.endswith(".keras"):
-            from lab_utils.inference import configure_tensorflow
-
-            configure_tensorflow()
-            import keras
-
-            # Keras reads a path: give it a private copy of the checked bytes.
-            with tempfile.TemporaryDirectory() as tmp:
-                copy = Path(tmp) / "model.keras"
-                copy.write_bytes(data)
-                model = keras.saving.load_model(str(copy))
-        else:
-            import joblib
-
-            model = joblib.load(io.BytesIO(data))
-        if loads is not None:
-            loads.add(1)
-        return model
-
-    return _MODEL_CACHE.get((file_key(path), sha256), load)
-
-
-def _trained(error) -> bool:
-    return error is None or (isinstance(error, float) and np.isnan(error))
-
-
-def model_files(registry: pd.DataFrame, run_dir: Path | str) -> dict[str, tuple[str, str]]:
-    """``{group: (model path, sha256)}`` of a registry's trained rows, checked on the driver.
-
-    Raises
-    ------
-    ModelIntegrityError
-        A row without a recorded sha256 (a registry written before the lab recorded them), or
-        whose model path resolves, after symbolic links, outside ``run_dir``.
-    FileNotFoundError
-        A model file listed in the registry is gone.
-    """
-    root = Path(run_dir).resolve()
-    shas = registry["sha256"] if "sha256" in registry.columns else [None] * len(registry)
-    found = {}
-    for group, path, sha, error in zip(registry["group"], registry["model_path"], shas,
-                                       registry["error"], strict=True):
-        if not _trained(error):
-            continue
-        if not isinstance(sha, str) or not sha:
-            raise ModelIntegrityError(
-                f"registry row for group {group!r} ({path}) has no sha256: the run was trained "
-                "before the lab recorded model checksums, and an unchecked model file is not "
-                "loaded (loading one runs code). Retrain the run (train_groups).")
-        resolved = (root / str(path)).resolve()
-        if not resolved.is_relative_to(root):
-            raise ModelIntegrityError(
-                f"registry row for group {group!r} points at {path}, which resolves to "
-                f"{resolved}, outside the run folder {root}: refused before the job started. "
-                "Restore the registry or retrain the run (train_groups).")
-        found[str(group)] = (str(resolved), sha)
-    missing = [p for p, _ in found.values() if not Path(p).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} model file(s) listed in the registry are gone "
-                                f"(first: {missing[0]}): retrain the run")
-    return found
-
-
-def _predict(model, X: np.ndarray) -> np.ndarray:
-    if hasattr(model, "predict") and not hasattr(model, "layers"):
-        return np.asarray(model.predict(X), dtype=np.float64).ravel()
-    return np.asarray(model(X.astype(np.float32), training=False)).astype(np.float64).ravel()
-
-
-def score_groups(df, registry: pd.DataFrame | str, *, key: str = "group",
-                 features: Sequence[str] = ("x",), prediction: str = "prediction",
-                 partitions: int | None = None, loads=None,
-                 run_dir: Path | str | None = None):
-    """Score ``df`` with each group's own model: one ``applyInPandas`` call per group.
-
-    Every input row comes out once, with ``prediction`` and ``error``: rows of a group whose
-    model failed to train, that has no model in the registry, or whose model file changed
-    since training (its sha256 differs), get the reason in ``error`` and a null prediction.
-    ``loads`` (a Spark accumulator) counts model loads from disk.
-
-    Model paths must resolve inside the run's folder (``run_dir``, default: the folder the
-    registry came from): a row pointing elsewhere stops the call here, on the driver, before the
-    job starts (:func:`model_files`).
-    """
-    from pyspark.sql.types import DoubleType, StringType, StructField, StructType
-
-    features = tuple(features)
-    _check_columns(df, [key, *features])
-    if isinstance(registry, str | Path):
-        registry = load_registry(registry)
-    run_dir = run_dir or registry.attrs.get("run_dir")
-    if run_dir is None:
-        raise GroupTrainingError("the registry does not say which run folder it belongs to: pass "
-                                 "run_dir=, or the run's name or folder (load_registry)")
-    paths = model_files(registry, run_dir)
-    errors = {str(g): e for g, e in registry[["group", "error"]].itertuples(index=False)
-              if isinstance(e, str)}
-    taken = {prediction, "error"} & set(df.columns)
-    if taken:
-        raise GroupTrainingError(f"column(s) {sorted(taken)} already exist: pass prediction= "
-                                 "or drop them")
-    schema = StructType([*df.schema.fields, StructField(prediction, DoubleType()),
-                         StructField("error", StringType())])
-
-    def score(key_values: tuple, pdf: pd.DataFrame) -> pd.DataFrame:
-        group = str(key_values[0])
-        out = pdf.copy()
-        out[prediction] = np.nan
-        out["error"] = None
-        stored = paths.get(group)
-        if stored is None:
-            why = errors.get(group)
-            out["error"] = (f"model for group {group!r} failed to train: {why}" if why
-                            else f"no model for group {group!r} in the registry")
-            return out
-        path, sha256 = stored
-        try:
-            model = load_model(path, loads, sha256=sha256)
-            out[prediction] = _predict(model, pdf[list(features)].to_numpy(dtype=np.float64))
-        except Exception as exc:  # noqa: BLE001 - one group's failure marks its rows only
-            out["error"] = f"scoring group {group!r} failed: {type(exc).__name__}: {exc}"
-        return out
-
-    data = df.repartition(partitions or default_partitions(df.sparkSession), key)
-    return data.groupBy(key).applyInPandas(score, schema)

@@ -1,0 +1,95 @@
+"""Cutting partitions sorted by key into groups: the core of the sorted plans.
+
+``repartition(P, key).sortWithinPartitions(key)`` puts every row of a group in one partition,
+next to each other. A ``mapInPandas`` / ``mapInArrow`` function then sees a stream of batches in
+which a group may span batch boundaries; these functions find where the key changes, so one
+Python call per partition (not one per group) trains or scores every group in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def key_runs(keys) -> Iterator[tuple[Any, int, int]]:
+    """``(key, start, end)`` for each run of equal keys in one Arrow array, in order.
+
+    Nulls form runs of their own (a comparison with a null is null, not "changed", so a plain
+    ``not_equal`` would glue the null rows, sorted first, to the next group). The key becomes
+    one Python object per run, never one per row.
+    """
+    import pyarrow.compute as pc
+
+    n = len(keys)
+    if n == 0:
+        return
+    prev, nxt = keys.slice(0, n - 1), keys.slice(1)
+    change = pc.fill_null(pc.not_equal(nxt, prev), False)
+    if keys.null_count:
+        change = pc.or_(change, pc.not_equal(pc.is_null(nxt), pc.is_null(prev)))
+    cuts = (np.flatnonzero(change.to_numpy(zero_copy_only=False)) + 1).tolist()
+    for s, e in zip([0, *cuts], [*cuts, n], strict=True):
+        yield keys[s].as_py(), s, e
+
+
+def split_sorted(batches: Iterable[pd.DataFrame], key: str) -> Iterator[tuple[Any, list]]:
+    """Cut a stream of batches sorted by ``key`` into (group, that group's frames).
+
+    A group may span batch boundaries; only the group being assembled is held in memory.
+    """
+    current = None
+    parts: list[pd.DataFrame] = []
+    for batch in batches:
+        if batch.empty:
+            continue
+        keys = batch[key].to_numpy()
+        # Positions where the key changes inside this batch.
+        cuts = np.flatnonzero(keys[1:] != keys[:-1]) + 1
+        starts = [0, *cuts.tolist()]
+        ends = [*cuts.tolist(), len(batch)]
+        for s, e in zip(starts, ends, strict=True):
+            k = keys[s]
+            if parts and k != current:
+                yield current, parts
+                parts = []
+            current = k
+            parts.append(batch.iloc[s:e])
+    if parts:
+        yield current, parts
+
+
+def split_sorted_arrow(batches: Iterable, key: str,
+                       columns: Sequence[str]) -> Iterator[tuple[Any, list[pd.DataFrame]]]:
+    """Like :func:`split_sorted`, over Arrow record batches: the key column never becomes
+    Python objects (one per group, not per row), and a group's slices, which may come from
+    several batches, become one pandas frame (one copy per column, not one frame per slice)."""
+    import pyarrow as pa
+
+    current: Any = None
+    started = False
+    slices: list = []
+
+    def frame() -> list[pd.DataFrame]:
+        if len(slices) == 1:
+            table = slices[0]
+            return [pd.DataFrame({c: table.column(c).to_numpy(zero_copy_only=False)
+                                  for c in columns})]
+        table = pa.Table.from_batches(slices)
+        return [pd.DataFrame({c: table.column(c).to_numpy() for c in columns})]
+
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        batch = batch.select(list(columns) if key in columns else [key, *columns])
+        for k, s, e in key_runs(batch.column(key)):
+            if started and k != current:
+                yield current, frame()
+                slices = []
+            current, started = k, True
+            slices.append(batch.slice(s, e - s))
+    if started:
+        yield current, frame()

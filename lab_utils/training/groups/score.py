@@ -1,0 +1,286 @@
+"""Scoring new rows with each group's own model: the checked loader and both plans.
+
+The default plan is the training plan's: ``repartition(P, key)``, each partition sorted by key,
+one ``mapInArrow`` call per partition that cuts its Arrow batches where the key changes and
+loads each group's model once. ``method="applyInPandas"`` is the textbook form (one call per
+group); both give the same rows (a Spark test compares them).
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lab_utils.common.cache import WorkerCache, file_key, sha256_hex
+from lab_utils.training.groups.cut import key_runs
+from lab_utils.training.groups.fit import GroupTrainingError, ModelIntegrityError
+from lab_utils.training.groups.runs import _check_columns, default_partitions, load_registry
+
+#: How :func:`score_groups` hands the groups to Python (the first is the default).
+SCORE_METHODS = ("sorted-mapInArrow", "applyInPandas")
+
+#: Group models kept per Python worker (a scoring job touches one model per group).
+MODEL_CACHE_SIZE = 64
+_MODEL_CACHE: WorkerCache[Any] = WorkerCache(MODEL_CACHE_SIZE)
+
+
+def load_model(path: str, loads=None, *, sha256: str):
+    """A stored group model (joblib or .keras), checked against the ``sha256`` its registry
+    recorded, cached per Python worker (least recently used dropped first); ``loads`` (a Spark
+    accumulator) counts the loads from disk.
+
+    Loading a joblib (pickle) file runs code, so the bytes are read once, checked, and only
+    those bytes are loaded: a file changed after training is refused with
+    :class:`ModelIntegrityError`, never unpickled.
+
+    The cache key is the file's version (:func:`~lab_utils.common.cache.file_key`) and the
+    expected digest, not the path: workers are reused across jobs, and a run retrained under
+    the same name must score with the new models.
+    """
+
+    def load():
+        data = Path(path).read_bytes()
+        if sha256_hex(data) != sha256:
+            raise ModelIntegrityError(
+                f"{path} is not the model file its registry recorded (its sha256 differs: it "
+                "changed after training): it was not loaded. Retrain the run (train_groups), or "
+                "restore the file from a backup. Loading a model file runs code: keep "
+                "share_storages/models writable only by people you trust.")
+        if path.endswith(".keras"):
+            from lab_utils.inference import configure_tensorflow
+
+            configure_tensorflow()
+            import keras
+
+            # Keras reads a path: give it a private copy of the checked bytes.
+            with tempfile.TemporaryDirectory() as tmp:
+                copy = Path(tmp) / "model.keras"
+                copy.write_bytes(data)
+                model = keras.saving.load_model(str(copy))
+        else:
+            import joblib
+
+            model = joblib.load(io.BytesIO(data))
+        if loads is not None:
+            loads.add(1)
+        return model
+
+    return _MODEL_CACHE.get((file_key(path), sha256), load)
+
+
+def _trained(error) -> bool:
+    return error is None or (isinstance(error, float) and np.isnan(error))
+
+
+def model_files(registry: pd.DataFrame, run_dir: Path | str) -> dict[str, tuple[str, str]]:
+    """``{group: (model path, sha256)}`` of a registry's trained rows, checked on the driver.
+
+    Raises
+    ------
+    ModelIntegrityError
+        A row without a recorded sha256 (a registry written before the lab recorded them), or
+        whose model path resolves, after symbolic links, outside ``run_dir``.
+    FileNotFoundError
+        A model file listed in the registry is gone.
+    """
+    root = Path(run_dir).resolve()
+    shas = registry["sha256"] if "sha256" in registry.columns else [None] * len(registry)
+    found = {}
+    for group, path, sha, error in zip(registry["group"], registry["model_path"], shas,
+                                       registry["error"], strict=True):
+        if not _trained(error):
+            continue
+        if not isinstance(sha, str) or not sha:
+            raise ModelIntegrityError(
+                f"registry row for group {group!r} ({path}) has no sha256: the run was trained "
+                "before the lab recorded model checksums, and an unchecked model file is not "
+                "loaded (loading one runs code). Retrain the run (train_groups).")
+        resolved = (root / str(path)).resolve()
+        if not resolved.is_relative_to(root):
+            raise ModelIntegrityError(
+                f"registry row for group {group!r} points at {path}, which resolves to "
+                f"{resolved}, outside the run folder {root}: refused before the job started. "
+                "Restore the registry or retrain the run (train_groups).")
+        found[str(group)] = (str(resolved), sha)
+    missing = [p for p, _ in found.values() if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} model file(s) listed in the registry are gone "
+                                f"(first: {missing[0]}): retrain the run")
+    return found
+
+
+def _predict(model, X: np.ndarray) -> np.ndarray:
+    if hasattr(model, "predict") and not hasattr(model, "layers"):
+        return np.asarray(model.predict(X), dtype=np.float64).ravel()
+    return np.asarray(model(X.astype(np.float32), training=False)).astype(np.float64).ravel()
+
+
+class GroupScorer:
+    """Scores one group's rows on an executor: finds the group's model (or the reason it has
+    none), predicts, and marks instead of failing.
+
+    It remembers the current group's model, so a group whose rows span several Arrow batches
+    is loaded once (:func:`load_model` also caches per Python worker, and checks the sha256).
+    A pure object: the unit tests drive it without Spark.
+    """
+
+    def __init__(self, paths: Mapping[str, tuple[str, str]], errors: Mapping[str, str],
+                 features: Sequence[str], loads=None):
+        self.paths = dict(paths)
+        self.errors = dict(errors)
+        self.features = tuple(features)
+        self.loads = loads
+        self._group: str | None = None
+        self._model: Any = None
+        self._why: str | None = None
+
+    def model(self, group: str) -> tuple[Any, str | None]:
+        """``(model, None)``, or ``(None, reason)`` when the group cannot be scored."""
+        if group != self._group:
+            self._model, self._why = self._resolve(group)
+            self._group = group
+        return self._model, self._why
+
+    def _resolve(self, group: str) -> tuple[Any, str | None]:
+        stored = self.paths.get(group)
+        if stored is None:
+            why = self.errors.get(group)
+            return None, (f"model for group {group!r} failed to train: {why}" if why
+                          else f"no model for group {group!r} in the registry")
+        path, sha256 = stored
+        try:
+            return load_model(path, self.loads, sha256=sha256), None
+        except Exception as exc:  # noqa: BLE001 - one group's failure marks its rows only
+            return None, f"scoring group {group!r} failed: {type(exc).__name__}: {exc}"
+
+    def score(self, group: str, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Predictions (NaN where none) and errors (None where scored) for rows of one group.
+
+        Rows with a NaN or infinite feature are marked one by one; the group's other rows are
+        scored.
+        """
+        pred = np.full(len(X), np.nan)
+        error = np.full(len(X), None, dtype=object)
+        model, why = self.model(group)
+        if why is not None:
+            error[:] = why
+            return pred, error
+        ok = np.isfinite(X).all(axis=1)
+        if not ok.all():
+            error[~ok] = (f"row has NaN/inf in the features {list(self.features)}: impute or "
+                          "drop such rows before scoring")
+        if ok.any():
+            try:
+                pred[ok] = _predict(model, X[ok])
+            except Exception as exc:  # noqa: BLE001 - one group's failure marks its rows only
+                error[ok] = f"scoring group {group!r} failed: {type(exc).__name__}: {exc}"
+        return pred, error
+
+
+def make_pandas_score_fn(scorer: GroupScorer, prediction: str = "prediction"
+                         ) -> Callable[[tuple, pd.DataFrame], pd.DataFrame]:
+    """The ``applyInPandas`` function: all rows of one group in, the same rows out with
+    ``prediction`` and ``error``."""
+    features = list(scorer.features)
+
+    def score(key_values: tuple, pdf: pd.DataFrame) -> pd.DataFrame:
+        out = pdf.copy()
+        out[prediction], out["error"] = scorer.score(
+            str(key_values[0]), pdf[features].to_numpy(dtype=np.float64))
+        return out
+
+    return score
+
+
+def make_arrow_score_fn(scorer: GroupScorer, key: str, prediction: str = "prediction", *,
+                        large_strings: bool = False):
+    """The ``mapInArrow`` function over partitions sorted by key: every batch comes back with
+    ``prediction`` and ``error`` appended, each run of one group's rows scored by its model.
+
+    The input columns go back as they came (no conversion); the key becomes one Python object
+    per run of a group, the features one float64 matrix per batch.
+    """
+    import pyarrow as pa
+
+    text = pa.large_string() if large_strings else pa.string()
+
+    def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            n = batch.num_rows
+            if n == 0:
+                continue
+            X = np.column_stack([
+                np.asarray(batch.column(c).to_numpy(zero_copy_only=False), dtype=np.float64)
+                for c in scorer.features])
+            pred = np.full(n, np.nan)
+            error = np.full(n, None, dtype=object)
+            for group, s, e in key_runs(batch.column(key)):
+                pred[s:e], error[s:e] = scorer.score(str(group), X[s:e])
+            yield pa.RecordBatch.from_arrays(
+                [*batch.columns, pa.array(pred, from_pandas=True), pa.array(error, type=text)],
+                names=[*batch.schema.names, prediction, "error"])
+
+    return score
+
+
+def score_groups(df, registry: pd.DataFrame | str, *, key: str = "group",
+                 features: Sequence[str] = ("x",), prediction: str = "prediction",
+                 partitions: int | None = None, loads=None,
+                 run_dir: Path | str | None = None, method: str = "sorted-mapInArrow"):
+    """Score ``df`` with each group's own model, loading each model once per task.
+
+    Every input row comes out once, with ``prediction`` and ``error``: rows of a group whose
+    model failed to train, that has no model in the registry, or whose model file changed
+    since training (its sha256 differs), get the reason in ``error`` and a null prediction, and
+    so does a row with a NaN or infinite feature; the job does not fail. ``loads`` (a Spark
+    accumulator) counts model loads from disk.
+
+    ``method`` chooses the plan, as in :func:`~lab_utils.training.groups.train_groups`; both
+    give the same rows, in a different order:
+
+    * ``"sorted-mapInArrow"`` (default): ``repartition(P, key)``, each partition sorted by key,
+      one ``mapInArrow`` call per partition; the input columns pass through as Arrow;
+    * ``"applyInPandas"``: ``groupBy(key).applyInPandas``, one call and one pandas frame per
+      group.
+
+    ``partitions`` defaults to 4 per task slot. Model paths must resolve inside the run's
+    folder (``run_dir``, default: the folder the registry came from): a row pointing elsewhere
+    stops the call here, on the driver, before the job starts (:func:`model_files`).
+    """
+    from pyspark.sql.types import DoubleType, StringType, StructField, StructType
+
+    if method not in SCORE_METHODS:
+        raise GroupTrainingError(f"unknown method {method!r}: use one of {SCORE_METHODS}")
+    features = tuple(features)
+    _check_columns(df, [key, *features])
+    if isinstance(registry, str | Path):
+        registry = load_registry(registry)
+    run_dir = run_dir or registry.attrs.get("run_dir")
+    if run_dir is None:
+        raise GroupTrainingError("the registry does not say which run folder it belongs to: pass "
+                                 "run_dir=, or the run's name or folder (load_registry)")
+    paths = model_files(registry, run_dir)
+    errors = {str(g): e for g, e in registry[["group", "error"]].itertuples(index=False)
+              if isinstance(e, str)}
+    taken = {prediction, "error"} & set(df.columns)
+    if taken:
+        raise GroupTrainingError(f"column(s) {sorted(taken)} already exist: pass prediction= "
+                                 "or drop them")
+    schema = StructType([*df.schema.fields, StructField(prediction, DoubleType()),
+                         StructField("error", StringType())])
+    scorer = GroupScorer(paths, errors, features, loads)
+    spark = df.sparkSession
+    # The same explicit repartition as training: a fixed task count that AQE does not coalesce,
+    # and every row of a group in one task (one model load).
+    data = df.repartition(partitions or default_partitions(spark), key)
+    if method == "applyInPandas":
+        return data.groupBy(key).applyInPandas(make_pandas_score_fn(scorer, prediction), schema)
+    large = spark.conf.get("spark.sql.execution.arrow.useLargeVarTypes", "false") == "true"
+    return data.sortWithinPartitions(key).mapInArrow(
+        make_arrow_score_fn(scorer, key, prediction, large_strings=large), schema)
