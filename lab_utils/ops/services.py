@@ -187,6 +187,11 @@ def service_env(cfg: lab_config.LabConfig, role: str) -> dict[str, str]:
         IPYTHONDIR=str(cfg.state_dir / "ipython"),
         JUPYTER_RUNTIME_DIR=str(cfg.state_dir / "jupyter-runtime"),
     )
+    if role in SPARK_ROLES and cfg.daemon_java_options:
+        # Spark's launcher gives SPARK_DAEMON_JAVA_OPTS to these daemons only (not executors);
+        # the user's own setting comes first and the lab's options are added after it.
+        own = env.get("SPARK_DAEMON_JAVA_OPTS", "").strip()
+        env["SPARK_DAEMON_JAVA_OPTS"] = f"{own} {cfg.daemon_java_options}".strip()
     # TensorFlow's INFO lines (oneDNN, CUDA probing) flood executor logs and notebook output.
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     if host not in {"0.0.0.0", "::"}:

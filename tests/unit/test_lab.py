@@ -210,6 +210,23 @@ def test_service_env_shares_one_interpreter(tmp_path):
     assert config.load(env) == dataclasses.replace(cfg, master_url=cfg.lab_master_url)
 
 
+def test_daemon_java_options_reach_the_spark_daemons_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARK_DAEMON_JAVA_OPTS", "-Dmine=1")
+    cfg = make_cfg(tmp_path)
+    assert cfg.daemon_java_options == config.DEFAULT_DAEMON_JAVA_OPTIONS
+    for role in ("master", "worker", "history"):
+        # The user's own options stay, first; the lab's come after them.
+        assert lab.service_env(cfg, role)["SPARK_DAEMON_JAVA_OPTS"] == (
+            "-Dmine=1 -XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+    monkeypatch.delenv("SPARK_DAEMON_JAVA_OPTS")
+    for role in ("model-server", "jupyter"):  # kernels' drivers and executors keep their JITs
+        assert "SPARK_DAEMON_JAVA_OPTS" not in lab.service_env(cfg, role)
+    # Empty means the JVM's defaults, and survives the hand-over to the services' environment.
+    plain = dataclasses.replace(cfg, daemon_java_options="")
+    assert config.load(config.to_env(plain)).daemon_java_options == ""
+    assert "SPARK_DAEMON_JAVA_OPTS" not in lab.service_env(plain, "master")
+
+
 def test_jupyter_never_starts_without_a_token(tmp_path):
     cfg = config.load({"LAB_ROOT": str(tmp_path), "SPARK_AUTH_SECRET": "s"})
     with pytest.raises(lab.LaunchError, match="JUPYTER_TOKEN is not set: run `make env`"):
