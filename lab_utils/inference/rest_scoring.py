@@ -454,7 +454,8 @@ def rest_udf(
         Seconds one task may spend; then its remaining rows are marked without being sent
         (default ``None``: no deadline). See :class:`RestOptions`.
     check : bool
-        Check the server and the model on the driver now, before any job.
+        Check the server and the model on the driver now, before any job. Without it,
+        ``payload="auto"`` still asks for the model's metadata once (pixels if none answers).
     payload : {"auto", "b64", "pixels"}
         What a request carries: ``"b64"`` the image files (``{"b64": ...}``, TF Serving's binary
         form: ~10x fewer bytes and no decoding in the workers), ``"pixels"`` decoded pixels as

@@ -71,3 +71,16 @@ def test_auto_sends_image_files_and_gives_the_rows_of_pixel_lists(local_spark, t
     assert b64["error"][5].startswith("corrupt or truncated image")
     assert b64["error"][8] == "empty file (0 bytes)"
     assert b64["error"].notna().sum() == 2 and b64["prediction"].notna().sum() == 10
+
+
+def test_rest_udf_decides_the_payload_on_the_driver(local_spark, tmp_path):
+    model = write_model(tmp_path / "models" / "tiny")
+    down = servers.closed_port_url()
+    with pytest.raises(rest_scoring.PayloadError, match="payload='jpeg' is not one of"):
+        rest_scoring.rest_udf(model, down, payload="jpeg")  # before the server check
+    assert rest_scoring.rest_udf(model, down, check=False).payload == "pixels"
+    assert rest_scoring.rest_udf(model, down, check=False, payload="b64").payload == "b64"
+    app = model_server.create_app(tmp_path / "models", loader=brightness_loader)
+    with servers.in_thread(app) as url:
+        assert rest_scoring.rest_udf(model, url).payload == "b64"
+        assert rest_scoring.rest_udf(model, url, payload="pixels").payload == "pixels"
