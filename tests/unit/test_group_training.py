@@ -307,7 +307,8 @@ def test_key_runs_keep_null_keys_apart_from_their_neighbours():
     assert list(gt.key_runs(pa.array([], pa.string()))) == []
     # The training splitter uses the same cuts: the null rows are their own group.
     batch = pa.RecordBatch.from_pydict({"group": [None, "a", "a"], "x": [1.0, 2.0, 3.0]})
-    got = [(g, p[0]["x"].tolist()) for g, p in gt.split_sorted_arrow([batch], "group", ["x"])]
+    got = [(g, pd.concat(p)["x"].tolist())
+           for g, p in gt.split_sorted_arrow([batch], "group", ["x"])]
     assert got == [(None, [1.0]), ("a", [2.0, 3.0])]
 
 
@@ -388,3 +389,26 @@ def test_score_groups_checks_its_method_before_anything_else(tmp_path, specs):
     with pytest.raises(gt.GroupTrainingError, match="unknown method 'groupBy'"):
         gt.score_groups(_Frame(), run.registry, method="groupBy")
     assert gt.SCORE_METHODS[0] == "sorted-mapInArrow"
+
+
+def test_the_arrow_splitter_reads_a_group_only_as_far_as_it_is_consumed(tmp_path, specs):
+    import pyarrow as pa
+
+    big = gt.group_rows(specs.iloc[1])  # seed_b, 800 rows
+    frame = pd.concat([big, gt.group_rows(specs.iloc[2])], ignore_index=True)
+    pulled = []
+
+    def stream():
+        for i, part in enumerate(_batches(frame, 100)):
+            pulled.append(i)
+            yield pa.RecordBatch.from_pandas(part, preserve_index=False)
+
+    groups = gt.split_sorted_arrow(stream(), "group", ["x", "y"])
+    group, frames = next(groups)
+    assert group == "seed_b" and pulled == [0]
+    assert len(next(frames)) == 100 and pulled == [0]  # nothing read ahead
+    # fit_group streams the rest through the least-squares sums: max_rows of it held at most.
+    row = gt.fit_group(group, frames, gt.FitOptions(run_dir=str(tmp_path), max_rows=250))
+    assert row["streamed"] and row["error"] is None and row["n_rows"] == 700
+    assert row["slope"] == pytest.approx(3.0, abs=0.05)
+    assert [g for g, _ in groups] == [specs.iloc[2]["group"]]

@@ -22,8 +22,8 @@ lab's version:
   metrics, row count, training time, the task that trained it and the error if it failed. A
   group that cannot be trained (too few rows, NaNs) is a registry row with its error; the other
   groups finish.
-* :func:`score_groups` scores new data with each group's own model, loading each model once.
-  The registry records each model file's sha256 and loading checks it; a registry row whose
+* :func:`score_groups` scores new data with each group's own model on the same sorted plan
+  (``mapInArrow`` over partitions sorted by key), loading each model once per task. The registry records each model file's sha256 and loading checks it; a registry row whose
   model lies outside its run folder is refused before the job starts. Loading a joblib file
   runs code: ``share_storages/models`` must be writable only by people you trust.
 
@@ -31,8 +31,10 @@ The per-group function is the same code on the cluster and in :func:`train_seque
 single-process loop the benchmark compares against.
 
 The package, by step: :mod:`.data` (deterministic groups with known coefficients),
-:mod:`.fit` (one group, in a task or in the sequential loop), :mod:`.runs` (the driver side:
-run folders, the registry, scoring), :mod:`.search` (hyperparameter search on the cluster).
+:mod:`.fit` (one group, in a task or in the sequential loop), :mod:`.cut` (cutting sorted
+partitions into groups), :mod:`.runs` (the driver side: run folders, training runs, the
+registry), :mod:`.score` (the checked model loader and scoring), :mod:`.search`
+(hyperparameter search on the cluster).
 Notebooks use the names re-exported here: ``from lab_utils.training import groups as gt``.
 """
 

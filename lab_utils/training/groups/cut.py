@@ -8,6 +8,7 @@ Python call per partition (not one per group) trains or scores every group in it
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -63,33 +64,29 @@ def split_sorted(batches: Iterable[pd.DataFrame], key: str) -> Iterator[tuple[An
 
 
 def split_sorted_arrow(batches: Iterable, key: str,
-                       columns: Sequence[str]) -> Iterator[tuple[Any, list[pd.DataFrame]]]:
-    """Like :func:`split_sorted`, over Arrow record batches: the key column never becomes
-    Python objects (one per group, not per row), and a group's slices, which may come from
-    several batches, become one pandas frame (one copy per column, not one frame per slice)."""
-    import pyarrow as pa
+                       columns: Sequence[str]) -> Iterator[tuple[Any, Iterator[pd.DataFrame]]]:
+    """Like :func:`split_sorted`, over Arrow record batches, and lazily: each group comes with an
+    iterator over its slices (one pandas frame per batch it spans), read from the stream as the
+    consumer asks for them, so a group bigger than memory can be streamed
+    (:func:`~lab_utils.training.groups.fit_group` keeps at most ``max_rows`` of it). Consume a
+    group's frames before asking for the next group (as with :func:`itertools.groupby`).
 
-    current: Any = None
-    started = False
-    slices: list = []
+    The key column never becomes Python objects per row (one per run of a group), the numeric
+    columns become NumPy arrays without a copy.
+    """
+    wanted = list(dict.fromkeys(columns))
 
-    def frame() -> list[pd.DataFrame]:
-        if len(slices) == 1:
-            table = slices[0]
-            return [pd.DataFrame({c: table.column(c).to_numpy(zero_copy_only=False)
-                                  for c in columns})]
-        table = pa.Table.from_batches(slices)
-        return [pd.DataFrame({c: table.column(c).to_numpy() for c in columns})]
+    def runs() -> Iterator[tuple[Any, Any]]:
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            for k, s, e in key_runs(batch.column(key)):
+                yield k, batch.slice(s, e - s)
 
-    for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        batch = batch.select(list(columns) if key in columns else [key, *columns])
-        for k, s, e in key_runs(batch.column(key)):
-            if started and k != current:
-                yield current, frame()
-                slices = []
-            current, started = k, True
-            slices.append(batch.slice(s, e - s))
-    if started:
-        yield current, frame()
+    def frames(items: Iterator[tuple[Any, Any]]) -> Iterator[pd.DataFrame]:
+        for _, part in items:
+            yield pd.DataFrame({c: part.column(c).to_numpy(zero_copy_only=False)
+                                for c in wanted})
+
+    for k, items in itertools.groupby(runs(), key=lambda item: item[0]):
+        yield k, frames(items)
