@@ -23,9 +23,10 @@ lab's version:
   group that cannot be trained (too few rows, NaNs) is a registry row with its error; the other
   groups finish.
 * :func:`score_groups` scores new data with each group's own model on the same sorted plan
-  (``mapInArrow`` over partitions sorted by key), loading each model once per task. The registry records each model file's sha256 and loading checks it; a registry row whose
-  model lies outside its run folder is refused before the job starts. Loading a joblib file
-  runs code: ``share_storages/models`` must be writable only by people you trust.
+  (``mapInArrow`` over partitions sorted by key), loading each model once per task. The
+  registry records each model file's sha256 and loading checks it; a registry row whose model
+  lies outside its run folder is refused before the job starts. Loading a joblib file runs
+  code: ``share_storages/models`` must be writable only by people you trust.
 
 The per-group function is the same code on the cluster and in :func:`train_sequential`, the
 single-process loop the benchmark compares against.
