@@ -80,6 +80,8 @@ VARIABLES: dict[str, str] = {
     "LAB_PUBLIC_JUPYTER_URL)",
     "LAB_START_TIMEOUT": "seconds `make lab` waits for each service to become healthy (120)",
     "LAB_SMOKE": "1 = notebooks use smoke-sized data (CI)",
+    "LAB_QUICK": "1 = notebooks use their quick size (a few minutes each; every notebook's "
+    "intro gives its measured times)",
     "LAB_TF_THREADS": "executor-side override of TensorFlow's intra-op threads per Python "
     "worker (default: the task's cores, spark.task.cpus); 'tf' leaves TensorFlow's own "
     "machine-sized pools (the oversubscribed setup the benchmark compares against)",
@@ -169,6 +171,7 @@ class LabConfig:
     model_server_url_override: str | None
     start_timeout: int
     smoke: bool
+    quick: bool
     driver_ui_port: int | None = None
     ui_kill: bool = False
     auth_secret_file: Path | None = None
@@ -283,6 +286,7 @@ def load(env: Mapping[str, str] | None = None) -> LabConfig:
         model_server_url_override=env.get("LAB_MODEL_SERVER_URL") or None,
         start_timeout=_int(env, "LAB_START_TIMEOUT", 120),
         smoke=_flag(env, "LAB_SMOKE"),
+        quick=_flag(env, "LAB_QUICK"),
         driver_ui_port=_int(env, "LAB_DRIVER_UI_PORT", 0) or None,
         ui_kill=_flag(env, "LAB_UI_KILL"),
         auth_secret_file=secret_file,
@@ -333,6 +337,7 @@ def to_env(cfg: LabConfig) -> dict[str, str]:
         "LAB_MODEL_SERVER_URL": cfg.model_server_url_override,
         "LAB_START_TIMEOUT": cfg.start_timeout,
         "LAB_SMOKE": "1" if cfg.smoke else "",
+        "LAB_QUICK": "1" if cfg.quick else "",
         "LAB_DRIVER_UI_PORT": cfg.driver_ui_port,
         "LAB_UI_KILL": "1" if cfg.ui_kill else "",
         "LAB_PUBLIC_HOST": cfg.public_host,

@@ -39,8 +39,8 @@ def test_bad_integer_names_the_variable(tmp_path):
 
 def test_to_env_round_trips(tmp_path):
     cfg = config.load({"LAB_ROOT": str(tmp_path), "SPARK_AUTH_SECRET": "s", "LAB_SMOKE": "yes",
-                       "LAB_WORKERS": "5", "LAB_DRIVER_HOST": "jupyterlab"})
-    assert config.load(config.to_env(cfg)) == cfg
+                       "LAB_WORKERS": "5", "LAB_DRIVER_HOST": "jupyterlab", "LAB_QUICK": "1"})
+    assert cfg.quick and config.load(config.to_env(cfg)) == cfg
 
 
 def test_every_variable_read_is_documented():
