@@ -29,12 +29,22 @@ has run once) into share_storages/models/resnet50/."""
 
 
 def build_photo_dataset(dest: Path, n: int, *, size: int = 256, seed: int = 0) -> int:
-    """Write ``n`` JPEG crops of scikit-learn's two sample photos into ``dest/<photo>/``."""
+    """Write ``n`` JPEG crops of scikit-learn's two sample photos into ``dest/<photo>/``.
+
+    The folder then holds exactly these ``n``: crops this function wrote in an earlier, larger
+    run (``<photo>_<index>.jpg`` with an index of ``n`` or more) are removed, so a smaller run
+    after a bigger one scores the size it asked for. Any other file is left alone.
+    """
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
     photos = load_sample_images()
     names = [Path(f).stem for f in photos.filenames]  # china, flower
+    for name in names:
+        for old in (dest / name).glob(f"{name}_*.jpg"):
+            index = old.stem[len(name) + 1:]
+            if index.isdigit() and len(index) == 5 and int(index) >= n:
+                old.unlink()
     rng = np.random.default_rng(seed)
     for i in range(n):
         k = i % len(names)
