@@ -15,7 +15,7 @@ BUILTIN_BASE = {
     "ImageError": ValueError, "TFRecordSchemaError": ValueError,
     "TFRecordDestinationError": FileExistsError, "ServingError": Exception,
     "ClusterUnavailableError": RuntimeError, "DockerError": RuntimeError,
-    "ModelIntegrityError": ValueError,
+    "ModelIntegrityError": ValueError, "PayloadError": ValueError,
 }
 
 
