@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,10 @@ def _augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(out * tint, 0, 255).astype(np.uint8)
 
 
+#: The names :func:`build_image_dataset` writes; only these are ever removed from its folder.
+_GENERATED = re.compile(r"digit_\d{4}_\d{3}\.(png|jpg)")
+
+
 def build_image_dataset(
     dest: Path,
     *,
@@ -76,8 +81,10 @@ def build_image_dataset(
     Parameters
     ----------
     dest : Path
-        Folder to fill (``share_storages/data/images`` in the notebooks). Existing files with the
-        same names are overwritten; other files are left alone.
+        Folder to fill (``share_storages/data/images`` in the notebooks). It then holds exactly
+        this set: files with the same names are overwritten, digits an earlier, different run
+        wrote (``<label>/digit_<scan>_<copy>.png|jpg``) are removed, so a smaller run after a
+        bigger one gets the size it asked for; every other file is left alone.
     copies : int
         1 writes each scan once; N > 1 adds N - 1 augmented variants of every scan, so the set
         grows to any size (10,000+ files for benchmarks).
@@ -100,6 +107,7 @@ def build_image_dataset(
     suffix = ".png" if image_format == "png" else ".jpg"
     counts: dict[str, int] = {}
     seen: dict[int, int] = {}
+    written: set[Path] = set()
     for index, (scan, target) in enumerate(zip(images, targets, strict=True)):
         label = str(int(target))
         seen[target] = seen.get(target, 0) + 1
@@ -117,7 +125,12 @@ def build_image_dataset(
             buffer = io.BytesIO()
             Image.fromarray(pixels).save(buffer, format=image_format.upper(), quality=95)
             path.write_bytes(buffer.getvalue())
+            written.add(path)
             counts[label] = counts.get(label, 0) + 1
+    for label in {str(int(t)) for t in targets}:
+        for stale in (dest / label).glob("digit_*"):
+            if _GENERATED.fullmatch(stale.name) and stale not in written:
+                stale.unlink()
     summary = DatasetSummary(dest, sorted(counts), sum(counts.values()),
                              dict(sorted(counts.items())))
     # Hidden, so it is not mistaken for an image (readers skip dot files).

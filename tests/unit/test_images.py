@@ -24,6 +24,20 @@ def test_dataset_is_real_labelled_and_deterministic(tmp_path):
     assert first.min() < 100 < first.max()  # ink on paper, not a blank image
 
 
+def test_a_smaller_run_leaves_exactly_its_set_and_the_users_files(tmp_path):
+    images.build_image_dataset(tmp_path, per_class=2, copies=3)
+    mine = tmp_path / "3" / "my_scan.png"
+    mine.write_bytes(b"mine")
+    notes = tmp_path / "3" / "digit_notes.txt"  # our prefix, not our name pattern
+    notes.write_text("keep")
+    summary = images.build_image_dataset(tmp_path, per_class=1, copies=1, image_format="jpeg")
+    pairs = list(images.list_labelled_images(tmp_path))
+    ours = [p for p, _ in pairs if p.name.startswith("digit_")]
+    assert summary.files == len(ours) == 10  # no .png and no second copy of the first run left
+    assert all(p.name.endswith("_000.jpg") for p in ours)
+    assert mine.read_bytes() == b"mine" and notes.read_text() == "keep"
+
+
 def test_augmented_copies_differ_from_their_scan(tmp_path):
     images.build_image_dataset(tmp_path, per_class=1, copies=2, image_format="jpeg")
     original, variant = sorted((tmp_path / "0").glob("*.jpg"))
