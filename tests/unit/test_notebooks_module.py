@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -52,6 +53,21 @@ def test_the_parameters_cell_is_tagged_and_holds_the_smoke_switch(path):
     assert tagged[0] is smoke[0], f"{path.name}: the 'parameters' tag is not on the LAB_SMOKE cell"
     assert not [c for c in cells if c["cell_type"] != "code"
                 and "parameters" in c["metadata"].get("tags", [])]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_intro_says_what_a_run_costs(path):
+    # A learner plans by the intro: what the default size costs, measured, and where the default
+    # takes more than a few minutes, the quick size the parameters cell offers.
+    cells = json.loads(path.read_text())["cells"]
+    intro = "".join(cells[0]["source"])
+    params = "".join(next(c for c in cells if "parameters" in c["metadata"].get("tags", []))
+                     ["source"])
+    assert "**How long it takes.**" in intro, f"{path.name}: the intro gives no run time"
+    assert re.search(r"\d+(\.\d+)? (s|min)\b", intro.split("**How long it takes.**")[1]), path.name
+    if "QUICK" in params:
+        assert "QUICK = cfg.quick" in params, f"{path.name}: QUICK not read from LAB_QUICK"
+        assert "`QUICK = True`" in intro, f"{path.name}: the intro does not give the quick size"
 
 
 def test_every_notebook_is_checked_for_its_parameters_cell():
