@@ -109,6 +109,10 @@ def sparkmonitor_conf(shell: Any) -> dict[str, str]:
     }
 
 
+#: Gives RDD functions the environment SQL UDFs run with, so both share Python workers.
+SHARED_PYTHON_WORKERS = {"spark.executorEnv.SPARK_SIMPLIFIED_TRACEBACK": "1"}
+
+
 def session_conf(cfg: lab_config.LabConfig, master: str) -> dict[str, str]:
     """The Spark settings the lab applies to every session (pure: no side effects)."""
     conf = {
@@ -127,6 +131,12 @@ def session_conf(cfg: lab_config.LabConfig, master: str) -> dict[str, str]:
         # The UI has no login and its CSRF token is on the same page: with kill on, any local
         # process could stop this application's jobs. LAB_UI_KILL=1 turns it back on.
         "spark.ui.killEnabled": "true" if cfg.ui_kill else "false",
+        # One pool of Python workers per executor for SQL UDFs and RDD functions. Spark keys its
+        # worker pools by the environment, and SQL UDFs add SPARK_SIMPLIFIED_TRACEBACK=1
+        # (spark.sql.execution.pyspark.udf.simplifiedTraceback.enabled): without it here, a
+        # partition predictor after a pandas UDF starts fresh workers that import TensorFlow
+        # and load the model again, and each executor holds two sets of models in memory.
+        **SHARED_PYTHON_WORKERS,
     }
     if cfg.driver_ui_port:
         conf["spark.ui.port"] = str(cfg.driver_ui_port)

@@ -6,6 +6,7 @@ import os
 import shutil
 import uuid
 
+import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
@@ -136,6 +137,28 @@ def test_model_loaded_once_per_python_worker(spark, trained, lab_cluster):
     pids = [p.name.split("-")[0] for p in marks.iterdir()]
     assert pids and len(pids) == len(set(pids)), f"a worker loaded the model twice: {pids}"
     assert len(pids) <= 4  # at most one load per Python worker (2 executors x 2 cores)
+
+
+
+def test_sql_udfs_and_rdd_functions_share_python_workers(spark):
+    # Spark keys Python worker pools by environment; SQL UDFs add SPARK_SIMPLIFIED_TRACEBACK.
+    # The lab's session gives RDD functions the same variable, so a partition predictor after
+    # a pandas UDF finds the workers (and the model) the UDF loaded: without it the two pid
+    # sets are always disjoint (two pools, two TensorFlows per executor core).
+    @F.pandas_udf("long")
+    def worker_pid(ids: pd.Series) -> pd.Series:
+        return pd.Series([os.getpid()] * len(ids))
+
+    df = spark.range(0, 64, 1, 8)
+    sql = {row[0] for row in df.select(worker_pid("id")).distinct().collect()}
+
+    def rdd_worker_pid(rows):
+        for _ in rows:  # read the whole partition: a worker that stops early is not reused
+            pass
+        yield os.getpid()
+
+    rdd = set(df.rdd.mapPartitions(rdd_worker_pid).collect())
+    assert sql and rdd and sql & rdd, f"SQL UDF workers {sql}, RDD workers {rdd}"
 
 
 ODD_NAMES = ["with space.png", "ünïcødé-名前.png", "50%25 off.png", "hash#1.png", "q?mark.png",
