@@ -81,8 +81,13 @@ def _maker_key(make_predict_fn: MakePredictFn) -> str:
 def _scorer(spec: ModelSpec, make: MakePredictFn, key: Any, batch_size: int, fail_fast: bool):
     names, size = spec.class_names, spec.image_size
 
+    def predict(batch):
+        # Looked up per model batch, so the model loads only once a batch decodes: a task of
+        # bad files, or one that fail_fast stops at its first bad file, never imports
+        # TensorFlow (Spark retries a failed task 4 times, each in a fresh Python worker).
+        return cached_predict_fn(key, make)(batch)
+
     def score(paths, contents) -> pd.DataFrame:
-        predict = cached_predict_fn(key, make)
         return score_images(paths, contents, predict, names, size, batch_size=batch_size,
                             fail_fast=fail_fast)
 

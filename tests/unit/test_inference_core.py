@@ -2,7 +2,9 @@
 
 import io
 import json
+import uuid
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,6 +53,25 @@ def test_fail_fast_names_the_file():
         inference.score_images(["ok.png", "broken.png"], [png(1), b""], BrightnessModel(),
                                CLASSES, (8, 8), fail_fast=True)
 
+
+
+def test_a_udf_loads_its_model_only_once_a_file_decodes():
+    # Spark retries a failed task 4 times, each in a fresh Python worker: a fail_fast task
+    # stopped by a bad file, or a task of bad files only, must not load the model each time.
+    loads = []
+
+    def make():
+        loads.append(1)
+        return BrightnessModel()
+
+    spec = models.ModelSpec(Path("m"), CLASSES, (8, 8), 3, {})
+    key = ("test-lazy", uuid.uuid4().hex)
+    with pytest.raises(inference.InferenceError, match="broken.png: empty file"):
+        udfs._scorer(spec, make, key, 4, True)(["broken.png", "ok.png"], [b"", png(1)])
+    out = udfs._scorer(spec, make, key, 4, False)(["a", "b"], [b"", b"garbage"])
+    assert out["error"].notna().all() and loads == []
+    out = udfs._scorer(spec, make, key, 4, False)(["a", "b"], [png(1), b""])
+    assert list(out["prediction"]) == ["dark", None] and loads == [1]
 
 def test_model_with_wrong_output_shape_is_explained():
     with pytest.raises(inference.InferenceError, match=r"expected \(1, 2\) probabilities"):
