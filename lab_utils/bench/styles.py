@@ -79,9 +79,12 @@ def style_builder(style: str, model: BenchModel, make, batch: int,
     if style == "map_in_pandas":
         return lambda df: inference.map_in_pandas(df, spec, make, batch_size=batch)
     if style == "partition_predictor":
-        # The CPU here; on a GPU machine the predictor's own loader places the model.
+        # The model the UDF styles loaded (same maker, same key): the RDD functions run in the
+        # same Python workers. The CPU here; on a GPU machine the predictor's own loader
+        # places the model.
+        key = inference.udf_cache_key(spec, make)
         predictor = inference.image_partition_predictor(
-            spec, lambda device: make(), batch_size=batch)
+            spec, lambda device: inference.cached_predict_fn(key, make), batch_size=batch)
         return predictor.transform
     factory: Callable = {
         "row_pickled": lambda: inference.row_udf(spec, make, use_arrow=False),

@@ -4,7 +4,9 @@ Spark reuses Python workers across tasks (``spark.python.worker.reuse``, on by d
 model kept in a module-level cache is loaded once per worker, not once per task or batch. A
 long-lived worker may see many models (every run of a notebook, every group of a training
 run), so the cache is bounded and drops the least recently used entry first. The lock is held
-while a model loads: two threads of one worker asking for the same model load it once.
+while a model loads: two threads of one worker asking for the same model load it once. It is
+reentrant: a loader may itself ask the cache (a partition predictor's loader that returns the
+model a UDF cached), which with a plain lock would wait on itself forever.
 
 A model loaded from a file is cached under :func:`file_key`, never under its path alone: a
 worker outlives a notebook run, and a model retrained under the same path must be loaded again.
@@ -59,7 +61,7 @@ class WorkerCache(Generic[V]):
         self.size = size
         self.loads: dict[Hashable, int] = {}
         self._values: OrderedDict[Hashable, V] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def get(self, key: Hashable, load: Callable[[], V]) -> V:
         """The value for ``key``, calling ``load()`` on first use (or after it was dropped)."""

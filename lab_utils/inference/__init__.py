@@ -35,6 +35,7 @@ from lab_utils.inference.udfs import (
     pandas_udf_series,
     row_udf,
     spark_predict_batch_udf,
+    udf_cache_key,
 )
 
 __all__ = [
@@ -43,5 +44,5 @@ __all__ = [
     "configure_tensorflow", "graph_predict", "image_partition_predictor", "iterator_udf",
     "keras_predict_fn", "local_path", "map_in_pandas", "pandas_udf_series", "place_by_class",
     "read_images", "restrict_tensorflow_gpus", "row_udf", "score_images", "select_device",
-    "spark_predict_batch_udf", "task_cpus", "visible_gpus",
+    "spark_predict_batch_udf", "task_cpus", "udf_cache_key", "visible_gpus",
 ]

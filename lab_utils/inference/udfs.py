@@ -61,6 +61,17 @@ def _resolve(model: ModelSpec | Path | str, make_predict_fn: MakePredictFn | Non
     return spec, make, key
 
 
+
+def udf_cache_key(model: ModelSpec | Path | str, make_predict_fn: MakePredictFn | None = None):
+    """The key under which the UDF factories here cache ``make_predict_fn``'s model in a worker.
+
+    Other code in the same Python workers can share that model instead of loading its own:
+    ``cached_predict_fn(udf_cache_key(spec, make), make)`` as a partition predictor's loader
+    finds the model a UDF of the same maker loaded (with the lab's session, RDD functions and
+    SQL UDFs run in the same workers). Pass the maker the UDFs were given.
+    """
+    return _resolve(model, make_predict_fn)[2]
+
 def _maker_key(make_predict_fn: MakePredictFn) -> str:
     """A key for ``make_predict_fn`` that no other maker ever gets.
 

@@ -44,6 +44,24 @@ def test_threads_asking_for_one_key_load_it_once():
     assert len(calls) == 1 and len({id(v) for v in got}) == 1
 
 
+
+def test_a_loader_may_ask_the_cache_itself():
+    # A partition predictor's loader returning the model a UDF cached: get() inside get().
+    # With a plain lock this waits on itself forever (a Spark task hung that way); run it in
+    # a thread so that a regression fails here instead of hanging the suite.
+    cache = WorkerCache(3)
+    result = []
+
+    def nested():
+        result.append(cache.get("outer", lambda: ("via", cache.get("inner", lambda: "model"))))
+
+    worker = threading.Thread(target=nested, daemon=True)
+    worker.start()
+    worker.join(timeout=5)
+    assert not worker.is_alive(), "get() called from a loader deadlocked"
+    assert result == [("via", "model")] and cache.loads == {"inner": 1, "outer": 1}
+    assert cache.get("inner", lambda: "reloaded") == "model"
+
 def test_a_failed_load_caches_nothing():
     cache = WorkerCache(1)
 
