@@ -196,3 +196,20 @@ def test_the_peer_engines_are_importable_when_the_group_is_installed():
     pytest.importorskip("ray")
     pytest.importorskip("daft")
     bench.check_peers(bench.PEERS)  # no SystemExit
+
+
+def test_the_rest_profiles_timers_measure_time_and_this_processs_cpu():
+    import os
+    import time
+
+    from lab_utils.bench import rest_profile
+
+    calls = []
+    sleeps = iter([0.05, 0.01, 0.03])
+    shortest = rest_profile.best(lambda: calls.append(time.sleep(next(sleeps))), 3)
+    assert len(calls) == 3 and 0.01 <= shortest < 0.03  # the shortest pass, not the mean
+    before = rest_profile.cpu_seconds(os.getpid())
+    end = time.process_time() + 0.3
+    while time.process_time() < end:  # burn 0.3 s of this process's CPU
+        pass
+    assert 0.2 <= rest_profile.cpu_seconds(os.getpid()) - before <= 1.0
