@@ -38,7 +38,7 @@ class InferenceError(LabError, RuntimeError):
 
 #: Models kept per Python worker, least recently used dropped first (predict_batch_udf keeps 3).
 CACHE_SIZE = 3
-_CACHE: WorkerCache[PredictFn] = WorkerCache(CACHE_SIZE)
+_CACHE: WorkerCache[PredictFn] = WorkerCache(CACHE_SIZE, freeze=True)
 #: How many times each key was loaded in this process (tests read it to prove "once per worker").
 LOAD_COUNTS: dict[Any, int] = _CACHE.loads
 

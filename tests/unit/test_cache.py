@@ -89,3 +89,28 @@ def test_file_key_changes_when_the_file_is_replaced_under_the_same_path(tmp_path
     assert file_key(path)[2] == 5
     with pytest.raises(FileNotFoundError):
         file_key(tmp_path / "gone.bin")
+
+
+def test_a_freezing_cache_freezes_after_a_load_in_a_task_and_frees_what_it_drops(monkeypatch):
+    import gc
+    import weakref
+
+    from lab_utils.common import cache as cache_module
+
+    class Model:  # a reference cycle, as a Keras model has many
+        def __init__(self):
+            self.me = self
+
+    cache = WorkerCache(1, freeze=True)
+    cache.get("outside", Model)  # on the driver or in a test: nothing frozen
+    assert gc.get_freeze_count() == 0
+    monkeypatch.setattr(cache_module, "_in_spark_task", lambda: True)
+    try:
+        first = weakref.ref(cache.get("a", Model))
+        assert gc.get_freeze_count() > 0  # the model and everything loaded before it
+        gc.collect()
+        assert first() is not None
+        cache.get("b", Model)  # drops "a": unfrozen, its cycle collected, the rest refrozen
+        assert first() is None and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
