@@ -71,6 +71,22 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
+_FROZEN_ONCE = False
+
+
+def freeze_heap_once() -> None:
+    """:func:`freeze_heap`, the first time this is called in a Spark task of this process.
+
+    For workers that load many small models (one per group) rather than one big one: called
+    after the first fit or load, it freezes the libraries that fit imported (scikit-learn,
+    pandas, pyarrow: about 150,000 objects, 0.06 s per collection) and nothing after.
+    """
+    global _FROZEN_ONCE
+    if not _FROZEN_ONCE and _in_spark_task():
+        _FROZEN_ONCE = True
+        freeze_heap()
+
+
 def _in_spark_task() -> bool:
     from lab_utils.common.task import task_context
 

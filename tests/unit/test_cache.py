@@ -114,3 +114,17 @@ def test_a_freezing_cache_freezes_after_a_load_in_a_task_and_frees_what_it_drops
         assert first() is None and gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_freeze_heap_once_freezes_once_per_worker_and_only_in_a_task(monkeypatch):
+    from lab_utils.common import cache as cache_module
+
+    calls = []
+    monkeypatch.setattr(cache_module, "freeze_heap", lambda: calls.append(1))
+    monkeypatch.setattr(cache_module, "_FROZEN_ONCE", False)
+    cache_module.freeze_heap_once()  # not in a task: nothing
+    assert calls == []
+    monkeypatch.setattr(cache_module, "_in_spark_task", lambda: True)
+    for _ in range(3):  # every group's fit calls it; the first one freezes
+        cache_module.freeze_heap_once()
+    assert calls == [1]

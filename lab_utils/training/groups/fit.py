@@ -16,7 +16,7 @@ import pandas as pd
 
 from lab_utils.common import split
 from lab_utils.common.atomic import atomic_write
-from lab_utils.common.cache import file_sha256
+from lab_utils.common.cache import file_sha256, freeze_heap_once
 from lab_utils.common.task import partition_id
 from lab_utils.errors import LabError
 from lab_utils.training.groups.cut import split_sorted, split_sorted_arrow
@@ -309,11 +309,23 @@ def _registry_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
+def _fitted(groups: Iterable[tuple[Any, Iterable[pd.DataFrame]]], opts: FitOptions
+            ) -> Iterator[dict[str, Any]]:
+    """``fit_group`` over ``(group, batches)`` pairs; after the first fit in a Python worker,
+    the heap is frozen (:func:`~lab_utils.common.cache.freeze_heap_once`): PySpark collects
+    garbage after every task, and the libraries the fit imported would be walked each time."""
+    for group, parts in groups:
+        yield fit_group(str(group), parts, opts)
+        freeze_heap_once()
+
+
 def make_train_fn(opts: FitOptions, key: str):
     """The ``applyInPandas`` function: (key, batches of one group) -> one registry row."""
 
     def train(key_values: tuple, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        yield _registry_frame([fit_group(str(key_values[0]), batches, opts)])
+        row = fit_group(str(key_values[0]), batches, opts)
+        freeze_heap_once()  # the fit's imports: see _fitted
+        yield _registry_frame([row])
 
     return train
 
@@ -322,7 +334,7 @@ def make_sorted_train_fn(opts: FitOptions, key: str):
     """The ``mapInPandas`` function over partitions sorted by key: one registry row per group."""
 
     def train(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        rows = [fit_group(str(group), parts, opts) for group, parts in split_sorted(batches, key)]
+        rows = list(_fitted(split_sorted(batches, key), opts))
         if rows:
             yield _registry_frame(rows)
 
@@ -336,8 +348,7 @@ def make_arrow_train_fn(opts: FitOptions, key: str):
     columns = [*opts.features, opts.target]
 
     def train(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        rows = [fit_group(str(group), parts, opts)
-                for group, parts in split_sorted_arrow(batches, key, columns)]
+        rows = list(_fitted(split_sorted_arrow(batches, key, columns), opts))
         if rows:
             yield pa.RecordBatch.from_pandas(_registry_frame(rows), preserve_index=False)
 

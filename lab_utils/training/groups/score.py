@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lab_utils.common.cache import WorkerCache, file_key, sha256_hex
+from lab_utils.common.cache import WorkerCache, file_key, freeze_heap_once, sha256_hex
 from lab_utils.training.groups.cut import key_runs
 from lab_utils.training.groups.fit import GroupTrainingError, ModelIntegrityError
 from lab_utils.training.groups.runs import _check_columns, default_partitions, load_registry
@@ -71,7 +71,9 @@ def load_model(path: str, loads=None, *, sha256: str):
             loads.add(1)
         return model
 
-    return _MODEL_CACHE.get((file_key(path), sha256), load)
+    model = _MODEL_CACHE.get((file_key(path), sha256), load)
+    freeze_heap_once()  # after the first load in a worker: the libraries it imported
+    return model
 
 
 def _trained(error) -> bool:
