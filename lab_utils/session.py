@@ -109,10 +109,6 @@ def sparkmonitor_conf(shell: Any) -> dict[str, str]:
     }
 
 
-#: Gives RDD functions the environment SQL UDFs run with, so both share Python workers.
-SHARED_PYTHON_WORKERS = {"spark.executorEnv.SPARK_SIMPLIFIED_TRACEBACK": "1"}
-
-
 def session_conf(cfg: lab_config.LabConfig, master: str) -> dict[str, str]:
     """The Spark settings the lab applies to every session (pure: no side effects)."""
     conf = {
@@ -136,7 +132,7 @@ def session_conf(cfg: lab_config.LabConfig, master: str) -> dict[str, str]:
         # (spark.sql.execution.pyspark.udf.simplifiedTraceback.enabled): without it here, a
         # partition predictor after a pandas UDF starts fresh workers that import TensorFlow
         # and load the model again, and each executor holds two sets of models in memory.
-        **SHARED_PYTHON_WORKERS,
+        "spark.executorEnv.SPARK_SIMPLIFIED_TRACEBACK": "1",
     }
     if cfg.driver_ui_port:
         conf["spark.ui.port"] = str(cfg.driver_ui_port)

@@ -29,6 +29,8 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from lab_utils.common.task import task_context
+
 V = TypeVar("V")
 
 
@@ -88,8 +90,6 @@ def freeze_heap_once() -> None:
 
 
 def _in_spark_task() -> bool:
-    from lab_utils.common.task import task_context
-
     return task_context() is not None
 
 

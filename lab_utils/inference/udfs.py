@@ -61,7 +61,6 @@ def _resolve(model: ModelSpec | Path | str, make_predict_fn: MakePredictFn | Non
     return spec, make, key
 
 
-
 def udf_cache_key(model: ModelSpec | Path | str, make_predict_fn: MakePredictFn | None = None):
     """The key under which the UDF factories here cache ``make_predict_fn``'s model in a worker.
 
@@ -71,6 +70,7 @@ def udf_cache_key(model: ModelSpec | Path | str, make_predict_fn: MakePredictFn 
     SQL UDFs run in the same workers). Pass the maker the UDFs were given.
     """
     return _resolve(model, make_predict_fn)[2]
+
 
 def _maker_key(make_predict_fn: MakePredictFn) -> str:
     """A key for ``make_predict_fn`` that no other maker ever gets.

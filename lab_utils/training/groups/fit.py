@@ -323,9 +323,7 @@ def make_train_fn(opts: FitOptions, key: str):
     """The ``applyInPandas`` function: (key, batches of one group) -> one registry row."""
 
     def train(key_values: tuple, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        row = fit_group(str(key_values[0]), batches, opts)
-        freeze_heap_once()  # the fit's imports: see _fitted
-        yield _registry_frame([row])
+        yield _registry_frame(list(_fitted([(key_values[0], batches)], opts)))
 
     return train
 
