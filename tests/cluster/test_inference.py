@@ -139,7 +139,6 @@ def test_model_loaded_once_per_python_worker(spark, trained, lab_cluster):
     assert len(pids) <= 4  # at most one load per Python worker (2 executors x 2 cores)
 
 
-
 def test_sql_udfs_and_rdd_functions_share_python_workers(spark):
     # Spark keys Python worker pools by environment; SQL UDFs add SPARK_SIMPLIFIED_TRACEBACK.
     # The lab's session gives RDD functions the same variable, so a partition predictor after

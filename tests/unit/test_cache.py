@@ -44,7 +44,6 @@ def test_threads_asking_for_one_key_load_it_once():
     assert len(calls) == 1 and len({id(v) for v in got}) == 1
 
 
-
 def test_a_loader_may_ask_the_cache_itself():
     # A partition predictor's loader returning the model a UDF cached: get() inside get().
     # With a plain lock this waits on itself forever (a Spark task hung that way); run it in
@@ -61,6 +60,7 @@ def test_a_loader_may_ask_the_cache_itself():
     assert not worker.is_alive(), "get() called from a loader deadlocked"
     assert result == [("via", "model")] and cache.loads == {"inner": 1, "outer": 1}
     assert cache.get("inner", lambda: "reloaded") == "model"
+
 
 def test_a_failed_load_caches_nothing():
     cache = WorkerCache(1)

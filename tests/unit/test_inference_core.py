@@ -54,7 +54,6 @@ def test_fail_fast_names_the_file():
                                CLASSES, (8, 8), fail_fast=True)
 
 
-
 def test_a_udf_loads_its_model_only_once_a_file_decodes():
     # Spark retries a failed task 4 times, each in a fresh Python worker: a fail_fast task
     # stopped by a bad file, or a task of bad files only, must not load the model each time.
@@ -72,6 +71,7 @@ def test_a_udf_loads_its_model_only_once_a_file_decodes():
     assert out["error"].notna().all() and loads == []
     out = udfs._scorer(spec, make, key, 4, False)(["a", "b"], [png(1), b""])
     assert list(out["prediction"]) == ["dark", None] and loads == [1]
+
 
 def test_model_with_wrong_output_shape_is_explained():
     with pytest.raises(inference.InferenceError, match=r"expected \(1, 2\) probabilities"):
