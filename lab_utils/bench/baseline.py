@@ -49,10 +49,11 @@ def rss_mb(field: str = "VmRSS") -> float:
 def load_predict(kind: str, model_file: str, threads: int) -> Callable[[np.ndarray], Any]:
     """The predict function the Spark styles use, for ``kind``."""
     from lab_utils import inference
+    from lab_utils.common import tensorflow as tf_setup
 
-    inference.configure_tensorflow(threads)
+    tf_setup.configure_tensorflow(threads)
     if kind == "resnet50":
-        from lab_utils.training import resnet
+        from lab_utils.inference import resnet
 
         return resnet.predict_fn_from_path(model_file)()
     return inference.keras_predict_fn(model_file, threads=threads)()

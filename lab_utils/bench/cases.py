@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab_utils import config as lab_config
-from lab_utils import inference
+from lab_utils.common import saved_model
+from lab_utils.common import tensorflow as tf_setup
 from lab_utils.data import images
-from lab_utils.training import cnn as models
+from lab_utils.training import cnn
 
 STYLES = ("transfer_only", "row_pickled", "row_arrow", "pandas_series", "iterator",
           "predict_batch_udf", "map_in_pandas", "partition_predictor")
@@ -35,8 +36,8 @@ FIELD_SIZES = (100, 500, 1000, 1500, 2000, 2500, 3000)
 @dataclass(frozen=True)
 class BenchModel:
     name: str
-    spec: models.ModelSpec
-    make_predict_fn: inference.MakePredictFn | None  # None: the factories' Keras default
+    spec: saved_model.ModelSpec
+    make_predict_fn: tf_setup.MakePredictFn | None  # None: the factories' Keras default
     data_dir: Path
     baseline_kind: str  # "keras" or "resnet50"
 
@@ -48,11 +49,11 @@ def prepare_models(
     cfg: lab_config.LabConfig, which: tuple[str, ...], max_n: int
 ) -> list[BenchModel]:
     """Build the data sets (enough files for ``max_n``) and the models, once."""
-    from lab_utils.training import resnet
+    from lab_utils.inference import resnet
 
     out = []
     if "cnn" in which:
-        spec = models.ensure_model(cfg)
+        spec = cnn.ensure_model(cfg)
         data = cfg.share_dir / "data" / "bench-images"
         per_scan = max(1, -(-max_n // 1797))
         marker = data / ".dataset.json"
@@ -65,11 +66,11 @@ def prepare_models(
         if len(list(data.rglob("*.jpg"))) < max_n:
             resnet.build_photo_dataset(data, max_n)
         try:
-            spec = models.load_spec(model_dir)
-        except models.ModelError:
+            spec = saved_model.load_spec(model_dir)
+        except saved_model.ModelError:
             model, imagenet = resnet.build_model(model_dir)
-            resnet.save_model(model, model_dir, imagenet)
-            spec = models.load_spec(model_dir)
+            resnet.save_resnet(model, model_dir, imagenet)
+            spec = saved_model.load_spec(model_dir)
         out.append(BenchModel("resnet50", spec, resnet.predict_fn_from_path(spec.model_file),
                               data, "resnet50"))
     return out

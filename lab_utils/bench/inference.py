@@ -46,7 +46,6 @@ import numpy as np
 import pandas as pd
 
 from lab_utils import config as lab_config
-from lab_utils import inference
 from lab_utils.bench.cases import (  # noqa: F401 (re-exported: bench.STYLES, ...)
     BASELINES,
     EXTRA_STYLES,
@@ -74,6 +73,7 @@ from lab_utils.bench.styles import (
     run_style,
     spark_settings,
 )
+from lab_utils.common import tensorflow as tf_setup
 
 # --------------------------------------------------------------------------- the baseline
 
@@ -283,9 +283,9 @@ SWEEP: tuple[tuple[str, dict[str, str], str], ...] = (
 )
 
 
-def _predict_method_fn(model_file: str) -> inference.MakePredictFn:
-    def make() -> inference.PredictFn:
-        inference.configure_tensorflow()
+def _predict_method_fn(model_file: str) -> tf_setup.MakePredictFn:
+    def make() -> tf_setup.PredictFn:
+        tf_setup.configure_tensorflow()
         import keras
 
         model = keras.saving.load_model(model_file, compile=False)

@@ -61,7 +61,7 @@ class Scorer:
                  size: Sequence[int], batch: int, marks: str,
                  load: Callable[[str, str, int], Callable] | None = None):
         from lab_utils.bench.baseline import load_predict
-        from lab_utils.inference.core import score_images
+        from lab_utils.inference.scoring import score_images
 
         self.score_images = score_images
         self.predict = (load or load_predict)(kind, model_file, 1)

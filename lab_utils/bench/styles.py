@@ -14,6 +14,7 @@ import pandas as pd
 
 from lab_utils import inference
 from lab_utils.bench.cases import REST_BATCH, REST_STYLES, BenchModel
+from lab_utils.common import tensorflow as tf_setup
 
 
 def _rss_mb() -> float:
@@ -23,13 +24,13 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def _rss_recording(make: inference.MakePredictFn, folder: str) -> inference.MakePredictFn:
+def _rss_recording(make: tf_setup.MakePredictFn, folder: str) -> tf_setup.MakePredictFn:
     """Wrap a predict fn so each Python worker records the largest RSS it had after a batch
     in ``folder/rss-<pid>`` and each model load in ``folder/loads-<pid>``. The driver empties
     ``folder`` before each run (workers are reused across runs, so lifetime peaks would carry
     one run's memory into the next)."""
 
-    def wrapped() -> inference.PredictFn:
+    def wrapped() -> tf_setup.PredictFn:
         predict = make()
         with open(Path(folder, f"loads-{os.getpid()}"), "a") as loads:
             loads.write("1\n")
@@ -142,7 +143,7 @@ def cached_input(spark, files: list[Path], partitions: int):
     return df, rows
 
 
-def recording_maker(model: BenchModel, rss_dir: Path) -> inference.MakePredictFn:
+def recording_maker(model: BenchModel, rss_dir: Path) -> tf_setup.MakePredictFn:
     """The predict-fn maker the styles of ``model`` share, recording peak RSS in ``rss_dir``.
 
     One maker for all styles means one cache key, so each Python worker loads the model once
@@ -155,7 +156,7 @@ def recording_maker(model: BenchModel, rss_dir: Path) -> inference.MakePredictFn
 
 def run_style(spark, style: str, model: BenchModel, files: list[Path], *, batch: int,
               partitions: int, rss_dir: Path, rest_url: str | None = None,
-              data=None, make: inference.MakePredictFn | None = None) -> dict:
+              data=None, make: tf_setup.MakePredictFn | None = None) -> dict:
     """Warm up on a slice, then time the full run; both force every row through the UDF.
 
     ``data``: ``(df, rows)`` from :func:`cached_input`, shared by the styles of one N;

@@ -1,4 +1,4 @@
-"""Write a file under a temporary name in its own folder and rename it into place.
+"""Write a file (or a whole folder) under a temporary name beside it and rename it into place.
 
 Readers (Spark, the model server, a notebook, a second lab command) see the whole old file or
 the whole new one, never a half-written one. The temporary name is
@@ -13,13 +13,16 @@ the whole new one, never a half-written one. The temporary name is
   ``*.keras``).
 
 A failed write leaves the target as it was and removes the temporary file.
+:func:`replace_folder` does the same for a folder (a saved model, a TFRecord output).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 #: What marks a temporary name; :func:`leftovers` finds those a killed process left.
@@ -70,3 +73,65 @@ def atomic_write_bytes(path: Path | str, data: bytes, *, mode: int | None = None
 def leftovers(folder: Path | str) -> list[Path]:
     """Temporary files a killed writer left in ``folder`` (not recursive)."""
     return sorted(p for p in Path(folder).glob(f"{PREFIX}*{MARK}*") if p.is_file())
+
+
+@contextlib.contextmanager
+def replace_folder(dest: Path | str, *,
+                   check: Callable[[Path], None] | None = None) -> Iterator[Path]:
+    """A fresh, hidden staging folder beside ``dest``; when the block ends without an error it
+    becomes ``dest``.
+
+    The swap renames the previous folder to a hidden trash name, the staging folder to
+    ``dest``, and removes the trash: ``dest`` is missing only between two renames, never half
+    written. If the second rename fails the previous folder is renamed back. On any error in
+    the block the staging folder is removed and ``dest`` is left as it was. Names carry a
+    uuid4, so two writers (two drivers, two attempts of a task) never share a staging folder.
+
+    ``check(dest)`` (optional) runs before the block and again just before the swap, since
+    something else may have been put at ``dest`` meanwhile; it raises to refuse the
+    replacement (the TFRecord writers refuse to replace a folder that is not their own
+    output). A ``dest`` that is a symbolic link has its target replaced; the link stays.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> with replace_folder(root / "model") as staging:
+    ...     _ = (staging / "weights.bin").write_bytes(b"new")
+    >>> sorted(p.name for p in root.iterdir())
+    ['model']
+    >>> with replace_folder(root / "model") as staging:
+    ...     _ = (staging / "weights.bin").write_bytes(b"torn")
+    ...     raise OSError("disk full")
+    Traceback (most recent call last):
+    OSError: disk full
+    >>> (root / "model" / "weights.bin").read_bytes(), len(list(root.iterdir()))
+    (b'new', 1)
+    """
+    folder = Path(dest)
+    if folder.is_symlink():
+        folder = folder.resolve()  # replace what the link points to, keep the link
+    if check is not None:
+        check(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.with_name(f"{PREFIX}{folder.name}.staging-{uuid.uuid4().hex}")
+    staging.mkdir()
+    try:
+        yield staging
+        if check is not None:
+            check(folder)
+        if folder.exists():
+            trash = folder.with_name(f"{PREFIX}{folder.name}.replaced-{uuid.uuid4().hex}")
+            os.rename(folder, trash)
+            try:
+                os.rename(staging, folder)
+            except BaseException:
+                os.rename(trash, folder)
+                raise
+            # The new folder is in place: a file that cannot be removed from the old one does
+            # not make the write fail (it stays in the hidden trash folder).
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful swap

@@ -12,22 +12,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lab_utils.common.saved_model import ModelSpec, load_spec
 from lab_utils.common.task import task_gpu_addresses
-from lab_utils.data import images
-from lab_utils.training.cnn import ModelSpec, load_spec
-
-if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
-from lab_utils.inference.core import (
-    DEFAULT_BATCH_SIZE,
-    RESULT_DDL,
+from lab_utils.common.tensorflow import (
     PredictFn,
-    cached_predict_fn,
     configure_tensorflow,
     graph_predict,
     restrict_tensorflow_gpus,
     visible_gpus,
 )
+from lab_utils.data import images
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+from lab_utils.inference.scoring import DEFAULT_BATCH_SIZE, RESULT_DDL, cached_predict_fn
 
 _LOG = logging.getLogger(__name__)
 _WARNED_OTHER_GPU = False

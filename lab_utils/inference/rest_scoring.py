@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd  # at module level: pandas UDF type hints are resolved from these globals
 
+from lab_utils.common.saved_model import ModelSpec, load_spec
 from lab_utils.data import images
 from lab_utils.errors import LabError
 from lab_utils.inference.rest_client import (  # noqa: F401 (re-exported: the client's API)
@@ -67,7 +68,6 @@ from lab_utils.inference.rest_client import (  # noqa: F401 (re-exported: the cl
     post_with_retries,
     server_message,
 )
-from lab_utils.training.cnn import ModelSpec, load_spec
 
 if TYPE_CHECKING:
     import requests

@@ -36,15 +36,15 @@ import numpy as np
 import pandas as pd  # at module level: pandas UDF type hints are resolved from these globals
 
 from lab_utils.common.cache import file_key
-from lab_utils.training.cnn import ModelSpec, load_spec
+from lab_utils.common.saved_model import ModelSpec, load_spec
+from lab_utils.common.tensorflow import MakePredictFn
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
     from pyspark.sql._typing import ColumnOrName
-from lab_utils.inference.core import (
+from lab_utils.inference.scoring import (
     DEFAULT_BATCH_SIZE,
     RESULT_DDL,
-    MakePredictFn,
     cached_predict_fn,
     keras_predict_fn,
     score_images,

@@ -23,9 +23,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from lab_utils.common.saved_model import HOW_TO_CREATE, METADATA_FILE, ModelError, ModelSpec
 from lab_utils.data import images
 from lab_utils.errors import LabError
-from lab_utils.training import cnn as models
 
 #: More instances than this in one request is refused (413): split the batch.
 MAX_INSTANCES = 4096
@@ -55,11 +55,11 @@ IMAGE_BYTES_INPUT = "image_bytes"
 MAX_NAMED_ERRORS = 10
 
 
-def _input_name(spec: models.ModelSpec) -> str:
+def _input_name(spec: ModelSpec) -> str:
     return str(spec.metadata.get("input_name", "pixels"))
 
 
-def input_dtype(spec: models.ModelSpec) -> np.dtype:
+def input_dtype(spec: ModelSpec) -> np.dtype:
     """The dtype the model's predict function takes: ``metadata.json``'s ``input_dtype``
     (``uint8`` when absent, as :func:`lab_utils.training.cnn.train` writes it).
 
@@ -74,13 +74,13 @@ def input_dtype(spec: models.ModelSpec) -> np.dtype:
     except TypeError:
         dtype = None
     if dtype is None or dtype.kind not in "uif":
-        raise models.ModelError(f"{spec.path / models.METADATA_FILE}: input_dtype {name!r} is "
+        raise ModelError(f"{spec.path / METADATA_FILE}: input_dtype {name!r} is "
                                 "not an integer or float dtype (e.g. 'uint8', 'float32'): "
-                                f"{models.HOW_TO_CREATE}")
+                                f"{HOW_TO_CREATE}")
     return dtype
 
 
-def takes_images(spec: models.ModelSpec) -> bool:
+def takes_images(spec: ModelSpec) -> bool:
     """True when the server can feed the model decoded image files (``{"b64": ...}`` inputs).
 
     :func:`~lab_utils.data.images.decode_image` gives RGB uint8, so the model must take 3
@@ -107,14 +107,14 @@ def _value_chars(dtype: np.dtype) -> int:
     return 24
 
 
-def max_batch(spec: models.ModelSpec) -> int:
+def max_batch(spec: ModelSpec) -> int:
     """The most images one request may hold: ``MAX_INSTANCES``, and no more than
     ``MAX_REQUEST_VALUES`` numbers in all (at least one image)."""
     h, w = spec.image_size
     return max(1, min(MAX_INSTANCES, MAX_REQUEST_VALUES // (h * w * spec.channels)))
 
 
-def max_body_bytes(spec: models.ModelSpec) -> int:
+def max_body_bytes(spec: ModelSpec) -> int:
     """The largest request body this model's predict accepts, in bytes.
 
     The worst-case JSON of :func:`max_batch` images: every value at its longest (``255`` for
@@ -129,7 +129,7 @@ def max_body_bytes(spec: models.ModelSpec) -> int:
     return min(MAX_BODY_BYTES, max_batch(spec) * image * BODY_MARGIN + BODY_SLACK)
 
 
-def _expected(spec: models.ModelSpec) -> str:
+def _expected(spec: ModelSpec) -> str:
     h, w = spec.image_size
     shape = f"[{h}, {w}, {spec.channels}]"
     dtype = input_dtype(spec)
@@ -171,7 +171,7 @@ def _shape_of(value: object) -> list[int]:
     return shape
 
 
-def _to_array(data: list, where: Callable[[int], str], spec: models.ModelSpec) -> np.ndarray:
+def _to_array(data: list, where: Callable[[int], str], spec: ModelSpec) -> np.ndarray:
     """Check every image's shape and every value's type and range, then build the array.
 
     The nesting is checked level by level before any array exists, so a ragged, too deep or
@@ -228,7 +228,7 @@ def _to_array(data: list, where: Callable[[int], str], spec: models.ModelSpec) -
     return array.reshape(len(data), *dims)
 
 
-def parse_predict_body(body: bytes, spec: models.ModelSpec) -> tuple[np.ndarray, str]:
+def parse_predict_body(body: bytes, spec: ModelSpec) -> tuple[np.ndarray, str]:
     """Decode a predict request into the model's input ``[N, H, W, C]`` and its form.
 
     Images come as nested lists of pixels or, for a model that :func:`takes_images`, as image
@@ -332,7 +332,7 @@ def parse_predict_body(body: bytes, spec: models.ModelSpec) -> tuple[np.ndarray,
 _WEBSAFE = str.maketrans("-_", "+/")
 
 
-def decode_files(data: list, where: Callable[[int], str], spec: models.ModelSpec) -> np.ndarray:
+def decode_files(data: list, where: Callable[[int], str], spec: ModelSpec) -> np.ndarray:
     """``[{"b64": ...}, ...]`` image files -> the model's input ``[N, H, W, 3]``.
 
     Each file is decoded by :func:`lab_utils.data.images.decode_image`, as in-Spark inference

@@ -13,6 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
+from lab_utils.common.saved_model import (
+    HOW_TO_CREATE,
+    METADATA_FILE,
+    MODEL_FILE,
+    ModelError,
+    ModelSpec,
+    load_spec,
+)
 from lab_utils.serving.payloads import (  # noqa: F401 (re-exported: the server's API)
     BODY_MARGIN,
     BODY_SLACK,
@@ -29,14 +37,13 @@ from lab_utils.serving.payloads import (  # noqa: F401 (re-exported: the server'
     parse_predict_body,
     takes_images,
 )
-from lab_utils.training import cnn as models
 
 #: What a loader returns: pixels [N, H, W, C] (uint8, or metadata.json's ``input_dtype``) ->
 #: probabilities [N, classes].
 PredictFn = Callable[[np.ndarray], np.ndarray]
-Loader = Callable[[models.ModelSpec], PredictFn]
+Loader = Callable[[ModelSpec], PredictFn]
 
-def keras_loader(spec: models.ModelSpec) -> PredictFn:
+def keras_loader(spec: ModelSpec) -> PredictFn:
     """Load a saved Keras model once; its predict function calls ``model(x)`` per request.
 
     The in-Spark loader, with TensorFlow's pools sized to this machine: the server is the only
@@ -56,7 +63,7 @@ class _Entry:
     TF Serving's ``END`` state until its files change.
     """
 
-    spec: models.ModelSpec | None
+    spec: ModelSpec | None
     version: int
     stamp: tuple[int, int] = (0, 0)  # (model.keras, metadata.json) modification times, in ns
     predict: PredictFn | None = None
@@ -84,13 +91,13 @@ class ModelRegistry:
             return []
         return sorted(p.name for p in self.models_dir.iterdir()
                       if p.is_dir() and not p.name.startswith(".")
-                      and (p / models.MODEL_FILE).is_file()
-                      and (p / models.METADATA_FILE).is_file())
+                      and (p / MODEL_FILE).is_file()
+                      and (p / METADATA_FILE).is_file())
 
     def _not_found(self, name: str) -> ServingError:
         served = self.names()
         listing = ", ".join(served) if served else (
-            f"none yet: {models.HOW_TO_CREATE} (models live in {self.models_dir}/<name>/)")
+            f"none yet: {HOW_TO_CREATE} (models live in {self.models_dir}/<name>/)")
         return ServingError(404, f"Servable not found for request: Latest({name}). "
                                  f"This server serves: {listing}")
 
@@ -104,8 +111,8 @@ class ModelRegistry:
         if name.startswith(".") or "/" in name or name not in self.names():
             raise self._not_found(name)
         try:
-            stamp = ((folder / models.MODEL_FILE).stat().st_mtime_ns,
-                     (folder / models.METADATA_FILE).stat().st_mtime_ns)
+            stamp = ((folder / MODEL_FILE).stat().st_mtime_ns,
+                     (folder / METADATA_FILE).stat().st_mtime_ns)
             with self._lock:
                 current = self._entries.get(name)
                 if current is None or current.stamp != stamp:
@@ -119,19 +126,19 @@ class ModelRegistry:
     def _read(folder: Path, stamp: tuple[int, int]) -> _Entry:
         version = stamp[0] // 1_000_000_000  # model.keras's mtime in whole seconds
         try:
-            spec = models.load_spec(folder)
+            spec = load_spec(folder)
             input_dtype(spec)  # checked now: a bad one is the model's error state
             return _Entry(spec, version, stamp)
         except FileNotFoundError:
             raise
-        except models.ModelError as exc:  # the message names the file and the fix
+        except ModelError as exc:  # the message names the file and the fix
             return _Entry(None, version, stamp, error=str(exc), error_code="INVALID_ARGUMENT")
         except Exception as exc:  # noqa: BLE001 - any other failure is this model's, too
             return _Entry(None, version, stamp, error=f"{folder} cannot be read "
                                                       f"({type(exc).__name__}: {exc}): "
-                                                      f"{models.HOW_TO_CREATE}")
+                                                      f"{HOW_TO_CREATE}")
 
-    def usable(self, name: str) -> tuple[_Entry, models.ModelSpec]:
+    def usable(self, name: str) -> tuple[_Entry, ModelSpec]:
         """The entry and its spec, or a 500 saying why the model cannot be served (its files
         are broken)."""
         entry = self.entry(name)
@@ -154,7 +161,7 @@ class ModelRegistry:
                     entry.error = f"{type(exc).__name__}: {exc}"
         if entry.predict is None:
             raise ServingError(500, f"model {name!r} failed to load: {entry.error}; fix the model "
-                                    f"in {spec.path} ({models.HOW_TO_CREATE})")
+                                    f"in {spec.path} ({HOW_TO_CREATE})")
         return entry, entry.predict
 
     def state(self, name: str) -> tuple[_Entry, str]:
@@ -188,7 +195,7 @@ def model_status(name: str, registry: ModelRegistry, version: str | None = None)
         "status": {"error_code": entry.error_code if error else "OK", "error_message": error}}]}
 
 
-def image_input(spec: models.ModelSpec) -> dict | None:
+def image_input(spec: ModelSpec) -> dict | None:
     """What ``metadata`` says about the model's image-file input (None: pixels only).
 
     The signature keeps the model's one tensor input, as a TF Serving export of it declares;

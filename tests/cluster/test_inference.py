@@ -11,9 +11,10 @@ import pytest
 from pyspark.sql import functions as F
 
 from lab_utils import inference
+from lab_utils.common import saved_model
 from lab_utils.data import images
 from lab_utils.inference.files import placed_name
-from lab_utils.training import cnn as models
+from lab_utils.training import cnn
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def trained(lab_cluster):
     data = share / "data" / "test-images"
     images.build_image_dataset(data, per_class=20)
     model_dir = share / "models" / "test_cnn"
-    meta = models.train_image_classifier(data, model_dir, epochs=10)
+    meta = cnn.train_image_classifier(data, model_dir, epochs=10)
     return data, model_dir, meta
 
 
@@ -52,7 +53,7 @@ def test_every_style_gives_the_same_predictions(spark, trained):
     df = inference.read_images(spark, data, partitions=4).cache()
     n = df.count()
     assert n == 200
-    spec = models.load_spec(model_dir)
+    spec = saved_model.load_spec(model_dir)
     results = {
         "python UDF (pickled)": scored(df, inference.row_udf(spec, use_arrow=False)),
         "python UDF (Arrow)": scored(df, inference.row_udf(spec, use_arrow=True)),
@@ -110,7 +111,7 @@ def test_missing_model_fails_on_the_driver_before_any_job(spark, lab_cluster):
     group = f"missing-model-{uuid.uuid4().hex}"
     spark.sparkContext.setJobGroup(group, "should never run")
     try:
-        with pytest.raises(models.ModelError, match="model not found .* `make models`"):
+        with pytest.raises(saved_model.ModelError, match="model not found .* `make models`"):
             df = inference.read_images(spark, lab_cluster.cfg.share_dir / "data" / "test-images")
             df.select(inference.pandas_udf_series(lab_cluster.cfg.share_dir / "models" / "nope")(
                 "path", "content")).collect()
@@ -123,7 +124,7 @@ def test_model_loaded_once_per_python_worker(spark, trained, lab_cluster):
     data, model_dir, _ = trained
     marks = lab_cluster.cfg.share_dir / "output" / f"loads-{uuid.uuid4().hex}"
     marks.mkdir(parents=True)
-    keras_make = inference.keras_predict_fn(models.load_spec(model_dir).model_file)
+    keras_make = inference.keras_predict_fn(saved_model.load_spec(model_dir).model_file)
 
     def counting_make():
         (marks / f"{os.getpid()}-{uuid.uuid4().hex}").touch()
@@ -172,7 +173,7 @@ def test_odd_file_names_are_read_scored_and_placed(spark, trained, lab_cluster):
     source = sorted((data / "3").glob("*.png"))[0]
     for name in ODD_NAMES:
         shutil.copy(source, folder / name)
-    spec = models.load_spec(model_dir)
+    spec = saved_model.load_spec(model_dir)
     df = inference.read_images(spark, folder.parent)
     result = (df.select("path", inference.iterator_udf(spec)("path", "content").alias("r"))
               .select("path", "r.*"))

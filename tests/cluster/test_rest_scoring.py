@@ -16,7 +16,7 @@ from lab_utils.common import net
 from lab_utils.inference import rest_scoring
 from lab_utils.ops import lab
 from lab_utils.serving import model_server
-from lab_utils.training import cnn as models
+from lab_utils.training import cnn
 
 N = 120
 BATCH = 10
@@ -24,7 +24,7 @@ BATCH = 10
 
 @pytest.fixture(scope="module")
 def spec(lab_cluster):
-    return models.ensure_model(lab_cluster.cfg)  # the lab's CNN, trained at smoke size
+    return cnn.ensure_model(lab_cluster.cfg)  # the lab's CNN, trained at smoke size
 
 
 @pytest.fixture(scope="module")

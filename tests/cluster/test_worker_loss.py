@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 
 from lab_utils.data import images
 from lab_utils.ops import lab, resilience
-from lab_utils.training import cnn as models
+from lab_utils.training import cnn
 from tests.utils.phases import Phases, assert_lab_ready
 
 ROWS = 2400
@@ -42,7 +42,7 @@ DRIVER = textwrap.dedent("""
     from pathlib import Path
 
     from lab_utils import config, inference
-    from lab_utils.training import cnn as models
+    from lab_utils.training import cnn
     from lab_utils.ops import resilience
     from lab_utils.session import get_spark
 
@@ -50,7 +50,7 @@ DRIVER = textwrap.dedent("""
                                            int(sys.argv[3]), int(sys.argv[4]),
                                            float(sys.argv[5]))
     cfg = config.load()
-    spec = models.ensure_model(cfg)  # the lab's CNN on the smoke image set (LAB_SMOKE=1)
+    spec = cnn.ensure_model(cfg)  # the lab's CNN on the smoke image set (LAB_SMOKE=1)
     keras_make = inference.keras_predict_fn(spec.model_file)
 
     def make_predict_fn():
@@ -107,7 +107,7 @@ def test_worker_killed_mid_job_loses_no_row_and_comes_back(tmp_path, lab_cluster
     assert_lab_ready(cfg)
     # The session's CNN (trained once per test session), copied: this lab need not train it.
     # The images are this lab's own, built as `ensure_model` builds them at smoke size.
-    trained = models.ensure_model(lab_cluster.cfg)
+    trained = cnn.ensure_model(lab_cluster.cfg)
     shutil.copytree(trained.path, cfg.share_dir / "models" / trained.path.name,
                     dirs_exist_ok=True)
     images.build_image_dataset(cfg.share_dir / "data" / "images", per_class=30)

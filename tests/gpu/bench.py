@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lab_utils.common.saved_model import load_spec
 from lab_utils.data import images
-from lab_utils.inference import core, image_partition_predictor
-from lab_utils.training.cnn import load_spec
+from lab_utils.inference import image_partition_predictor, scoring
 from tests.utils import gpu as gpu_utils
 
 SIZES = {"digits": {"gpu": 8192, "cpu": 8192}, "resnet50": {"gpu": 4096, "cpu": 384}}
@@ -74,7 +74,7 @@ def measure(spec, rows: list[dict], device: str, batch_size: int) -> dict:
     started = time.perf_counter()
     pixels = [images.decode_image(r["content"], spec.image_size) for r in rows]
     result["decode_only_rows_per_s"] = round(len(rows) / (time.perf_counter() - started), 1)
-    predict = core._CACHE[(*predictor._cache_key, device)]
+    predict = scoring._CACHE[(*predictor._cache_key, device)]
     batches = [np.stack(pixels[i:i + batch_size]) for i in range(0, len(pixels), batch_size)]
     started = time.perf_counter()
     for batch in batches:

@@ -94,7 +94,7 @@ def workdir(gpu, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def digits_spec(gpu, workdir):
     """The digits model under test: ``GPU_TEST_MODEL_DIR`` or the lab's CNN trained here."""
-    from lab_utils.training.cnn import load_spec
+    from lab_utils.common.saved_model import load_spec
     from tests.utils.gpu import train_digits_model
 
     given = os.environ.get("GPU_TEST_MODEL_DIR")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from lab_utils import inference
-from lab_utils.inference import core, partition
+from lab_utils.common import tensorflow as tf_setup
+from lab_utils.inference import partition
 from tests.utils.task_context import fake_task_context, gpu_resources, summing_predictor
 
 
@@ -49,9 +50,9 @@ class FakeTF(types.ModuleType):
 @pytest.fixture
 def fresh_worker(monkeypatch):
     """A Python worker in which neither the lab nor anyone else has configured TensorFlow."""
-    monkeypatch.setattr(core, "_TF_CONFIGURED", False)
-    monkeypatch.setattr(core, "_VISIBLE_GPUS", None)
-    monkeypatch.setattr(core, "_GPU_RESTRICTION_TRIED", False)
+    monkeypatch.setattr(tf_setup, "_TF_CONFIGURED", False)
+    monkeypatch.setattr(tf_setup, "_VISIBLE_GPUS", None)
+    monkeypatch.setattr(tf_setup, "_GPU_RESTRICTION_TRIED", False)
     monkeypatch.setattr(partition, "_WARNED_OTHER_GPU", False)
     monkeypatch.delenv("LAB_TF_THREADS", raising=False)
 
@@ -65,18 +66,18 @@ def fresh_worker(monkeypatch):
 def test_tensorflow_sees_only_the_task_s_gpu_which_becomes_gpu_0(monkeypatch, fresh_worker):
     tf = fresh_worker(FakeTF(4))
     fake_task_context(monkeypatch, gpu_resources("2"))
-    inference.configure_tensorflow()
+    tf_setup.configure_tensorflow()
     assert [d.name for d in tf.visible] == ["/physical_device:GPU:2"]
     assert tf.growth == ["/physical_device:GPU:2"]
     assert tf.threads == {"intra": 1, "inter": 1}  # the thread setup still happens
-    assert inference.visible_gpus() == ["2"]
+    assert tf_setup.visible_gpus() == ["2"]
     assert inference.select_device(7, None) == "/GPU:0"
 
 
 def test_several_gpus_keep_tensorflow_s_order(monkeypatch, fresh_worker):
     tf = fresh_worker(FakeTF(8))
     fake_task_context(monkeypatch, gpu_resources("5", "3"))
-    assert inference.restrict_tensorflow_gpus() == ["3", "5"]
+    assert tf_setup.restrict_tensorflow_gpus() == ["3", "5"]
     assert tf.growth == ["/physical_device:GPU:3", "/physical_device:GPU:5"]
     assert inference.select_device(0, None) == "/GPU:1"  # the task's first address, "5"
 
@@ -85,9 +86,9 @@ def test_already_initialised_tensorflow_is_left_alone_and_logged_once(monkeypatc
                                                                         caplog):
     tf = fresh_worker(FakeTF(2, initialised=True))
     fake_task_context(monkeypatch, gpu_resources("1"))
-    with caplog.at_level(logging.WARNING, logger="lab_utils.inference.core"):
-        assert inference.restrict_tensorflow_gpus() is None
-        assert inference.restrict_tensorflow_gpus() is None  # once per worker, no second try
+    with caplog.at_level(logging.WARNING, logger="lab_utils.common.tensorflow"):
+        assert tf_setup.restrict_tensorflow_gpus() is None
+        assert tf_setup.restrict_tensorflow_gpus() is None  # once per worker, no second try
     assert tf.visible is None and tf.growth == []
     assert sum("already initialised" in r.getMessage() for r in caplog.records) == 1
     assert inference.select_device(0, None) == "/GPU:1"  # TF sees every GPU: the physical one
@@ -96,7 +97,7 @@ def test_already_initialised_tensorflow_is_left_alone_and_logged_once(monkeypatc
 def test_without_a_scheduled_gpu_nothing_is_restricted(monkeypatch, fresh_worker):
     tf = fresh_worker(FakeTF(2))
     fake_task_context(monkeypatch, {})
-    inference.configure_tensorflow()
+    tf_setup.configure_tensorflow()
     assert tf.visible is None and tf.growth == [] and tf.threads == {"intra": 1, "inter": 1}
     assert inference.select_device(3, 2) == "/GPU:1"  # the modulo rule, as before
 
@@ -105,15 +106,15 @@ def test_tf_s_own_thread_pools_still_get_the_gpu_restriction(monkeypatch, fresh_
     tf = fresh_worker(FakeTF(2))
     monkeypatch.setenv("LAB_TF_THREADS", "tf")
     fake_task_context(monkeypatch, gpu_resources("1"))
-    inference.configure_tensorflow()
+    tf_setup.configure_tensorflow()
     assert [d.name for d in tf.visible] == ["/physical_device:GPU:1"] and tf.threads == {}
 
 
 def test_a_gpu_tensorflow_cannot_see_is_reported(monkeypatch, fresh_worker, caplog):
     tf = fresh_worker(FakeTF(0))  # a CPU build of TensorFlow on a GPU machine
     fake_task_context(monkeypatch, gpu_resources("0"))
-    with caplog.at_level(logging.WARNING, logger="lab_utils.inference.core"):
-        assert inference.restrict_tensorflow_gpus() is None
+    with caplog.at_level(logging.WARNING, logger="lab_utils.common.tensorflow"):
+        assert tf_setup.restrict_tensorflow_gpus() is None
     assert tf.visible is None and "CUDA build" in caplog.text
 
 
@@ -121,7 +122,7 @@ def test_a_reused_worker_given_another_gpu_keeps_its_own_and_says_so(monkeypatch
                                                                       caplog):
     fresh_worker(FakeTF(2))
     fake_task_context(monkeypatch, gpu_resources("0"))
-    inference.restrict_tensorflow_gpus()
+    tf_setup.restrict_tensorflow_gpus()
     fake_task_context(monkeypatch, gpu_resources("1"))  # the next task of the same worker
     with caplog.at_level(logging.WARNING, logger="lab_utils.inference.partition"):
         assert inference.select_device(0, None) == "/GPU:0"

@@ -1,10 +1,10 @@
-"""inference.graph_predict with a real (tiny) Keras model on TensorFlow: same numbers as the
+"""tf_setup.graph_predict with a real (tiny) Keras model on TensorFlow: same numbers as the
 eager call, one trace for every batch size, preprocessing inside the graph."""
 
 import numpy as np
 import pytest
 
-from lab_utils import inference
+from lab_utils.common import tensorflow as tf_setup
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def model():
 
 
 def test_same_outputs_as_the_eager_call_and_one_trace(model):
-    predict = inference.graph_predict(model)
+    predict = tf_setup.graph_predict(model)
     rng = np.random.default_rng(0)
     for n in (1, 5, 64):
         pixels = rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)
@@ -31,7 +31,7 @@ def test_same_outputs_as_the_eager_call_and_one_trace(model):
 
 
 def test_preprocessing_runs_inside_the_graph(model):
-    predict = inference.graph_predict(model, lambda x: 255.0 - x)
+    predict = tf_setup.graph_predict(model, lambda x: 255.0 - x)
     pixels = np.random.default_rng(1).integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)
     expected = np.asarray(model(255.0 - pixels.astype(np.float32), training=False))
     np.testing.assert_allclose(predict(pixels), expected, rtol=1e-5, atol=1e-6)

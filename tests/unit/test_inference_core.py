@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from lab_utils import inference
+from lab_utils.common import saved_model
 from lab_utils.inference import udfs
-from lab_utils.training import cnn as models
 
 CLASSES = ("dark", "light")
 
@@ -63,7 +63,7 @@ def test_a_udf_loads_its_model_only_once_a_file_decodes():
         loads.append(1)
         return BrightnessModel()
 
-    spec = models.ModelSpec(Path("m"), CLASSES, (8, 8), 3, {})
+    spec = saved_model.ModelSpec(Path("m"), CLASSES, (8, 8), 3, {})
     key = ("test-lazy", uuid.uuid4().hex)
     with pytest.raises(inference.InferenceError, match="broken.png: empty file"):
         udfs._scorer(spec, make, key, 4, True)(["broken.png", "ok.png"], [b"", png(1)])
@@ -175,7 +175,7 @@ def write_model(folder, meta=True, **kw):
 
 
 def test_model_spec_read_from_metadata(tmp_path):
-    spec = models.load_spec(write_model(tmp_path / "m"))
+    spec = saved_model.load_spec(write_model(tmp_path / "m"))
     assert spec.class_names == CLASSES and spec.image_size == (8, 8) and spec.channels == 3
 
 
@@ -206,13 +206,13 @@ def with_metadata(folder, text):
 ])
 def test_bad_models_fail_with_the_fix(tmp_path, make, message):
     folder = make(tmp_path / "m")
-    with pytest.raises(models.ModelError, match=message):
-        models.load_spec(folder)
+    with pytest.raises(saved_model.ModelError, match=message):
+        saved_model.load_spec(folder)
 
 
 def test_factories_check_the_model_before_spark(tmp_path):
     # No SparkSession exists: the error must come from the model check, before any job.
-    with pytest.raises(models.ModelError, match="model not found"):
+    with pytest.raises(saved_model.ModelError, match="model not found"):
         inference.iterator_udf(tmp_path / "nowhere")
 
 

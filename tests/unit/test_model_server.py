@@ -21,8 +21,8 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
     from fastapi.testclient import TestClient
 
+from lab_utils.common import saved_model
 from lab_utils.serving import model_server, payloads, registry
-from lab_utils.training import cnn as models
 from tests.utils import servers
 from tests.utils.fake_models import CLASSES, brightness_loader, write_model
 
@@ -216,7 +216,7 @@ def test_too_many_instances_is_413(models_dir, monkeypatch):
 
 
 def spec_of(size, channels=3, dtype="uint8"):
-    return models.ModelSpec(Path("m"), CLASSES, size, channels, {"input_dtype": dtype})
+    return saved_model.ModelSpec(Path("m"), CLASSES, size, channels, {"input_dtype": dtype})
 
 
 def test_the_body_limit_follows_the_models_input_shape():
@@ -246,7 +246,7 @@ def padded(limit, size):
 def test_a_body_over_the_models_limit_is_413_with_or_without_content_length(models_dir,
                                                                             monkeypatch):
     monkeypatch.setattr(payloads, "MAX_INSTANCES", 3)  # read where it is used
-    limit = registry.max_body_bytes(models.load_spec(models_dir / "tiny"))
+    limit = registry.max_body_bytes(saved_model.load_spec(models_dir / "tiny"))
     assert limit == 3 * 324 * 2 + 64 * 1024
     body = padded(limit, limit + 1)
     with client_for(models_dir) as client:
@@ -284,7 +284,7 @@ def read_answer(sock) -> bytes:
 def test_an_upload_is_refused_once_past_the_limit_and_healthz_answers_meanwhile(models_dir,
                                                                                monkeypatch):
     monkeypatch.setattr(payloads, "MAX_INSTANCES", 3)  # read where it is used
-    limit = registry.max_body_bytes(models.load_spec(models_dir / "tiny"))
+    limit = registry.max_body_bytes(saved_model.load_spec(models_dir / "tiny"))
     app = model_server.create_app(models_dir, loader=brightness_loader)
     with servers.in_thread(app) as url, \
             socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=10) as sock:

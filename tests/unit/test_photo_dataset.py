@@ -1,4 +1,4 @@
-from lab_utils.training import resnet
+from lab_utils.inference import resnet
 
 
 def test_a_smaller_run_leaves_exactly_its_photos_and_nothing_of_the_users(tmp_path):

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lab_utils.common.saved_model import ModelSpec, load_spec
 from lab_utils.data import images
-from lab_utils.inference import core
-from lab_utils.training.cnn import ModelSpec, load_spec, train_image_classifier
+from lab_utils.inference import scoring
+from lab_utils.training.cnn import train_image_classifier
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
 
@@ -149,7 +150,7 @@ def peak_memory_bytes() -> int:
 
 def free_models() -> None:
     """Drop this process's cached models and give their GPU memory back (torch backend)."""
-    core._CACHE.clear()
+    scoring._CACHE.clear()
     gc.collect()
     torch = _torch()
     if torch is not None and torch.cuda.is_available():

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd  # at module level: mapInPandas functions are resolved with it
 
-from lab_utils.common.atomic import MARK, PREFIX, atomic_write_text
+from lab_utils.common.atomic import MARK, PREFIX, atomic_write_text, replace_folder
 from lab_utils.common.task import partition_id
 
 if TYPE_CHECKING:
@@ -87,46 +84,16 @@ def _check_destination(folder: Path) -> None:
                                    f"so write_tfrecords does not replace it: {fix}")
 
 
-@contextlib.contextmanager
-def _staged(dest: Path | str) -> Iterator[Path]:
-    """A fresh staging folder beside ``dest``; on success it becomes ``dest``.
-
-    Checked first (:func:`_check_destination`), and again just before the swap. The swap
-    renames the previous output to a hidden trash name, the staging folder to ``dest``, and
-    removes the trash: ``dest`` is missing only between two renames, never half-written. On any
-    error the staging folder is removed and ``dest`` left as it was. Names carry a uuid4, so
-    two drivers on two hosts never share a staging folder.
-    """
-    folder = _local(dest)
-    if folder.is_symlink():
-        folder = folder.resolve()  # replace what the link points to, keep the link
-    _check_destination(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = folder.with_name(f".{folder.name}.staging-{uuid.uuid4().hex}")
-    staging.mkdir()
-    try:
-        yield staging
-        _check_destination(folder)  # something else may have been put there meanwhile
-        if folder.exists():
-            trash = folder.with_name(f".{folder.name}.replaced-{uuid.uuid4().hex}")
-            os.rename(folder, trash)
-            try:
-                os.rename(staging, folder)
-            except BaseException:
-                os.rename(trash, folder)
-                raise
-            # The new output is in place: a file that cannot be removed from the old one does
-            # not make the write fail (it stays in the hidden trash folder).
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful swap
+def _staged(dest: Path | str) -> contextlib.AbstractContextManager[Path]:
+    """A staging folder beside ``dest`` that becomes ``dest`` on success
+    (:func:`~lab_utils.common.atomic.replace_folder`), checked by :func:`_check_destination`
+    before the job and again just before the swap."""
+    return replace_folder(_local(dest), check=_check_destination)
 
 
 def _partition_writer(dest: str, schema: TFRecordSchema):
     def write(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from lab_utils.inference import configure_tensorflow
+        from lab_utils.common.tensorflow import configure_tensorflow
 
         configure_tensorflow()  # one TF thread per task core, before TF runs an op
         partition = partition_id(default=0)

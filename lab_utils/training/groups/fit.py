@@ -160,7 +160,7 @@ def _fit_in_memory(group: str, data: pd.DataFrame, opts: FitOptions) -> dict[str
 
 
 def _fit_keras(X: np.ndarray, y: np.ndarray, opts: FitOptions):
-    from lab_utils.inference import configure_tensorflow
+    from lab_utils.common.tensorflow import configure_tensorflow
 
     configure_tensorflow()
     import keras

@@ -53,7 +53,7 @@ def load_model(path: str, loads=None, *, sha256: str):
                 "restore the file from a backup. Loading a model file runs code: keep "
                 "share_storages/models writable only by people you trust.")
         if path.endswith(".keras"):
-            from lab_utils.inference import configure_tensorflow
+            from lab_utils.common.tensorflow import configure_tensorflow
 
             configure_tensorflow()
             import keras

@@ -1,57 +1,25 @@
-"""The scoring core every inference style shares: the result struct, the per-worker model
-cache, TensorFlow's thread pools, the Keras predict function and :func:`score_images`, a pure
-function from image bytes to result rows (tested without Spark)."""
+"""TensorFlow's per-task setup in a Spark Python worker: its thread pools sized to the task, its
+GPUs restricted to the task's, and a model run as one compiled graph.
+
+Inference, training and data prep all run TensorFlow inside Spark tasks, so this sits below
+them. TensorFlow is imported inside the functions: importing this module does not load it.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
-import pandas as pd  # at module level: pandas UDF type hints are resolved from these globals
 
-from lab_utils.common.cache import WorkerCache
 from lab_utils.common.task import task_cpus, task_gpu_addresses
-from lab_utils.data import images
-from lab_utils.errors import LabError
 
-if TYPE_CHECKING:
-    pass
-
-
+#: A model's predict function: a batch of inputs in, a batch of outputs (probabilities) out.
 PredictFn = Callable[[np.ndarray], np.ndarray]
+#: What builds a :data:`PredictFn` in a worker (``predict_batch_udf``'s ``make_predict_fn``).
 MakePredictFn = Callable[[], PredictFn]
-
-RESULT_DDL = "prediction string, confidence float, error string"
-RESULT_FIELDS = ("prediction", "confidence", "error")
-DEFAULT_BATCH_SIZE = 256
-
-
-class InferenceError(LabError, RuntimeError):
-    """Raised with ``fail_fast=True``: names the file that could not be scored."""
-
-
-# --------------------------------------------------------------------------- per-worker state
-
-#: Models kept per Python worker, least recently used dropped first (predict_batch_udf keeps 3).
-CACHE_SIZE = 3
-_CACHE: WorkerCache[PredictFn] = WorkerCache(CACHE_SIZE, freeze=True)
-#: How many times each key was loaded in this process (tests read it to prove "once per worker").
-LOAD_COUNTS: dict[Any, int] = _CACHE.loads
-
-
-def cached_predict_fn(key: Any, make_predict_fn: MakePredictFn) -> PredictFn:
-    """Return this Python worker's predict function for ``key``, creating it on first use.
-
-    Python workers are reused across tasks (``spark.python.worker.reuse``, on by default), so a
-    model is loaded once per worker process, not per task or per batch. At most
-    :data:`CACHE_SIZE` models stay cached; the least recently used is dropped.
-    """
-    return _CACHE.get(key, make_predict_fn)
-
 
 _LOG = logging.getLogger(__name__)
 _TF_CONFIGURED = False
@@ -105,8 +73,8 @@ def restrict_tensorflow_gpus(addresses: Sequence[str] | None = None) -> list[str
             tf.config.experimental.set_memory_growth(gpu, True)
     except RuntimeError as exc:  # TF initialised its devices before this call
         _LOG.warning("TensorFlow was already initialised in this Python worker (%s): it keeps "
-                     "every visible GPU. Call inference.configure_tensorflow() before any "
-                     "TensorFlow op runs in the worker.", exc)
+                     "every visible GPU. Call lab_utils.common.tensorflow.configure_tensorflow() "
+                     "before any TensorFlow op runs in the worker.", exc)
         return None
     _VISIBLE_GPUS = [_gpu_address(d) for d in chosen]
     return _VISIBLE_GPUS
@@ -164,59 +132,3 @@ def graph_predict(model, preprocess: Callable | None = None) -> PredictFn:
     # A function attribute, which mypy cannot type: tests read its tracing count.
     predict.graph = call  # type: ignore[attr-defined]
     return predict
-
-
-def keras_predict_fn(model_file: Path | str, *, threads: int | None = None) -> MakePredictFn:
-    """``make_predict_fn`` for a saved Keras model: load once, one compiled call per batch
-    (:func:`graph_predict`)."""
-    model_file = str(model_file)
-
-    def make() -> PredictFn:
-        configure_tensorflow(threads)
-        import keras
-
-        return graph_predict(keras.saving.load_model(model_file, compile=False))
-
-    return make
-
-
-# --------------------------------------------------------------------------- the pure core
-
-
-def score_images(
-    paths: Iterable[str | None],
-    contents: Iterable[bytes | None],
-    predict: PredictFn,
-    class_names: tuple[str, ...],
-    image_size: tuple[int, int],
-    *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    fail_fast: bool = False,
-    max_pixels: int = images.DEFAULT_MAX_PIXELS,
-) -> pd.DataFrame:
-    """Decode, batch and predict; one output row per input row, in order.
-
-    Pure Python (no Spark): every UDF style calls it, and unit tests call it with fake models.
-    """
-    paths = list(paths)
-    contents = list(contents)
-    n = len(contents)
-    prediction: list[str | None] = [None] * n
-    confidence: list[float | None] = [None] * n
-    good, pixels, error = images.decode_all(paths, contents, image_size, max_pixels=max_pixels,
-                                            fail_fast=fail_fast, error_type=InferenceError)
-    for start in range(0, len(good), batch_size):
-        rows = good[start:start + batch_size]
-        batch = np.stack(pixels[start:start + batch_size])
-        probabilities = np.asarray(predict(batch))
-        if probabilities.shape != (len(rows), len(class_names)):
-            raise InferenceError(
-                f"the model returned shape {probabilities.shape} for {len(rows)} images; "
-                f"expected ({len(rows)}, {len(class_names)}) probabilities for {class_names}")
-        best = probabilities.argmax(axis=1)
-        for row, k, p in zip(rows, best, probabilities[np.arange(len(rows)), best], strict=True):
-            prediction[row] = class_names[int(k)]
-            confidence[row] = float(p)
-    return pd.DataFrame({"prediction": pd.Series(prediction, dtype=object),
-                         "confidence": pd.Series(confidence, dtype="float32"),
-                         "error": pd.Series(error, dtype=object)})

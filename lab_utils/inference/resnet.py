@@ -15,7 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from lab_utils.inference import MakePredictFn, PredictFn, configure_tensorflow, graph_predict
+from lab_utils.common.saved_model import save_model
+from lab_utils.common.tensorflow import (
+    MakePredictFn,
+    PredictFn,
+    configure_tensorflow,
+    graph_predict,
+)
 
 IMAGE_SIZE = (224, 224)
 WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
@@ -84,25 +90,25 @@ def build_model(model_dir: Path):
     return model, False
 
 
-def save_model(model, model_dir: Path, imagenet: bool) -> Path:
-    """Save model + metadata in the lab's layout, so ``models.load_spec`` can check it."""
-    from lab_utils.training import cnn as models
-
+def save_resnet(model, model_dir: Path, imagenet: bool) -> Path:
+    """Save the model and its metadata in the lab's format
+    (:func:`lab_utils.common.saved_model.save_model`: staged, then swapped in), so
+    :func:`~lab_utils.common.saved_model.load_spec` can check it. The folder's other files (the
+    ImageNet weights and class index a user placed there) are carried over into the new folder.
+    """
     meta = {"name": "resnet50", "class_names": list(class_names(model_dir)),
             "image_size": list(IMAGE_SIZE), "channels": 3, "imagenet_weights": imagenet,
             "preprocessing": "RGB uint8 at 224x224, then keras.applications.resnet50."
                              "preprocess_input (BGR, ImageNet mean subtracted)"}
-    model_dir.mkdir(parents=True, exist_ok=True)
-    model.save(model_dir / models.MODEL_FILE)
-    (model_dir / models.METADATA_FILE).write_text(json.dumps(meta))
-    return model_dir
+    keep = [p for p in (model_dir / WEIGHTS_FILE, model_dir / CLASS_INDEX_FILE) if p.is_file()]
+    return save_model(model, meta, model_dir, keep=keep)
 
 
 def _wrap(model) -> PredictFn:
     from keras.applications.resnet50 import preprocess_input
 
     # One compiled graph (preprocessing included): ~1.2 GB peak per Python worker at batch 16
-    # instead of ~3.3 GB for the eager call (see inference.graph_predict).
+    # instead of ~3.3 GB for the eager call (see lab_utils.common.tensorflow.graph_predict).
     return graph_predict(model, preprocess_input)
 
 
