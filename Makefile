@@ -88,8 +88,9 @@ bench-peers: venv ## Install the peers (Ray Data, Daft) into the venv and run `m
 bench-gpu: venv ## Rows/s of the partition predictor on the GPU and the CPU (digits CNN, ResNet-50); no Spark
 	$(BIN)/python -m tests.gpu.bench $(BENCH_ARGS)
 
-lint: venv ## Lint the package, tests and notebooks with ruff, then type-check lab_utils with mypy
+lint: venv ## Lint the package, tests and notebooks with ruff, check the package's layers (import-linter), type-check lab_utils with mypy
 	$(BIN)/ruff check lab_utils tests notebooks
+	$(BIN)/lint-imports
 	$(BIN)/mypy
 
 format: venv ## Format the code with ruff

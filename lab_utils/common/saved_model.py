@@ -128,7 +128,7 @@ def load_spec(model_dir: Path | str) -> ModelSpec:
     return spec
 
 
-def save_model(model, meta: dict[str, Any], model_dir: Path | str, *,
+def save_model(model: Any, meta: dict[str, Any], model_dir: Path | str, *,
                keep: Iterable[Path | str] = ()) -> Path:
     """Write ``model`` and its ``metadata.json`` into a staging folder, then swap it in place
     of ``model_dir`` (:func:`~lab_utils.common.atomic.replace_folder`): readers see the old

@@ -109,7 +109,7 @@ def configure_tensorflow(threads: int | None = None) -> None:
     _TF_CONFIGURED = True
 
 
-def graph_predict(model, preprocess: Callable | None = None) -> PredictFn:
+def graph_predict(model: Any, preprocess: Callable | None = None) -> PredictFn:
     """``predict(pixels) -> outputs`` running ``model`` (and ``preprocess``) as one TF graph.
 
     Keras 3 calls a functional model eagerly, and an eager call keeps every intermediate
@@ -123,7 +123,7 @@ def graph_predict(model, preprocess: Callable | None = None) -> PredictFn:
     shape = tuple(model.inputs[0].shape)[1:]
 
     @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
-    def call(x):
+    def call(x: Any) -> Any:
         return model(preprocess(x) if preprocess else x, training=False)
 
     def predict(pixels: np.ndarray) -> np.ndarray:
