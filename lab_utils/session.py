@@ -39,9 +39,9 @@ class ClusterUnavailableError(LabError, RuntimeError):
 
 def _native_lab_master(cfg: lab_config.LabConfig) -> str | None:
     """The master URL of this checkout's native lab if its master process is running."""
-    from lab_utils.ops import lab  # local import: lab pulls in process management only when needed
+    from lab_utils.ops import pids  # local import: process management only when needed
 
-    if (cfg.state_dir / "lab.json").is_file() and lab.running_pid(cfg, "master"):
+    if (cfg.state_dir / "lab.json").is_file() and pids.running_pid(cfg, "master"):
         return cfg.lab_master_url
     return None
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from lab_utils.ops import lab
+from lab_utils.ops import native, services
 from tests.utils.labs import LabCluster, lab_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,10 +91,10 @@ def lab_cluster(tmp_path_factory) -> Iterator[LabCluster]:
     os.environ.clear()
     os.environ.update(env)
     try:
-        cluster.urls = lab.start(cluster.cfg, out=lambda *_: None)
-        os.environ.update(lab.service_env(cluster.cfg, "jupyter"))
+        cluster.urls = native.start(cluster.cfg, out=lambda *_: None)
+        os.environ.update(services.service_env(cluster.cfg, "jupyter"))
         yield cluster
     finally:
-        lab.stop(cluster.cfg, out=lambda *_: None)
+        native.stop(cluster.cfg, out=lambda *_: None)
         os.environ.clear()
         os.environ.update(saved)

@@ -17,7 +17,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
+
+from lab_utils.common import process
 
 
 def best(fn: Callable[[], object], repeats: int) -> float:
@@ -32,8 +33,10 @@ def best(fn: Callable[[], object], repeats: int) -> float:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    stat = process.read_stat(pid)
+    if stat is None:
+        raise ProcessLookupError(f"no process {pid} to read CPU time from")
+    return stat.cpu_seconds
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,6 @@
-"""Child processes the lab starts and stops: the native services (:mod:`lab_utils.ops.lab`) and
-private model servers (:mod:`lab_utils.serving.model_server`).
+"""Child processes the lab starts, watches and stops: the native services
+(:mod:`lab_utils.ops.native`) and private model servers (:mod:`lab_utils.serving.process`);
+polling with a deadline (:func:`wait_until`) and reading ``/proc`` (:func:`read_stat`).
 
 Every process starts in a session of its own (``start_new_session``), so that stopping it
 stops what it started too (a worker's executors, a server's reloader): signals go to the whole
@@ -15,13 +16,23 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.5) -> bool:
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.5, *,
+               abort: Callable[[], bool] | None = None) -> bool:
     """Poll ``predicate`` until it is true or ``timeout`` seconds pass; return its last value.
 
-    A predicate that raises OSError or ValueError (a service not answering yet) counts as false.
+    ``abort`` (optional) is polled after each false ``predicate``: when it is true the wait
+    ends at once, false (a service process that exited will never become healthy). A
+    predicate that raises OSError or ValueError (a service not answering yet) counts as false.
+
+    Examples
+    --------
+    >>> wait_until(lambda: True, timeout=1)
+    True
+    >>> wait_until(lambda: False, timeout=60, abort=lambda: True)  # returns at once
+    False
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -30,7 +41,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
                 return True
         except (OSError, ValueError):
             pass
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline or (abort is not None and abort()):
             return False
         time.sleep(interval)
 
@@ -93,17 +104,52 @@ def terminate_group(pid: int, gone: Callable[[], bool], *, grace: float = 15.0) 
     return True
 
 
+class ProcStat(NamedTuple):
+    """The fields of ``/proc/<pid>/stat`` the lab reads (proc(5) numbers them from 1)."""
+
+    state: str  # field 3: R, S, D, Z (zombie: exited, awaiting reaping), X (dead), ...
+    ppid: int  # field 4
+    pgrp: int  # field 5
+    session: int  # field 6
+    utime: int  # field 14, clock ticks in user mode
+    stime: int  # field 15, clock ticks in kernel mode
+    start_time: str  # field 22, clock ticks after boot: with the pid, it names one process
+
+    @property
+    def running(self) -> bool:
+        return self.state not in {"Z", "X"}
+
+    @property
+    def cpu_seconds(self) -> float:
+        return (self.utime + self.stime) / os.sysconf("SC_CLK_TCK")
+
+
+def read_stat(pid: int | str) -> ProcStat | None:
+    """``/proc/<pid>/stat`` parsed, or None when there is no such process (or it is not
+    readable). The one place the lab parses it: fields are counted after the ``)`` that ends
+    the command name, which may itself contain spaces and parentheses."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return ProcStat(fields[0], int(fields[1]), int(fields[2]), int(fields[3]),
+                        int(fields[11]), int(fields[12]), fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def start_time(pid: int) -> str | None:
+    """Kernel start time of ``pid`` (clock ticks after boot), or None if it is not running
+    (gone, or a zombie: it has exited and only awaits reaping). A pid file holds it beside the
+    pid, so a reused pid is not mistaken for the process it once named."""
+    stat = read_stat(pid)
+    return stat.start_time if stat is not None and stat.running else None
+
+
 def table() -> dict[int, tuple[int, int]]:
     """``{pid: (parent pid, session id)}`` of every process, read from ``/proc``."""
     found = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                # Fields after the ")" that ends the command name: state, ppid, pgrp, session.
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            found[int(entry.name)] = (int(fields[1]), int(fields[3]))
+        if entry.name.isdigit() and (stat := read_stat(entry.name)) is not None:
+            found[int(entry.name)] = (stat.ppid, stat.session)
     return found
 
 

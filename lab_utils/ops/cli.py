@@ -2,7 +2,7 @@
 
 One table, :data:`COMMANDS`, says for each command what it does, which arguments it takes and
 whether it may create ``.env``; :func:`main` parses, loads the configuration once and dispatches.
-The work itself is in :mod:`lab_utils.ops.lab`.
+The work itself is in :mod:`lab_utils.ops.native` and :mod:`lab_utils.ops.services`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from lab_utils import config as lab_config
 from lab_utils import envfile
 from lab_utils.errors import LabError
-from lab_utils.ops import lab
+from lab_utils.ops import native, services
 
 
 def _print_urls(found: dict[str, str]) -> None:
@@ -29,22 +29,22 @@ def _print_urls(found: dict[str, str]) -> None:
 
 
 def _start(args: argparse.Namespace, cfg: lab_config.LabConfig) -> int:
-    _print_urls(lab.start(cfg))
+    _print_urls(native.start(cfg))
     return 0
 
 
 def _stop(args: argparse.Namespace, cfg: lab_config.LabConfig) -> int:
-    lab.stop(cfg)
+    native.stop(cfg)
     return 0
 
 
 def _status(args: argparse.Namespace, cfg: lab_config.LabConfig) -> int:
-    report = lab.status(cfg)
+    report = native.status(cfg)
     for name, item in report.items():
         state = "healthy" if item["healthy"] else ("running" if item["pid"] else "stopped")
         print(f"{name:12s} {state:8s} {item['pid'] or ''}")
     if any(item["pid"] for item in report.values()):
-        _print_urls(lab.urls(cfg))
+        _print_urls(native.urls(cfg))
     return 0 if all(item["healthy"] for item in report.values()) else 3
 
 
@@ -60,25 +60,25 @@ def _env(args: argparse.Namespace, cfg: lab_config.LabConfig) -> int:
 
 
 def _run(args: argparse.Namespace, cfg: lab_config.LabConfig) -> int:
-    lab.run(args.role, cfg)  # replaces this process (exec); returns only on error
+    native.run(args.role, cfg)  # replaces this process (exec); returns only on error
     return 0
 
 
 def _health(args: argparse.Namespace, cfg: lab_config.LabConfig) -> int:
     role_file = cfg.state_dir / "role"
     role = args.role or (role_file.read_text().strip() if role_file.is_file() else "")
-    if role not in lab.ROLES:
+    if role not in services.ROLES:
         print("lab: no role given and none recorded by `lab run`", file=sys.stderr)
         return 1
-    return 0 if lab.healthy(lab.Service(role, role, index=1), cfg) else 1
+    return 0 if services.healthy(services.Service(role, role, index=1), cfg) else 1
 
 
 def _role(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("role", choices=lab.ROLES)
+    parser.add_argument("role", choices=services.ROLES)
 
 
 def _optional_role(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("role", nargs="?", choices=lab.ROLES,
+    parser.add_argument("role", nargs="?", choices=services.ROLES,
                         help="default: the role `lab run` started here")
 
 
@@ -105,8 +105,12 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+DESCRIPTION = ("Run the Spark DL Lab: natively as local processes (start, stop, status) or one "
+               "service per container (run, health)")
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="lab", description=lab.__doc__.splitlines()[0])
+    top = argparse.ArgumentParser(prog="lab", description=DESCRIPTION)
     sub = top.add_subparsers(dest="command", required=True)
     for name, command in COMMANDS.items():
         one = sub.add_parser(name, help=command.help)

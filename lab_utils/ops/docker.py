@@ -28,14 +28,14 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from lab_utils import config as lab_config
 from lab_utils import envfile
 from lab_utils.common.atomic import atomic_write_text
+from lab_utils.common.process import wait_until
 from lab_utils.errors import LabError
 from lab_utils.ops.services import SHARE_SUBDIRS
 
@@ -245,17 +245,21 @@ def expected_containers(project: Project) -> int:
 
 
 def wait_healthy(project: Project, timeout: float) -> dict[str, str]:
-    """Wait until every container is healthy; DockerError with the sick ones' logs if not."""
-    deadline = time.monotonic() + timeout
+    """Wait until every container is healthy; DockerError with the sick ones' logs if not (at
+    once when one has exited, died or turned unhealthy: it will not recover by waiting)."""
     states: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        states = health(project)
-        if len(states) >= expected_containers(project) and all(
-                s == "healthy" for s in states.values()):
-            return states
-        if any(s in {"exited", "dead", "unhealthy"} for s in states.values()):
-            break
-        time.sleep(2)
+
+    def all_healthy() -> bool:
+        states.clear()
+        states.update(health(project))
+        return len(states) >= expected_containers(project) and all(
+            s == "healthy" for s in states.values())
+
+    def failed() -> bool:
+        return any(s in {"exited", "dead", "unhealthy"} for s in states.values())
+
+    if wait_until(all_healthy, timeout, 2.0, abort=failed):
+        return dict(states)
     sick = [name for name, s in states.items() if s != "healthy"]
     logs = []
     for name in sick:
@@ -307,10 +311,39 @@ def _print_urls(found: Mapping[str, str]) -> None:
           "stop it with `make docker-down`.")
 
 
+def _up(project: Project, args: argparse.Namespace) -> None:
+    _print_urls(up(project, timeout=args.timeout))
+
+
+def _build(project: Project, args: argparse.Namespace) -> None:
+    write_secrets(project, project.env)
+    build(project)
+
+
+def _prepare(project: Project, args: argparse.Namespace) -> None:
+    write_secrets(project, project.env)
+    prepare_share(project)
+
+
+def _down(project: Project, args: argparse.Namespace) -> None:
+    down(project)
+
+
+def _urls(project: Project, args: argparse.Namespace) -> None:
+    _print_urls(urls(project))
+
+
+#: ``python3 -m lab_utils.ops.docker COMMAND``: each command's handler (the Makefile's
+#: docker-* targets call these).
+COMMANDS: dict[str, Callable[[Project, argparse.Namespace], None]] = {
+    "up": _up, "down": _down, "build": _build, "urls": _urls, "prepare": _prepare,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m lab_utils.ops.docker",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("up", "down", "build", "urls", "prepare"))
+    parser.add_argument("command", choices=tuple(COMMANDS))
     parser.add_argument("--extra-ca", type=Path, metavar="DIR",
                         help="copy DIR/*.crt into the build (TLS-intercepting proxies)")
     parser.add_argument("--timeout", type=float, default=600.0,
@@ -322,23 +355,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.extra_ca:
             for cert in copy_extra_ca(root, args.extra_ca):
                 print(f"trusting {cert.name} in the image build")
-        if args.command == "up":
-            _print_urls(up(project, timeout=args.timeout))
-        elif args.command == "build":
-            write_secrets(project, project.env)
-            build(project)
-        elif args.command == "prepare":
-            write_secrets(project, project.env)
-            prepare_share(project)
-        elif args.command == "down":
-            down(project)
-        else:
-            _print_urls(urls(project))
+        COMMANDS[args.command](project, args)
     except (LabError, ValueError) as exc:
         print(f"docker lab: error: {exc}", file=sys.stderr)
         return 2
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from lab_utils import config as lab_config
-from lab_utils.common import net
-from lab_utils.ops import lab
+from lab_utils.common import net, process
+from lab_utils.ops import pids, services
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -71,7 +71,7 @@ def executors(ui_url: str, app_id: str, cfg: lab_config.LabConfig | None = None)
     ``host:port``), ``alive``, and its ``active``, ``completed`` and ``failed`` task counts.
     """
     cfg = cfg or lab_config.load()
-    host = lab.resolve_host(cfg.host)
+    host = services.resolve_host(cfg.host)
     names = {f"{host}:{cfg.worker_ui_port + i - 1}": f"worker-{i}"
              for i in range(1, cfg.workers + 1)}
     found = net.http_json(f"{ui_url.rstrip('/')}/api/v1/applications/{app_id}/allexecutors",
@@ -138,9 +138,9 @@ def busy_workers(ui_url: str, app_id: str, group: str,
 
 
 def _worker_pid(cfg: lab_config.LabConfig, name: str) -> int:
-    pid = lab.running_pid(cfg, name)
+    pid = pids.running_pid(cfg, name)
     if pid is None:
-        raise lab.LaunchError(
+        raise services.LaunchError(
             f"{name} is not running in the native lab at {cfg.state_dir}: `make status` lists "
             "the workers; in Docker kill a worker container instead "
             "(`docker kill <project>-spark-worker-2`, back with `docker compose up -d`)")
@@ -189,7 +189,7 @@ def kill_mid_job(spark: SparkSession, action: Callable[[], object],
     thread = threading.Thread(target=run, name=f"kill-{worker}-mid-job", daemon=True)
     thread.start()
     everyone = {f"worker-{i}" for i in range(1, cfg.workers + 1)}
-    lab.wait_until(lambda: not thread.is_alive()
+    process.wait_until(lambda: not thread.is_alive()
                    or busy_workers(ui_url, sc.applicationId, group, cfg) >= everyone,
                    timeout, 0.2)
     pid = kill_worker(cfg, worker) if thread.is_alive() else None

@@ -36,8 +36,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
 from lab_utils import notebooks
-from lab_utils.common import net
-from lab_utils.ops import lab
+from lab_utils.common import net, process
 from tests.notebooks.checks import CHECKS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -313,7 +312,7 @@ def notebook_run(browser, lab_cluster) -> NotebookRun:
                 nb = nbformat.read(path, as_version=4)
                 return all(c.execution_count for c in nb.cells if c.cell_type == "code")
 
-            assert lab.wait_until(saved_executed, timeout=120), \
+            assert process.wait_until(saved_executed, timeout=120), \
                 f"JupyterLab did not save the executed notebook to {path}"
             saved = nbformat.read(path, as_version=4)
             # Saving signs the notebook as trusted, in the test lab's own Jupyter data folder.
@@ -416,7 +415,7 @@ def test_history_server_lists_the_notebooks_application(notebook_run, lab_cluste
                 return app["id"]
         return None
 
-    assert lab.wait_until(lambda: finished_app() is not None, timeout=180), \
+    assert process.wait_until(lambda: finished_app() is not None, timeout=180), \
         f"the history server lists no completed application named {APP_NAME!r}"
     app_id = finished_app()
     with step(page, "history-ui"):

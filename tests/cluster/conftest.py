@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from lab_utils import config as lab_config
-from lab_utils.ops import lab
+from lab_utils.ops import native
 from tests.utils.labs import lab_env
 
 
@@ -39,7 +39,7 @@ def private_lab(tmp_path_factory) -> Iterator[lab_config.LabConfig]:
     """
     cfg = lab_config.load(lab_env(tmp_path_factory.mktemp("private-lab"), workers=2))
     try:
-        lab.start(cfg, jupyter=False, out=lambda *_: None)
+        native.start(cfg, jupyter=False, out=lambda *_: None)
         yield cfg
     finally:
-        lab.stop(cfg, out=lambda *_: None)
+        native.stop(cfg, out=lambda *_: None)

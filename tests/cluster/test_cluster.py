@@ -10,12 +10,12 @@ import urllib.request
 
 import pytest
 
-from lab_utils.common import net
-from lab_utils.ops import cluster, lab
+from lab_utils.common import net, process
+from lab_utils.ops import cluster, native, services
 
 
 def test_two_workers_alive_with_their_cores(lab_cluster):
-    state = lab.master_state(lab_cluster.cfg)
+    state = services.master_state(lab_cluster.cfg)
     assert state["status"] == "ALIVE"
     assert state["aliveworkers"] == 2
     assert state["cores"] == 2 * lab_cluster.cfg.worker_cores
@@ -23,7 +23,7 @@ def test_two_workers_alive_with_their_cores(lab_cluster):
 
 
 def test_status_reports_every_service_healthy(lab_cluster):
-    report = lab.status(lab_cluster.cfg)
+    report = native.status(lab_cluster.cfg)
     assert list(report) == ["master", "worker-1", "worker-2", "history", "model-server",
                             "jupyter"]
     assert all(item["healthy"] and item["pid"] for item in report.values()), report
@@ -113,7 +113,7 @@ def test_history_server_lists_a_finished_application(lab_cluster, tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, timeout=300,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"{lab_cluster.cfg.history_url}/api/v1/applications"
-    assert lab.wait_until(
+    assert process.wait_until(
         lambda: any(app["name"] == "history-check" and app["attempts"][0]["completed"]
                     for app in net.http_json(url)), timeout=60)
 
@@ -124,6 +124,6 @@ def test_applications_without_the_secret_cannot_run_a_job(lab_cluster, intruders
     for name, out in outputs.items():
         assert "RESULT" not in out, f"{name} ran a job on the secured cluster: {out}"
         assert "REFUSED" in out, f"{name}: {out}"
-    state = lab.master_state(lab_cluster.cfg)
+    state = services.master_state(lab_cluster.cfg)
     names = {app["name"] for app in state["activeapps"] + state["completedapps"]}
     assert not names & set(INTRUDERS)

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from lab_utils.common.process import wait_until
-from lab_utils.ops import lab
+from lab_utils.ops import pids, services
 
 LISTEN = "0A"
 
@@ -92,10 +92,10 @@ def _descendants(pid: int) -> set[int]:
 def test_every_listening_socket_is_on_loopback(lab_cluster, spark):
     # Run a Python job first, so executors and their Python workers are up and listening.
     assert spark.sparkContext.parallelize(range(1000), 4).map(lambda x: x * 2).sum() == 999_000
-    pids = set(lab._lab_processes(lab_cluster.cfg)) | _descendants(os.getpid())
+    pid_of = set(pids.lab_processes(lab_cluster.cfg)) | _descendants(os.getpid())
     listening = _listening_inodes()
     sockets = []
-    for pid in pids:
+    for pid in pid_of:
         for inode in _socket_inodes(pid) & listening.keys():
             host, port = listening[inode]
             sockets.append((pid, host, port))
@@ -128,7 +128,7 @@ def test_no_secret_in_logs_or_event_logs(lab_cluster, spark):
                   if value.encode() in data]
     assert not leaks, leaks
     # The one file that must hold the secret is private to its owner.
-    conf = lab.spark_conf_path(lab_cluster.cfg)
+    conf = services.spark_conf_path(lab_cluster.cfg)
     assert secret in conf.read_text()
     assert conf.stat().st_mode & 0o077 == 0
 
@@ -154,14 +154,14 @@ def test_each_process_holds_only_the_secrets_of_its_role(lab_cluster, spark):
     secret = {"Spark secret": lab_cluster.env["SPARK_AUTH_SECRET"]}
     token_names = {"JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE"}
     secret_names = {"SPARK_AUTH_SECRET", "SPARK_AUTH_SECRET_FILE", "_SPARK_AUTH_SECRET"}
-    pids = {s.name: lab.running_pid(cfg, s.name) for s in lab.services(cfg)}
-    assert all(pids.values()), pids
+    pid_of = {s.name: pids.running_pid(cfg, s.name) for s in services.services(cfg)}
+    assert all(pid_of.values()), pid_of
     # The scan can see a token: JupyterLab's (which its kernels inherit) holds it.
-    assert _holds(pids["jupyter"], {"JUPYTER_TOKEN"}, token) == ["JUPYTER_TOKEN",
+    assert _holds(pid_of["jupyter"], {"JUPYTER_TOKEN"}, token) == ["JUPYTER_TOKEN",
                                                                  "the token's value"]
     held = {name: _holds(pid, token_names | {"SPARK_AUTH_SECRET", "SPARK_AUTH_SECRET_FILE"},
                          {**token, **secret})
-            for name, pid in pids.items() if name != "jupyter"}
+            for name, pid in pid_of.items() if name != "jupyter"}
     # Spark daemons read the secret from their properties file, never from the environment.
     assert held == {name: [] for name in held}, held
 
@@ -183,7 +183,7 @@ def test_each_process_holds_only_the_secrets_of_its_role(lab_cluster, spark):
         assert b"CoarseGrainedExecutorBackend" in Path(f"/proc/{jvm}/cmdline").read_bytes()
         assert _holds(python, token_names, token) == [], "Python worker"
         assert _holds(jvm, token_names, token) == [], "executor"
-    assert _holds(pids["model-server"], secret_names, secret) == []
+    assert _holds(pid_of["model-server"], secret_names, secret) == []
 
 
 def _post(url: str, fields: dict[str, str]) -> int:
@@ -222,7 +222,7 @@ def test_the_spark_uis_kill_nothing(lab_cluster, spark):
           {"id": sc.applicationId, "terminate": "true"})
     thread.join(60)
     assert done == {"sum": 1}
-    running = [app["id"] for app in lab.master_state(lab_cluster.cfg)["activeapps"]]
+    running = [app["id"] for app in services.master_state(lab_cluster.cfg)["activeapps"]]
     assert sc.applicationId in running
     assert sc.parallelize(range(3)).count() == 3  # the application still takes jobs
 

@@ -7,9 +7,10 @@ import os
 import pytest
 
 from lab_utils import config as lab_config
-from lab_utils.common import net
+from lab_utils.common import net, process
 from lab_utils.common.net import free_ports
-from lab_utils.ops import lab
+from lab_utils.ops import native, pids, services
+from lab_utils.ops.services import LaunchError
 from tests.utils.labs import lab_env
 
 
@@ -19,14 +20,14 @@ def test_start_over_stale_pids_then_stop_leaves_nothing(tmp_path):
     pids.mkdir(parents=True)
     (pids / "master.pid").write_text("999999 1\n")  # left by a crashed earlier run
     try:
-        lab.start(cfg, jupyter=False, out=lambda *_: None)
-        assert lab.alive_workers(cfg) == 1
-        running = lab._lab_processes(cfg)
+        native.start(cfg, jupyter=False, out=lambda *_: None)
+        assert services.alive_workers(cfg) == 1
+        running = pids.lab_processes(cfg)
         assert len(running) >= 3  # master, worker, history (JVMs and their launchers)
     finally:
-        stopped = lab.stop(cfg, out=lambda *_: None)
+        stopped = native.stop(cfg, out=lambda *_: None)
     assert stopped == ["model-server", "history", "worker-1", "master"]
-    assert lab._lab_processes(cfg) == []
+    assert pids.lab_processes(cfg) == []
     assert list(pids.iterdir()) == []
     assert all(net.port_free("127.0.0.1", p) for p in (cfg.master_port, cfg.master_ui_port,
                                                        cfg.model_server_port))
@@ -36,10 +37,10 @@ def test_worker_that_cannot_register_is_a_clear_error(tmp_path):
     wrong_master = f"spark://127.0.0.1:{free_ports(1)[0]}"
     cfg = lab_config.load(lab_env(tmp_path, workers=1, SPARK_MASTER_URL=wrong_master,
                                   LAB_START_TIMEOUT="8"))
-    with pytest.raises(lab.LaunchError, match=r"only 0 of 1 workers registered with the master "
+    with pytest.raises(LaunchError, match=r"only 0 of 1 workers registered with the master "
                                            r"within 8s: read the worker logs"):
-        lab.start(cfg, jupyter=False, out=lambda *_: None)
-    assert lab._lab_processes(cfg) == []  # the failed start cleaned up after itself
+        native.start(cfg, jupyter=False, out=lambda *_: None)
+    assert pids.lab_processes(cfg) == []  # the failed start cleaned up after itself
 
 
 def test_container_entrypoint_runs_a_service_in_the_foreground(tmp_path):
@@ -57,10 +58,10 @@ def test_container_entrypoint_runs_a_service_in_the_foreground(tmp_path):
         def health() -> bool:
             return subprocess.run([lab_cli, "health"], env=env).returncode == 0
 
-        assert lab.wait_until(health, timeout=90)
+        assert process.wait_until(health, timeout=90)
         cfg = lab_config.load(env)
         assert (cfg.state_dir / "role").read_text() == "master"
-        assert lab.master_state(cfg)["status"] == "ALIVE"
+        assert services.master_state(cfg)["status"] == "ALIVE"
         # exec: the pid that `lab run` got is now the JVM itself, as PID 1 would be in a container.
         assert "java" in Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
     finally:
@@ -87,10 +88,10 @@ def test_model_server_container_command_needs_no_spark_secret(tmp_path):
         def health() -> bool:
             return subprocess.run([lab_cli, "health"], env=env).returncode == 0
 
-        assert lab.wait_until(health, timeout=60)
+        assert process.wait_until(health, timeout=60)
         assert (cfg.state_dir / "role").read_text() == "model-server"
         assert net.http_json(f"{cfg.model_server_url}/healthz") == {"status": "ok", "models": []}
-        assert not lab.spark_conf_path(cfg).exists()
+        assert not services.spark_conf_path(cfg).exists()
         assert "lab_utils.serving" in Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -12,9 +12,9 @@ import threading
 import pytest
 
 from lab_utils import inference
-from lab_utils.common import net
+from lab_utils.common import net, process
 from lab_utils.inference import rest_scoring
-from lab_utils.ops import lab
+from lab_utils.ops import services
 from lab_utils.serving import model_server
 from lab_utils.training import cnn
 
@@ -75,7 +75,7 @@ def failures(before: dict, after: dict) -> int:
 def test_the_labs_server_gives_the_in_spark_predictions(lab_cluster, images_df, spec,
                                                         reference):
     url = lab_cluster.cfg.model_server_url
-    assert lab.healthy(lab.Service("model-server", "model-server"), lab_cluster.cfg)
+    assert services.healthy(services.Service("model-server", "model-server"), lab_cluster.cfg)
     assert reference["error"].isna().all()
     # The default sends the image files ({"b64": ...}: the server declares an image input);
     # forced pixel lists must give the same rows.
@@ -126,7 +126,7 @@ def test_server_killed_mid_job_and_restarted(images_df, spec, reference, faulty_
     result = {}
     job = threading.Thread(target=lambda: result.update(out=collect(images_df, udf)))
     job.start()
-    assert lab.wait_until(lambda: faulty_server.stats()["rows_answered"] - start >= 20,
+    assert process.wait_until(lambda: faulty_server.stats()["rows_answered"] - start >= 20,
                           timeout=60, interval=0.1)
     assert job.is_alive()  # killed mid-job: some rows scored, the job still running
     faulty_server.kill()

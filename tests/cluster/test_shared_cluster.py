@@ -33,8 +33,8 @@ import sys
 import textwrap
 import time
 
-from lab_utils.common import net
-from lab_utils.ops import lab
+from lab_utils.common import net, process
+from lab_utils.ops import services
 from tests.utils.phases import Phases, assert_lab_ready
 
 APPS = ("shared-a", "shared-b", "shared-c")
@@ -74,7 +74,7 @@ APP = textwrap.dedent("""
 
 
 def master(cfg) -> dict:
-    return lab.master_state(cfg, timeout=30)  # a busy master answers slowly, not never
+    return services.master_state(cfg, timeout=30)  # a busy master answers slowly, not never
 
 
 def test_three_apps_two_run_one_waits(tmp_path, private_lab):
@@ -91,7 +91,7 @@ def test_three_apps_two_run_one_waits(tmp_path, private_lab):
         at_once = state["cores"] // cap
         assert (state["cores"], cap, at_once) == (4, 2, 2), "the prediction assumes 2 x 2 cores"
 
-        env = lab.service_env(cfg, "jupyter")
+        env = services.service_env(cfg, "jupyter")
         for name in APPS:  # all three at once
             with open(tmp_path / f"{name}.out", "wb") as out, \
                     open(tmp_path / f"{name}.err", "wb") as err:
@@ -107,7 +107,7 @@ def test_three_apps_two_run_one_waits(tmp_path, private_lab):
             return (len(ours(master(cfg)["activeapps"])) == 3
                     and sum((ctl / f"{n}.ready").is_file() for n in APPS) == at_once)
 
-        assert lab.wait_until(two_ready, 300, 0.2), (
+        assert process.wait_until(two_ready, 300, 0.2), (
             sorted(p.name for p in ctl.iterdir()), {n: p.poll() for n, p in procs.items()})
         before = ours(master(cfg)["activeapps"])
         phase("three registered, two ready")
@@ -151,7 +151,7 @@ def test_three_apps_two_run_one_waits(tmp_path, private_lab):
         assert {n: completed.get(n) for n in APPS} == dict.fromkeys(APPS, "FINISHED")
         history = f"http://127.0.0.1:{cfg.history_port}/api/v1/applications"
         ids = {r["app"] for r in reports.values()}
-        assert lab.wait_until(lambda: ids <= {
+        assert process.wait_until(lambda: ids <= {
             a["id"] for a in net.http_json(history, timeout=30)
             if a["attempts"] and a["attempts"][0]["completed"]}, 120), ids
         phase("history lists them")

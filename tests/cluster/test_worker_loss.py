@@ -27,8 +27,10 @@ import sys
 import textwrap
 from urllib.parse import urlparse
 
+from lab_utils.common import process
 from lab_utils.data import images
-from lab_utils.ops import lab, resilience
+from lab_utils.ops import native, pids, resilience, services
+from lab_utils.ops.services import LaunchError
 from lab_utils.training import cnn
 from tests.utils.phases import Phases, assert_lab_ready
 
@@ -98,7 +100,7 @@ AFTER = textwrap.dedent("""
 def worker_states(cfg, name: str) -> list[str]:
     """States the master lists for the lab worker ``name`` (its UI port tells it apart)."""
     port = cfg.worker_ui_port + int(name.split("-")[1]) - 1
-    return [w["state"] for w in lab.master_state(cfg, timeout=30)["workers"]
+    return [w["state"] for w in services.master_state(cfg, timeout=30)["workers"]
             if urlparse(w["webuiaddress"]).port == port]
 
 
@@ -117,11 +119,11 @@ def test_worker_killed_mid_job_loses_no_row_and_comes_back(tmp_path, lab_cluster
     phase = Phases()
 
     try:
-        victim = lab.running_pid(cfg, "worker-2")
+        victim = pids.running_pid(cfg, "worker-2")
         with open(log, "wb") as out:
             driver = subprocess.run(
                 [sys.executable, "-c", DRIVER, str(ctl), str(ROWS), str(PARTITIONS), str(BATCH),
-                 str(PAUSE)], env=lab.service_env(cfg, "jupyter"), cwd=tmp_path, stdout=out,
+                 str(PAUSE)], env=services.service_env(cfg, "jupyter"), cwd=tmp_path, stdout=out,
                 stderr=subprocess.STDOUT, timeout=600)
         phase("model, job, kill, job completes")
 
@@ -141,22 +143,24 @@ def test_worker_killed_mid_job_loses_no_row_and_comes_back(tmp_path, lab_cluster
 
         # 2. The master marks worker-2 DEAD; its executor and Python workers did not outlive it.
         assert worker_states(cfg, "worker-2") == ["DEAD"]
-        assert lab.running_pid(cfg, "worker-2") is None
-        assert lab.wait_until(lambda: not resilience.lingering_processes(cfg, "worker-2"), 60), (
+        assert pids.running_pid(cfg, "worker-2") is None
+        gone = lambda: not resilience.lingering_processes(cfg, "worker-2")  # noqa: E731
+        assert process.wait_until(gone, 60), (
             f"processes of the killed worker (pid {victim}) still running: "
             f"{resilience.lingering_processes(cfg, 'worker-2')}")
 
         # 3. `make lab` (lab start) brings worker-2 back; the old entry stays listed as DEAD.
         lines: list[str] = []
-        lab.start(cfg, jupyter=False, out=lines.append)
+        native.start(cfg, jupyter=False, out=lines.append)
         assert any("starting worker-2 (running: master, worker-1, history, model-server)" in line
                    for line in lines), lines
-        assert lab.master_state(cfg, timeout=30)["aliveworkers"] == 2
+        assert services.master_state(cfg, timeout=30)["aliveworkers"] == 2
         assert sorted(worker_states(cfg, "worker-2")) == ["ALIVE", "DEAD"]
         phase("worker restarted")
 
         # 4. A new application runs tasks on both workers again.
-        after = subprocess.run([sys.executable, "-c", AFTER], env=lab.service_env(cfg, "jupyter"),
+        env = services.service_env(cfg, "jupyter")
+        after = subprocess.run([sys.executable, "-c", AFTER], env=env,
                                cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert after.returncode == 0, after.stderr[-3000:]
         assert json.loads(after.stdout.splitlines()[-1]) == ["worker-1", "worker-2"]
@@ -166,7 +170,7 @@ def test_worker_killed_mid_job_loses_no_row_and_comes_back(tmp_path, lab_cluster
         # restart must not hide this test's own failure; the next test's readiness check
         # reports the state of the lab.
         try:
-            lab.start(cfg, jupyter=False, out=lambda *_: None)
-        except lab.LaunchError as exc:
+            native.start(cfg, jupyter=False, out=lambda *_: None)
+        except LaunchError as exc:
             print(f"could not restart the private lab's missing services: {exc}")
         print(phase)

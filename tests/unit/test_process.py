@@ -1,6 +1,9 @@
 """common.process: children in their own session, logs appended, groups stopped for good."""
 
+import os
+import subprocess
 import sys
+import time
 
 from lab_utils.common import process
 
@@ -41,3 +44,32 @@ def _alive(pid: int) -> bool:
             return handle.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_wait_until_stops_at_once_when_abort_is_true():
+    checks = []
+    began = time.monotonic()
+    assert not process.wait_until(lambda: checks.append(1) and False, 30, 0.05,
+                                  abort=lambda: len(checks) >= 3)
+    assert len(checks) == 3
+    assert time.monotonic() - began < 5  # not the 30 s timeout
+
+
+def test_read_stat_names_this_process_and_nothing_for_a_gone_one():
+    me = process.read_stat(os.getpid())
+    assert me is not None and me.running
+    assert me.ppid == os.getppid() and me.session == os.getsid(0) and me.pgrp == os.getpgrp()
+    assert me.cpu_seconds > 0
+    assert process.start_time(os.getpid()) == me.start_time
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert process.read_stat(gone.pid) is None
+    assert process.start_time(gone.pid) is None
+
+
+def test_start_time_is_none_for_a_zombie():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert process.wait_until(lambda: process.read_stat(child.pid).state == "Z", 30, 0.05)
+    assert process.read_stat(child.pid) is not None  # still listed, not yet reaped
+    assert process.start_time(child.pid) is None
+    child.wait()

@@ -12,7 +12,7 @@ import pytest
 
 from lab_utils import config
 from lab_utils.common import net
-from lab_utils.ops import lab, resilience
+from lab_utils.ops import resilience, services
 
 
 def write_output(folder, ids, predictions=None, *, success=True):
@@ -115,7 +115,7 @@ def test_job_tasks_and_busy_workers(tmp_path, monkeypatch):
 
 
 def test_kill_worker_names_the_way_when_not_native(tmp_path):
-    with pytest.raises(lab.LaunchError, match="worker-2 is not running in the native lab .*"
+    with pytest.raises(services.LaunchError, match="worker-2 is not running in the native lab .*"
                                            "`make status`.*docker kill"):
         resilience.kill_worker(lab_cfg(tmp_path), "worker-2")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from lab_utils import config as lab_config
-from lab_utils.ops import lab
+from lab_utils.ops import services
 
 
 class Phases:
@@ -26,7 +26,7 @@ class Phases:
 
 def assert_lab_ready(cfg: lab_config.LabConfig) -> None:
     """Both workers ALIVE, 4 cores free, no application running: what each test starts from."""
-    state = lab.master_state(cfg, timeout=30)
+    state = services.master_state(cfg, timeout=30)
     assert (state["aliveworkers"], state["cores"], state["coresused"]) == (2, 4, 0), (
         "the private lab is not idle with two workers (an earlier test left it broken)",
         {k: state[k] for k in ("aliveworkers", "cores", "coresused", "activeapps")})
