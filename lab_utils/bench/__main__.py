@@ -2,7 +2,7 @@
 
 import sys
 
-from lab_utils.bench.inference import main
+from lab_utils.bench.inference_suite import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,6 +1,6 @@
 """The benchmark's baseline: one plain Python process, no Spark, same decode and same model.
 
-Run as ``python -m lab_utils.bench.baseline`` by :func:`lab_utils.bench.inference.run_baselines`,
+Run as ``python -m lab_utils.bench.baseline`` by :func:`lab_utils.bench.references.run_baselines`,
 in a process of its own so that its TensorFlow threads and memory are its own (the Spark styles
 it is compared with run in other processes too). It reads one JSON object on stdin::
 

@@ -1,6 +1,6 @@
 """The benchmark's peers: Ray Data and Daft, same files, same decode, same model, same cores.
 
-Run as ``python -m lab_utils.bench.peers`` by :func:`lab_utils.bench.inference.run_peers`, one
+Run as ``python -m lab_utils.bench.peers`` by :func:`lab_utils.bench.references.run_peers`, one
 process per engine (like the baseline), so each engine's runtime, threads and memory are its
 own. It reads one JSON object on stdin::
 

@@ -3,11 +3,11 @@
 import pandas as pd
 import pytest
 
-from lab_utils.bench import inference as bench
+from lab_utils.bench import cases, inference_suite, references, report
 
 
 def test_summarize_gives_ratios_to_the_baseline_and_to_the_iterator_udf():
-    table = bench.summarize(pd.DataFrame([
+    table = report.summarize(pd.DataFrame([
         {"model": "cnn", "n": 100, "style": "baseline_naive", "rows": 100, "seconds": 1.0},
         {"model": "cnn", "n": 100, "style": "baseline_pipelined", "rows": 100, "seconds": 1.25},
         {"model": "cnn", "n": 100, "style": "transfer_only", "rows": 100, "seconds": 0.5},
@@ -22,9 +22,9 @@ def test_summarize_gives_ratios_to_the_baseline_and_to_the_iterator_udf():
 
 
 def test_rest_is_opt_in_and_unknown_styles_are_named(capsys):
-    assert "rest" not in bench.STYLES and "rest" in bench.EXTRA_STYLES
+    assert "rest" not in cases.STYLES and "rest" in cases.EXTRA_STYLES
     with pytest.raises(SystemExit):
-        bench.main(["--styles", "iterator,resst"])
+        inference_suite.main(["--styles", "iterator,resst"])
     assert "unknown styles ['resst']" in capsys.readouterr().err
 
 
@@ -62,7 +62,7 @@ def test_the_baselines_two_loops_score_every_row_in_order():
 
 def _table(rows):
     base = {"model": "cnn", "n": 100, "spark_cores": 2}
-    return bench.summarize(pd.DataFrame([{**base, **r} for r in rows])).set_index("style")
+    return report.summarize(pd.DataFrame([{**base, **r} for r in rows])).set_index("style")
 
 
 def test_the_all_cores_ideal_is_the_single_threaded_rate_times_the_cores():
@@ -113,10 +113,10 @@ def test_report_and_side_by_side_show_peers_baselines_and_efficiency():
     # A peer's query end to end includes starting its instances; Spark's is its timed run.
     assert by_style.loc["daft", "query_rows_per_s"] == pytest.approx(25.0)
     assert by_style.loc["iterator", "query_rows_per_s"] == pytest.approx(400.0)
-    text = bench.report(table)
+    text = report.report(table)
     for column in ("efficiency", "ratio_to_best_spark", "ratio_to_baseline"):
         assert column in text.splitlines()[0]
-    lines = bench.side_by_side(table).splitlines()
+    lines = report.side_by_side(table).splitlines()
     assert lines[0].startswith("cnn, N=100: all-cores ideal 500 images/s (2 cores")
     names = [line.split()[0] for line in lines[1:]]
     assert names == ["baseline_pipelined", "baseline_naive", "single_thread", "iterator",
@@ -186,16 +186,16 @@ def test_a_peer_scorer_decodes_and_predicts_like_the_spark_styles(tmp_path):
 
 
 def test_peers_are_opt_in_and_unknown_engines_are_named(capsys):
-    assert set(bench.PEERS) == {"ray", "daft"}
+    assert set(cases.PEERS) == {"ray", "daft"}
     with pytest.raises(SystemExit):
-        bench.main(["--peers", "--peer-engines", "ray,dask"])
+        inference_suite.main(["--peers", "--peer-engines", "ray,dask"])
     assert "unknown peer engines ['dask']" in capsys.readouterr().err
 
 
 def test_the_peer_engines_are_importable_when_the_group_is_installed():
     pytest.importorskip("ray")
     pytest.importorskip("daft")
-    bench.check_peers(bench.PEERS)  # no SystemExit
+    references.check_peers(cases.PEERS)  # no SystemExit
 
 
 def test_the_rest_profiles_timers_measure_time_and_this_processs_cpu():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from lab_utils.bench import training as bench
+from lab_utils.bench import training_suite as bench
 
 
 def test_groups_are_dealt_biggest_first_to_the_least_loaded_process():

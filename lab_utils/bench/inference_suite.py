@@ -1,0 +1,279 @@
+"""`make bench`: every inference style against the physical limit, measured honestly.
+
+For each model (the lab's CNN on 32x32 image files, ResNet-50 at 224x224) and each size N:
+
+* **baseline**: one plain Python process on the same cores, decoding the same bytes and calling
+  the same model in batches, timed two ways: ``baseline_naive`` (decode a batch, then predict,
+  one thread: what published comparisons use) and ``baseline_pipelined`` (decoder threads, one
+  batch ahead of the model). The faster of the two is the physical limit of this machine, and
+  every ratio is taken against it;
+* **transfer only**: an iterator UDF that moves the same rows through Arrow and does no work:
+  the Spark/Arrow ceiling;
+* every Spark style of :mod:`lab_utils.inference`;
+* **the all-cores ideal**: the same loop with one thread (decode and TensorFlow), its per-image
+  cost times the cores the Spark application gets (``single_thread``, and ``efficiency`` of every
+  row against the ideal);
+* with ``--peers`` also Ray Data (``ray_data``) and Daft (``daft``) in processes of their own, on
+  the same files, cores, decode, model and batch size (:mod:`lab_utils.bench.peers`);
+* with ``--rest`` also ``rest`` and ``rest_pixels``: the same rows scored over HTTP by the lab's
+  model server (:mod:`lab_utils.inference.rest_scoring`, a server started for the run on a free
+  port, CNN only), the image files sent as ``{"b64": ...}`` and as pixel lists, each reported as
+  a ratio to the in-Spark iterator UDF.
+
+Rules: the input bytes are cached in Spark (and in memory for the baseline) so neither side
+times the disk; every timing forces full evaluation (``noop`` sink); a warm-up run on a slice of
+the data starts the Python workers and loads the model (each worker loads it once, on the first
+style that needs it, and keeps it for the others), and is reported apart from the steady-state
+run; the Spark and TensorFlow settings in force are stored with every result.
+Output: ``share_storages/output/bench/<timestamp>/results.{csv,json}`` and PNG plots, plus a
+table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lab_utils import config as lab_config
+from lab_utils.bench.cases import (
+    EXTRA_STYLES,
+    FIELD_SIZES,
+    PEERS,
+    REST_STYLES,
+    ROW_STYLES,
+    STYLES,
+    BenchModel,
+    list_files,
+    prepare_models,
+)
+from lab_utils.bench.references import check_peers, reference_records, reference_runs
+from lab_utils.bench.report import (
+    plot,
+    report,
+    side_by_side,
+    summarize,
+)
+from lab_utils.bench.styles import (
+    cached_input,
+    driver_rss_mb,
+    recording_maker,
+    run_style,
+    spark_settings,
+)
+
+# --------------------------------------------------------------------------- the run
+
+
+class _Progress:
+    """``[step/total seconds]`` progress lines for one run."""
+
+    def __init__(self, total: int, out: Callable[[str], None]) -> None:
+        self.done, self.total, self.out = 0, total, out
+        self.began = time.perf_counter()
+
+    def __call__(self, text: str, *, step: bool = False) -> None:
+        """Print ``text``; with ``step`` it is a new step (a style run), otherwise it belongs to
+        the step about to come (the reference runs before a model's first N)."""
+        self.done += step
+        number = self.done if step else self.done + 1
+        self.out(f"[{number}/{self.total} {time.perf_counter() - self.began:6.0f}s] {text}")
+
+
+def _start_rest_server(bench_models: list[BenchModel], out_dir: Path):
+    """A model server of the run's own, serving only the CNN (not ResNet-50's 100 MB) on a
+    free port."""
+    from lab_utils.serving.process import launch
+
+    served = out_dir / "rest-models"
+    served.mkdir(exist_ok=True)
+    cnn = next(m for m in bench_models if m.name == "cnn")
+    link = served / cnn.spec.path.name
+    if not link.exists():
+        link.symlink_to(cnn.spec.path, target_is_directory=True)
+    return launch(served, log_file=out_dir / "model-server.log")
+
+
+def _skip_reason(style: str, model: BenchModel, n: int, rest_url: str | None,
+                 row_cap: dict[str, int]) -> str | None:
+    if style in REST_STYLES and (rest_url is None or model.name != "cnn"):
+        return "REST scoring is measured for the CNN only"
+    if style in ROW_STYLES and n > row_cap[model.name]:
+        return f"row-at-a-time capped at N={row_cap[model.name]}"
+    return None
+
+
+def _write_results(spark, records: list[dict[str, Any]], out_dir: Path) -> pd.DataFrame:
+    """The summary table, as ``results.csv``/``.json`` and plots in ``out_dir``; ``latest``
+    then points to it."""
+    table = summarize(pd.DataFrame(records))
+    for key, value in driver_rss_mb(spark).items():
+        table[key] = value
+    table.to_csv(out_dir / "results.csv", index=False)
+    (out_dir / "results.json").write_text(table.to_json(orient="records", indent=2))
+    plot(table, out_dir)
+    latest = out_dir.parent / "latest"
+    if latest.is_symlink() or latest.exists():
+        latest.unlink()
+    latest.symlink_to(out_dir.name)
+    return table
+
+
+def run(
+    spark,
+    *,
+    sizes: dict[str, tuple[int, ...]],
+    styles: tuple[str, ...] = STYLES,
+    batch: dict[str, int] | None = None,
+    row_style_max_n: dict[str, int] | None = None,
+    out_dir: Path | None = None,
+    peers: tuple[str, ...] = (),
+    progress: Callable[[str], None] = print,
+) -> pd.DataFrame:
+    """Run the benchmark; return one row per (model, style, N) and write CSV/JSON/PNG.
+
+    For each model and N: the reference runs
+    (:func:`~lab_utils.bench.references.reference_runs`), then every Spark style on the same
+    cached input, each in the same application.
+    """
+    cfg = lab_config.load()
+    batch = {"cnn": 256, "resnet50": 16, **(batch or {})}
+    # Row-at-a-time styles call the model once per row: cap N so a run ends (reported as such).
+    row_cap = {"cnn": 3000, "resnet50": 200, **(row_style_max_n or {})}
+    out_dir = out_dir or cfg.share_dir / "output" / "bench" / time.strftime("%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sc = spark.sparkContext
+    cores = int(spark.conf.get("spark.cores.max", None) or sc.defaultParallelism)
+    partitions = max(cores, sc.defaultParallelism)
+    fixed = {"partitions": partitions, "spark_cores": cores,
+             "tf_threads_per_task": "task cpus (1)", **spark_settings(spark),
+             "cpu_count": os.cpu_count(), "platform": platform.platform(),
+             "python": platform.python_version(), "spark": spark.version}
+    records: list[dict[str, Any]] = []
+    bench_models = [m for name, n in sizes.items() for m in prepare_models(cfg, (name,), max(n))]
+    rest_server = None
+    if set(REST_STYLES) & set(styles) and any(m.name == "cnn" for m in bench_models):
+        rest_server = _start_rest_server(bench_models, out_dir)
+    rest_url = rest_server.url if rest_server else None
+    steps = _Progress(sum(len(n) for n in sizes.values()) * (len(styles) + 1), progress)
+    try:
+        for model in bench_models:
+            model_sizes = list(sizes[model.name])
+            all_files = list_files(model.data_dir, max(model_sizes))
+            runs = reference_runs(model, all_files, model_sizes, cores, batch[model.name],
+                                   peers, out_dir, steps)
+            rss_dir = out_dir / "rss" / model.name
+            make = recording_maker(model, rss_dir)
+            for n in model_sizes:
+                files = all_files[:n]
+                data = cached_input(spark, files, partitions)
+                base_record = {"model": model.name, "n": n, "batch_size": batch[model.name],
+                               **fixed}
+                steps.done += 1
+                records += reference_records(base_record, runs, n, cores)
+                for style in styles:
+                    skipped = _skip_reason(style, model, n, rest_url, row_cap)
+                    if skipped:
+                        steps(f"{model.name} N={n} {style}: skipped ({skipped})", step=True)
+                        records.append({**base_record, "style": style, "rows": 0,
+                                        "skipped": skipped})
+                        continue
+                    steps(f"{model.name} N={n} {style}", step=True)
+                    result = run_style(spark, style, model, files, batch=batch[model.name],
+                                       partitions=partitions, rss_dir=rss_dir, rest_url=rest_url,
+                                       data=data, make=make)
+                    records.append({**base_record, "style": style, **result})
+                data[0].unpersist()
+    finally:
+        if rest_server is not None:
+            rest_server.stop()
+    table = _write_results(spark, records, out_dir)
+    progress(f"results in {out_dir}")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lab_utils.bench", description=__doc__)
+    parser.add_argument("--sizes", default=",".join(map(str, FIELD_SIZES)),
+                        help="comma-separated N (default: 100..3000)")
+    parser.add_argument("--models", default="cnn,resnet50")
+    parser.add_argument("--styles", default=",".join(STYLES))
+    parser.add_argument("--resnet-sizes", default="100,500",
+                        help="N for ResNet-50 (slow on CPU); the --sizes apply to the CNN")
+    parser.add_argument("--rest", action="store_true",
+                        help="also score over HTTP through a model server started for the run "
+                             "(rest: image files as b64; rest_pixels: pixel lists; CNN only) and "
+                             "print their ratios to the iterator UDF")
+    parser.add_argument("--peers", action="store_true",
+                        help="also run Ray Data and Daft (the bench-peers dependency group: "
+                             "`make bench-peers`) on the same files, cores and model")
+    parser.add_argument("--peer-engines", default=",".join(PEERS),
+                        help="which peers with --peers (default: ray,daft)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="instead: the CNN's iterator UDF at N=3000, one setting at a time")
+    parser.add_argument("--suites", default="inference,training",
+                        help="inference (UDF styles), training (one model per group; see "
+                        "lab_utils.bench.training_suite), or both")
+    parser.add_argument("--groups", type=int, default=1000,
+                        help="groups for the training suite (default 1000)")
+    args = parser.parse_args(argv)
+    from lab_utils.session import get_spark
+
+    if args.sweep:
+        from lab_utils.bench.settings_sweep import sweep
+
+        table = sweep()
+        print(table[["setting", "seconds", "rows_per_s", "ratio_to_baseline",
+                     "worker_peak_rss_mb"]].to_string(index=False, float_format="%.2f".__mod__))
+        return 0
+
+    suites = {s.strip() for s in args.suites.split(",") if s.strip()}
+    if suites - {"inference", "training"}:
+        parser.error(f"unknown suite(s) {sorted(suites - {'inference', 'training'})}: use "
+                     "inference and/or training")
+    styles = tuple(s for s in args.styles.split(",") if s)
+    unknown = set(styles) - set(STYLES) - set(EXTRA_STYLES)
+    if unknown:  # before a session starts: a typo should not cost a JVM
+        parser.error(f"unknown styles {sorted(unknown)}: choose from "
+                     f"{', '.join(STYLES + EXTRA_STYLES)}")
+    if args.rest:
+        styles = tuple(dict.fromkeys([*styles, "iterator", *REST_STYLES]))
+    peers: tuple[str, ...] = ()
+    if args.peers:
+        peers = tuple(e for e in args.peer_engines.split(",") if e)
+        if set(peers) - set(PEERS):
+            parser.error(f"unknown peer engines {sorted(set(peers) - set(PEERS))}: choose "
+                         f"from {', '.join(PEERS)}")
+        check_peers(peers)
+    spark = get_spark("benchmark: " + " + ".join(sorted(suites)))
+    if "inference" in suites:
+        which = args.models.split(",")
+        sizes = {"cnn": args.sizes, "resnet50": args.resnet_sizes}
+        table = run(spark, styles=styles, peers=peers, sizes={
+            name: tuple(int(n) for n in sizes[name].split(",")) for name in which})
+        print(report(table))
+        print()
+        print(side_by_side(table))
+        rest = table[table["style"].isin(REST_STYLES) & (table["rows"] > 0)]
+        for row in rest.itertuples():
+            print(f"REST ({row.style}) / in-Spark iterator UDF throughput, {row.model} N={row.n}: "
+                  f"{row.ratio_to_iterator:.2f}x ({row.rows_per_s:,.0f} vs "
+                  f"{row.rows_per_s / row.ratio_to_iterator:,.0f} rows/s)")
+    if "training" in suites:
+        from lab_utils.bench import training_suite as bench_training
+
+        table = bench_training.run(spark, groups=args.groups)
+        print(bench_training.report(table))
+    spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
