@@ -10,7 +10,14 @@ from lab_utils import config as lab_config
 from lab_utils.common import saved_model
 from lab_utils.common import tensorflow as tf_setup
 from lab_utils.data import images
+from lab_utils.errors import LabError
 from lab_utils.training import cnn
+
+
+class BenchError(LabError, RuntimeError):
+    """A benchmark run could not measure what it was asked to (missing files, a failed
+    reference process, a peer engine that lost rows); the message says which and why."""
+
 
 STYLES = ("transfer_only", "row_pickled", "row_arrow", "pandas_series", "iterator",
           "predict_batch_udf", "map_in_pandas", "partition_predictor")
@@ -79,5 +86,6 @@ def prepare_models(
 def list_files(data_dir: Path, n: int) -> list[Path]:
     files = sorted(p for p in data_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
     if len(files) < n:
-        raise ValueError(f"{data_dir} has {len(files)} files, {n} requested")
+        raise BenchError(f"{data_dir} has {len(files)} files, {n} requested: run `make bench` "
+                         "(it writes them) or ask for fewer")
     return files[:n]

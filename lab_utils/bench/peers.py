@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from lab_utils.bench.baseline import rss_mb
+from lab_utils.bench.cases import BenchError
 
 ENGINES = ("ray", "daft")
 
@@ -116,7 +117,7 @@ def window_result(marks: dict[str, dict[str, Any]], began: float, ended: float,
     """
     readies = [max(m["ready"]) for m in marks.values() if m["ready"]]
     if not readies:
-        raise RuntimeError("no model instance reported ready")
+        raise BenchError("no model instance reported ready")
     batches = [b for m in marks.values() for b in m["batches"]]
     window, opened = "all ready", max(readies)
     rows = sum(r for start, r, _ in batches if start >= opened)
@@ -228,7 +229,7 @@ class DaftEngine:
         for part in out.iter_partitions():
             scores = part.to_pydict()["confidence"]
             if any(s is None for s in scores):
-                raise RuntimeError("Daft returned rows without a score")
+                raise BenchError("Daft returned rows without a score")
             rows += len(scores)
             last = time.time()
         return rows, last
@@ -259,7 +260,7 @@ def run(args: dict[str, Any], out=sys.stdout) -> list[dict[str, Any]]:
             rows_out, ended = engine.score(data)
             closed = time.time()
             if rows_out != n:
-                raise RuntimeError(f"{args['engine']} returned {rows_out} rows for {n}")
+                raise BenchError(f"{args['engine']} returned {rows_out} rows for {n}")
             record = {"engine": args["engine"], "n": n, "engine_start_s": start_s,
                       "warmup_run_s": warm_s, "close_s": closed - ended,
                       "query_s": closed - began,

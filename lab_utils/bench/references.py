@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lab_utils.bench.cases import PEER_STYLES, BenchModel
+from lab_utils.bench.cases import PEER_STYLES, BenchError, BenchModel
 
 
 def run_baselines(model: BenchModel, files: list[Path], sizes: list[int], threads: int,
@@ -37,7 +37,7 @@ def run_baselines(model: BenchModel, files: list[Path], sizes: list[int], thread
                           input=json.dumps(args),
                           capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"baseline failed:\n{done.stderr[-2000:]}")
+        raise BenchError(f"baseline failed:\n{done.stderr[-2000:]}")
     results: dict[int, dict[str, dict]] = {}
     for line in done.stdout.splitlines():
         if line.startswith('{"n"'):
@@ -61,7 +61,7 @@ def run_peers(engine: str, model: BenchModel, files: list[Path], sizes: list[int
                           input=json.dumps(args),
                           capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"{engine} failed:\n{done.stderr[-3000:]}")
+        raise BenchError(f"{engine} failed:\n{done.stderr[-3000:]}")
     return {r["n"]: r for r in (json.loads(line) for line in done.stdout.splitlines()
                                  if line.startswith('{"engine"'))}
 

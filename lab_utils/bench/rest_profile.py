@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from lab_utils.bench.cases import BenchError
 from lab_utils.common import process
 
 
@@ -35,7 +36,8 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` so far."""
     stat = process.read_stat(pid)
     if stat is None:
-        raise ProcessLookupError(f"no process {pid} to read CPU time from")
+        raise BenchError(f"no process {pid} to read CPU time from: the model server exited "
+                         "(read its log)")
     return stat.cpu_seconds
 
 
