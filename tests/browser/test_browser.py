@@ -37,7 +37,7 @@ from playwright.sync_api import sync_playwright
 
 from lab_utils import notebooks
 from lab_utils.common import net, process
-from tests.notebooks.checks import CHECKS
+from tests.utils.notebook_checks import CHECKS
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "test-output" / "browser"

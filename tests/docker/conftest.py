@@ -9,6 +9,8 @@ under ``test-output/docker/lab/`` (owned by whoever runs the tests: root in CI, 
 run as uid 1000 and the folder is handed to it, as `make docker-up` does for a root checkout).
 Not under pytest's temporary directory: another pytest run on the machine may rotate that away
 while the lab still writes there. The user's own ``share_storages/`` and lab are never touched.
+
+Fixtures only: the helpers the tests share with them are in ``tests/utils/docker_lab.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,70 +27,14 @@ import pytest
 
 from lab_utils.common.net import free_ports
 from lab_utils.ops import docker
+from tests.utils.docker_lab import BASE_IMAGE, DockerLab, ensure_base_image
 
 ROOT = Path(__file__).resolve().parents[2]
-BASE_IMAGE = "debian:bookworm-slim"
 HOW_TO_GET_AN_ENGINE = (
     "no Docker engine answers: `apt-get install docker.io docker-compose mmdebstrap`, start "
     "`dockerd &` as root, then `make test-docker` (see docs/docker.md)")
 #: Debian's own CA folder for locally added certificates (`man update-ca-certificates`).
 HOST_CA_FOLDER = Path("/usr/local/share/ca-certificates")
-
-
-def run(*argv: str, timeout: float = 600, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
-    if check and done.returncode != 0:
-        raise AssertionError(f"`{' '.join(argv)}` failed ({done.returncode}):\n"
-                             f"{(done.stdout + done.stderr)[-4000:]}")
-    return done
-
-
-def ensure_base_image() -> str:
-    """``debian:bookworm-slim``: pulled if Docker Hub answers, else made from Debian's archive."""
-    if run("docker", "image", "inspect", BASE_IMAGE, check=False).returncode == 0:
-        return "present"
-    try:
-        if run("docker", "pull", BASE_IMAGE, check=False, timeout=120).returncode == 0:
-            return "pulled"
-    except subprocess.TimeoutExpired:
-        pass
-    if not shutil.which("mmdebstrap"):
-        pytest.fail(f"{BASE_IMAGE} cannot be pulled and mmdebstrap is missing: "
-                    "apt-get install mmdebstrap (CI's .ci/run does)")
-    # The same tag the Dockerfile names, made from Debian's archive (minbase: apt, no docs).
-    with subprocess.Popen(["mmdebstrap", "--quiet", "--variant=minbase", "bookworm", "-"],
-                          stdout=subprocess.PIPE) as debootstrap:
-        run("docker", "import", "-", BASE_IMAGE, stdin=debootstrap.stdout, timeout=900)
-    assert debootstrap.returncode == 0, "mmdebstrap failed"
-    return "made with mmdebstrap"
-
-
-class DockerLab:
-    """The running compose project, and what the tests need to know about it."""
-
-    def __init__(self, project: docker.Project, timings: dict[str, float]):
-        self.project = project
-        self.timings = timings
-
-    @property
-    def name(self) -> str:
-        return self.project.env["COMPOSE_PROJECT_NAME"]
-
-    def containers(self) -> list[dict]:
-        return docker.inspect(docker.container_ids(self.project))
-
-    def container(self, service: str, index: int = 1) -> str:
-        return f"{self.name}_{service}_{index}"
-
-    def exec(self, service: str, *argv: str, env: dict[str, str] | None = None,
-             timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
-        flags = [f"--env={k}={v}" for k, v in (env or {}).items()]
-        return run("docker", "exec", *flags, self.container(service), *argv, timeout=timeout,
-                   check=check)
-
-    @property
-    def secret_values(self) -> list[str]:
-        return [self.project.env[key] for key in docker.SECRET_FILES.values()]
 
 
 @pytest.fixture(scope="session")

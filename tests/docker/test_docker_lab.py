@@ -19,9 +19,10 @@ import pytest
 
 from lab_utils.common.net import http_json
 from lab_utils.ops import docker
-from tests.docker.conftest import ROOT, run
-from tests.notebooks.checks import CHECKS
+from tests.utils.docker_lab import run
+from tests.utils.notebook_checks import CHECKS
 
+ROOT = Path(__file__).resolve().parents[2]
 SERVICES = {"spark-master", "spark-worker", "spark-history", "model-server", "jupyterlab"}
 #: Notebooks executed inside the JupyterLab container, with the native layer's checks. 01 and 05
 #: run side by side, as two users would (each application may hold 2 of the 4 worker cores).

@@ -27,7 +27,7 @@ import pytest
 from nbclient import NotebookClient
 
 from lab_utils import notebooks
-from tests.notebooks.checks import CHECKS
+from tests.utils.notebook_checks import CHECKS
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))

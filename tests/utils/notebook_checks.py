@@ -1,8 +1,9 @@
 """What each notebook must have computed: one check per notebook, in notebook order.
 
 Each notebook records its figures with :func:`lab_utils.notebooks.record_results`; the check of
-the same name asserts them. ``tests/notebooks/test_notebooks.py`` runs the notebooks and applies
-these; ``tests/browser/test_browser.py`` applies notebook 01's to its run in JupyterLab.
+the same name asserts them. Three layers apply them: ``tests/notebooks/test_notebooks.py`` to
+every notebook it runs, ``tests/browser/test_browser.py`` to notebook 01's run in JupyterLab,
+and ``tests/docker/test_docker_lab.py`` to the notebooks it runs in the JupyterLab container.
 """
 
 from __future__ import annotations
