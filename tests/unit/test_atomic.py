@@ -77,3 +77,46 @@ def test_mode_wins_over_an_existing_file_and_a_stale_temporary(tmp_path, monkeyp
     with pytest.raises(FileExistsError):
         atomic.atomic_write_text(target, "new secret", mode=0o600)
     assert target.read_text() == "secret"
+
+
+def test_replace_folder_swaps_a_whole_folder_and_leaves_nothing_hidden(tmp_path):
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "old.txt").write_text("old")
+    with atomic.replace_folder(dest) as staging:
+        assert staging.parent == tmp_path and staging.name.startswith(".")
+        (staging / "new.txt").write_text("new")
+        assert (dest / "old.txt").exists()  # readers see the old folder until the swap
+    assert sorted(p.name for p in dest.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_replace_folder_refused_by_its_check_before_and_just_before_the_swap(tmp_path):
+    dest = tmp_path / "out"
+    calls = []
+
+    def check(folder):
+        calls.append(folder)
+        if folder.exists():
+            raise FileExistsError(f"{folder} appeared meanwhile: not replaced")
+
+    with (pytest.raises(FileExistsError, match="appeared meanwhile"),
+          atomic.replace_folder(dest, check=check) as staging):
+        (staging / "part-0").write_text("data")
+        dest.mkdir()
+        (dest / "someone-elses.txt").write_text("keep me")
+    assert calls == [dest, dest]
+    assert sorted(p.name for p in dest.iterdir()) == ["someone-elses.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_replace_folder_through_a_link_replaces_its_target_and_keeps_the_link(tmp_path):
+    target = tmp_path / "real"
+    target.mkdir()
+    (target / "v").write_text("1")
+    link = tmp_path / "link"
+    link.symlink_to(target, target_is_directory=True)
+    with atomic.replace_folder(link) as staging:
+        (staging / "v").write_text("2")
+    assert link.is_symlink() and (link / "v").read_text() == "2"
+    assert (target / "v").read_text() == "2"

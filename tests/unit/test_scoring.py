@@ -1,9 +1,8 @@
-"""The inference core with fake models: batching, caching, errors. No Spark, no TensorFlow."""
+"""The scoring core (:mod:`lab_utils.inference.scoring`) and the partition predictor with fake
+models: batching, caching, errors. No Spark, no TensorFlow."""
 
 import io
-import json
 import uuid
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -156,58 +155,6 @@ def test_partition_predictor_loads_once_per_worker_across_tasks():
         assert list(copy._predict_partition(task, iter([{"id": task, "x": 2.0}]))) == [
             (task, 3.0, None)]
     assert inference.LOAD_COUNTS[(*predictor._cache_key, "/CPU:0")] == 1
-
-
-def fake_keras(path, shape=(None, 8, 8, 3), units=2):
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("config.json", json.dumps({"config": {"layers": [
-            {"class_name": "InputLayer", "config": {"batch_shape": list(shape)}},
-            {"class_name": "Dense", "config": {"units": units}}]}}))
-
-
-def write_model(folder, meta=True, **kw):
-    folder.mkdir(parents=True, exist_ok=True)
-    fake_keras(folder / "model.keras", **kw)
-    if meta:
-        (folder / "metadata.json").write_text(json.dumps(
-            {"class_names": list(CLASSES), "image_size": [8, 8], "channels": 3}))
-    return folder
-
-
-def test_model_spec_read_from_metadata(tmp_path):
-    spec = saved_model.load_spec(write_model(tmp_path / "m"))
-    assert spec.class_names == CLASSES and spec.image_size == (8, 8) and spec.channels == 3
-
-
-def with_metadata(folder, text):
-    write_model(folder)
-    (folder / "metadata.json").write_text(text)
-    return folder
-
-
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p, "model not found at .*model.keras: run notebook 01_udf_inference_keras or "
-                  "`make models`"),
-    (lambda p: write_model(p, meta=False), "metadata.json is missing"),
-    (lambda p: write_model(p, shape=(None, 16, 16, 3)), r"takes input \[None, 16, 16, 3\] but"),
-    (lambda p: write_model(p, units=5), "5 outputs for 2 class names"),
-    (lambda p: with_metadata(p, '{"class_names": ['), r"metadata.json is not valid JSON .*"
-                                                      "make models"),
-    (lambda p: with_metadata(p, "[1, 2]"), "metadata.json must hold a JSON object, not list"),
-    (lambda p: with_metadata(p, json.dumps({"class_names": "ab", "image_size": [8, 8],
-                                            "channels": "3"})),
-     "class_names must be a non-empty list of strings, not 'ab'; channels must be a positive "
-     "integer, not '3'"),
-    (lambda p: with_metadata(p, json.dumps({"class_names": ["a", "b"], "image_size": 8,
-                                            "channels": 3})),
-     r"image_size must be \[height, width\] in pixels, not 8"),
-    (lambda p: (write_model(p), (p / "model.keras").write_text("not a zip"))[0],
-     "model.keras is not a Keras 3 .keras archive"),
-])
-def test_bad_models_fail_with_the_fix(tmp_path, make, message):
-    folder = make(tmp_path / "m")
-    with pytest.raises(saved_model.ModelError, match=message):
-        saved_model.load_spec(folder)
 
 
 def test_factories_check_the_model_before_spark(tmp_path):
