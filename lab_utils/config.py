@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from lab_utils.errors import LabError
+
 #: The daemons (master, workers, history server) do bookkeeping, not data work: the C1 JIT alone
 #: and one GC thread halve the CPU their start costs (about 18 of 33 CPU-seconds of `make lab` on
 #: 2 cores), which is most of the lab's start time where cores are few.
@@ -88,6 +90,11 @@ VARIABLES: dict[str, str] = {
 }
 
 
+class ConfigError(LabError, ValueError):
+    """A variable of the environment (or ``.env``) has a value the lab cannot use; the message
+    names the variable and how to fix it."""
+
+
 def _root_default() -> Path:
     # Editable install (the native venv): the package sits in the checkout, next to pyproject.
     here = Path(__file__).resolve().parent.parent
@@ -103,7 +110,7 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise ValueError(
+        raise ConfigError(
             f"{name}={raw!r} is not an integer: fix it in .env or the environment"
         ) from None
 
@@ -122,12 +129,12 @@ def _secret(env: Mapping[str, str], name: str) -> tuple[str | None, Path | None]
     try:
         value = path.read_text().strip()
     except OSError as exc:
-        raise ValueError(
+        raise ConfigError(
             f"{name}_FILE={raw_file} cannot be read ({exc.strerror}): run `make env`, which "
             f"writes the secret files, or set {name} instead"
         ) from None
     if not value:
-        raise ValueError(f"{name}_FILE={raw_file} is empty: run `make env` to regenerate it")
+        raise ConfigError(f"{name}_FILE={raw_file} is empty: run `make env` to regenerate it")
     return value, path
 
 
@@ -253,7 +260,8 @@ def load(env: Mapping[str, str] | None = None) -> LabConfig:
     notebooks = Path(env.get("LAB_NOTEBOOKS_DIR") or root / "notebooks").resolve()
     workers = _int(env, "LAB_WORKERS", 2)
     if workers < 1:
-        raise ValueError("LAB_WORKERS must be at least 1")
+        raise ConfigError(f"LAB_WORKERS={workers} must be at least 1: fix it in .env or the "
+                          "environment")
     secret, secret_file = _secret(env, "SPARK_AUTH_SECRET")
     token, token_file = _secret(env, "JUPYTER_TOKEN")
     return LabConfig(
