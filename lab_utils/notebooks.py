@@ -15,9 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from lab_utils import config as lab_config
 from lab_utils.common.atomic import atomic_write_text
+from lab_utils.errors import LabError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
+
+
+class ResultsNotFoundError(LabError, FileNotFoundError):
+    """A notebook's recorded figures are not there: the notebook has not run (to its end)."""
 
 
 def results_path(notebook: str, cfg: lab_config.LabConfig | None = None) -> Path:
@@ -36,7 +41,7 @@ def record_results(notebook: str, results: dict[str, Any]) -> dict[str, Any]:
 def load_results(notebook: str, cfg: lab_config.LabConfig | None = None) -> dict[str, Any]:
     path = results_path(notebook, cfg)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run notebook {notebook} first")
+        raise ResultsNotFoundError(f"{path} not found: run notebook {notebook} first")
     return json.loads(path.read_text())
 
 

@@ -30,8 +30,13 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from lab_utils.common.task import task_context
+from lab_utils.errors import LabError
 
 V = TypeVar("V")
+
+
+class CacheSizeError(LabError, ValueError):
+    """A :class:`WorkerCache` was asked to hold fewer than one value."""
 
 
 def file_key(path: Path | str) -> tuple[str, int, int, int]:
@@ -103,7 +108,8 @@ class WorkerCache(Generic[V]):
 
     def __init__(self, size: int, *, freeze: bool = False):
         if size < 1:
-            raise ValueError(f"a WorkerCache holds at least one value, not {size}")
+            raise CacheSizeError(f"a WorkerCache holds at least one value, not {size}: pass "
+                                 "size=1 or more")
         self.size = size
         self.freeze = freeze
         self.loads: dict[Hashable, int] = {}

@@ -6,8 +6,16 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lab_utils.errors import LabError
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
+
+class NoJvmError(LabError, RuntimeError):
+    """The session's SparkContext has no JVM (it never started), so Hadoop cannot list the
+    files."""
+
 
 #: Spark's file sources treat names starting with these as hidden and never read them.
 HIDDEN_PREFIXES = (".", "_")
@@ -41,8 +49,8 @@ def empty_files(spark: SparkSession, folder: str) -> list[str]:
     """Zero-byte visible files under ``folder``, listed through Hadoop's FileSystem like Spark."""
     jvm = spark.sparkContext._jvm
     if jvm is None:  # a SparkContext always has one once started; None means it never did
-        raise RuntimeError("empty_files needs a started classic SparkSession (with a JVM): "
-                           "create one with lab_utils.session.get_spark()")
+        raise NoJvmError("empty_files needs a started classic SparkSession (with a JVM): "
+                         "create one with lab_utils.session.get_spark()")
     root = jvm.org.apache.hadoop.fs.Path(folder)
     fs = root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     found, files = [], fs.listFiles(root, True)

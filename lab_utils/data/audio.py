@@ -71,6 +71,11 @@ class EspeakMissingError(LabError, RuntimeError):
     """espeak-ng is not installed; the message says how to install it."""
 
 
+class EspeakError(LabError, RuntimeError):
+    """espeak-ng ran but wrote no audio (an unknown voice, most often); the message has its
+    stderr."""
+
+
 def espeak_path() -> str | None:
     return shutil.which("espeak-ng")
 
@@ -224,9 +229,9 @@ def synthesize(word: str, voice: str, speed: int, pitch: int, path: Path) -> byt
         result = subprocess.run([exe, "-w", str(tmp), "-v", voice, "-s", str(speed), "-p",
                                  str(pitch), word], capture_output=True, timeout=60)
         if result.returncode != 0 or not tmp.is_file() or tmp.stat().st_size <= 44:
-            raise RuntimeError(f"espeak-ng failed for {word!r} with voice {voice!r}: "
-                               f"{result.stderr.decode(errors='replace').strip() or 'no audio'}"
-                               " (list voices with `espeak-ng --voices=en`)")
+            raise EspeakError(f"espeak-ng failed for {word!r} with voice {voice!r}: "
+                              f"{result.stderr.decode(errors='replace').strip() or 'no audio'}"
+                              " (list voices with `espeak-ng --voices=en`)")
 
     atomic_write(path, speak)
     return path.read_bytes()

@@ -23,6 +23,7 @@ import pandas as pd  # at module level: applyInPandas functions are resolved wit
 
 from lab_utils.common import split
 from lab_utils.data.churn import EPOCH
+from lab_utils.errors import LabError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -31,6 +32,14 @@ if TYPE_CHECKING:
 FEATURES = ("calls", "call_minutes", "topup_amount", "complaints", "plan")
 WINDOWS_DDL = ("customer_id string, window_start int, window_end int, features array<float>, "
                "baseline_calls float, label int, error string")
+
+
+class WindowSpecError(LabError, ValueError):
+    """A :class:`WindowSpec` cannot cut the history into windows; the message names the field."""
+
+
+class CustomerRecordError(LabError, ValueError):
+    """A customer's record contradicts itself (no signup date, churn before signup)."""
 
 
 @dataclass(frozen=True)
@@ -59,10 +68,12 @@ class WindowSpec:
 
     def __post_init__(self) -> None:
         if min(self.window_days, self.stride_days, self.horizon_days) < 1:
-            raise ValueError("window_days, stride_days and horizon_days must be at least 1")
+            raise WindowSpecError(f"window_days={self.window_days}, stride_days="
+                                  f"{self.stride_days}, horizon_days={self.horizon_days}: each "
+                                  "must be at least 1")
         if self.window_days > self.days:
-            raise ValueError(f"window_days={self.window_days} is longer than the history "
-                             f"({self.days} days)")
+            raise WindowSpecError(f"window_days={self.window_days} is longer than the history "
+                                  f"({self.days} days): shorten the window or pass more days")
 
 
 def _epoch_day(value: Any) -> int | None:
@@ -106,7 +117,7 @@ def customer_windows(
 
     Raises
     ------
-    ValueError
+    CustomerRecordError
         An inconsistent customer record (churn before signup); :func:`windows_udf_fn` turns it
         into an error row.
     """
@@ -116,10 +127,12 @@ def customer_windows(
     start = (spec.start - EPOCH).days
     end = start + spec.days
     if signup is None:
-        raise ValueError(f"customer {cid}: signup_date is missing")
+        raise CustomerRecordError(f"customer {cid}: signup_date is missing; fix the customer "
+                                  "record")
     if churn is not None and churn < signup:
-        raise ValueError(f"customer {cid}: churn_date {first['churn_date']} is before "
-                         f"signup_date {first['signup_date']}; fix the customer record")
+        raise CustomerRecordError(f"customer {cid}: churn_date {first['churn_date']} is "
+                                  f"before signup_date {first['signup_date']}; fix the "
+                                  "customer record")
     events = customer[customer["ts"].notna()]
     first_day = max(signup, start)
     active_to = min(churn, end) if churn is not None else end

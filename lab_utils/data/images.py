@@ -99,9 +99,9 @@ def build_image_dataset(
     from PIL import Image
 
     if copies < 1:
-        raise ValueError("copies must be at least 1")
+        raise ImageError(f"copies={copies}: must be at least 1")
     if image_format not in {"png", "jpeg"}:
-        raise ValueError("image_format must be 'png' or 'jpeg'")
+        raise ImageError(f"image_format={image_format!r}: use 'png' or 'jpeg'")
     images, targets = _digits()
     rng = np.random.default_rng(seed)
     suffix = ".png" if image_format == "png" else ".jpg"

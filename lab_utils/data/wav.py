@@ -48,7 +48,7 @@ def encode_wav(samples: np.ndarray, sample_rate: int, *, sample_format: str = "i
         scale = 2 ** (bits - 1) - 1
         data, tag = np.round(x * scale).astype(f"<i{bits // 8}").tobytes(), 1
     else:
-        raise ValueError(f"sample_format {sample_format!r}: use uint8, int16, int32 or float32")
+        raise AudioError(f"sample_format {sample_format!r}: use uint8, int16, int32 or float32")
     channels = x.shape[1]
     block = channels * bits // 8
     fmt = struct.pack("<HHIIHH", tag, channels, sample_rate, sample_rate * block, block, bits)

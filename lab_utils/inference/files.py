@@ -15,6 +15,7 @@ import pandas as pd  # at module level: pandas UDF type hints are resolved from 
 
 from lab_utils.common.atomic import atomic_write
 from lab_utils.common.files import HIDDEN_PREFIXES
+from lab_utils.errors import LabError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -25,6 +26,15 @@ ERRORS_FOLDER = "_errors"
 #: name in one class folder whose paths share 40 bits of hash.
 TAG_CHARS = 10
 _NAME_BYTES = 255  # the longest file name POSIX file systems take
+
+
+class NonLocalPathError(LabError, ValueError):
+    """A path on another file system (``s3a://``, ``hdfs://``): files are placed with POSIX
+    calls, which reach only local or shared (NFS) folders."""
+
+
+class UnplaceableFileError(LabError, OSError):
+    """A file is not placed into a class folder: it is a symbolic link or not a regular file."""
 
 
 def read_images(spark, folder: Path | str, *, partitions: int | None = None) -> DataFrame:
@@ -51,8 +61,9 @@ def local_path(uri: str) -> str:
             return uri[len(prefix):]
     scheme = uri.split(":", 1)[0] if ":" in uri.split("/", 1)[0] else ""
     if scheme:
-        raise ValueError(f"{uri}: only local or shared (NFS) folders can be sorted into class "
-                         "folders; copy from other file systems with their own tools")
+        raise NonLocalPathError(f"{uri}: only local or shared (NFS) folders can be sorted into "
+                                "class folders; copy from other file systems with their own "
+                                "tools")
     return uri
 
 
@@ -107,17 +118,17 @@ def _copy(source: str, tmp: Path) -> None:
     with os.fdopen(fd, "rb") as src:
         info = os.fstat(src.fileno())
         if not stat.S_ISREG(info.st_mode):
-            raise OSError(f"{source} is not a regular file; only files are sorted")
+            raise UnplaceableFileError(f"{source} is not a regular file; only files are sorted")
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
             while chunk := src.read(1 << 20):
                 out.write(chunk)
             os.fchmod(out.fileno(), stat.S_IMODE(info.st_mode) & 0o777)  # no setuid/sticky
 
 
-def _link_error(source: str) -> OSError:
-    return OSError(f"{source} is a symbolic link (to {os.readlink(source)!r}): not placed, so a "
-                   "link to a file outside the data folder is never copied out; put the file "
-                   "itself in the data folder")
+def _link_error(source: str) -> UnplaceableFileError:
+    return UnplaceableFileError(f"{source} is a symbolic link (to {os.readlink(source)!r}): "
+                                "not placed, so a link to a file outside the data folder is "
+                                "never copied out; put the file itself in the data folder")
 
 
 def place_file(path: str, dest: Path | str, prediction: object, error: object, *,

@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 
 from lab_utils import config as lab_config
 from lab_utils.common import net, process
+from lab_utils.errors import LabError
 from lab_utils.ops import pids, services
 
 if TYPE_CHECKING:
@@ -36,6 +37,14 @@ if TYPE_CHECKING:
 
 #: Seconds to wait for a driver's REST API: a busy driver answers slowly, not never.
 HTTP_TIMEOUT = 30.0
+
+
+class NoInputFilesError(LabError, ValueError):
+    """The folder a drill's job input is built from holds no files."""
+
+
+class NoSparkUiError(LabError, RuntimeError):
+    """The session has no Spark UI, whose REST API the drill watches the tasks through."""
 
 
 def keyed_images(spark: SparkSession, folder: Path | str, rows: int, *, partitions: int,
@@ -54,8 +63,8 @@ def keyed_images(spark: SparkSession, folder: Path | str, rows: int, *, partitio
     files = (inference.read_images(spark, folder).select("path", "content")
              .orderBy("path").limit(distinct).collect())
     if not files:
-        raise ValueError(f"{folder}: no files to score: run the notebook's first cells or "
-                         "`make models` to build the image set")
+        raise NoInputFilesError(f"{folder}: no files to score: run the notebook's first cells or "
+                                "`make models` to build the image set")
     table = spark.createDataFrame([(k, row.path, row.content) for k, row in enumerate(files)],
                                   "k long, path string, content binary")
     return (spark.range(rows, numPartitions=partitions)
@@ -174,8 +183,9 @@ def kill_mid_job(spark: SparkSession, action: Callable[[], object],
     sc = spark.sparkContext
     ui_url = sc.uiWebUrl
     if ui_url is None:  # before the job starts: its thread would run on after the error
-        raise RuntimeError("kill_mid_job watches the tasks through the Spark UI's REST API, and "
-                           "this session has no UI: start it without spark.ui.enabled=false")
+        raise NoSparkUiError("kill_mid_job watches the tasks through the Spark UI's REST API, "
+                             "and this session has no UI: start it without "
+                             "spark.ui.enabled=false")
     failure: list[BaseException] = []
 
     def run() -> None:

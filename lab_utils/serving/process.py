@@ -11,7 +11,13 @@ from pathlib import Path
 
 from lab_utils.common import process
 from lab_utils.common.net import free_port, http_json
+from lab_utils.errors import LabError
 from lab_utils.serving.faults import Faults
+
+
+class ModelServerStartError(LabError, RuntimeError):
+    """The model server's child process exited, or did not answer ``/healthz`` in time; the
+    message ends with its log's last lines."""
 
 
 def server_healthy(url: str, timeout: float = 2.0) -> bool:
@@ -41,8 +47,8 @@ class ServerProcess:
                 state = "exited" if self.proc.poll() is not None else f"not healthy in {timeout}s"
                 self.stop()
                 tail = process.log_tail(self.log_file, indent="") if self.log_file else ""
-                raise RuntimeError(f"model server {self.url} {state}: {' '.join(self.argv)}\n"
-                                   f"{tail}")
+                raise ModelServerStartError(f"model server {self.url} {state}: "
+                                            f"{' '.join(self.argv)}\n{tail}")
             time.sleep(0.2)
         return self
 

@@ -12,8 +12,18 @@ import numpy as np
 
 from lab_utils.common.saved_model import ModelError, ModelSpec, load_spec, save_model
 from lab_utils.data import images
+from lab_utils.errors import LabError
 
 DEFAULT_MODEL_NAME = "digits_cnn"
+
+
+class NoImagesError(LabError, FileNotFoundError):
+    """The folder to train from holds no images in ``<label>/`` folders."""
+
+
+class TooFewImagesError(LabError, ValueError):
+    """The images all fall on one side of the held-out split, so nothing is left to train or
+    to test on."""
 
 
 def build_cnn(image_size: tuple[int, int], classes: int, channels: int = 3):
@@ -37,8 +47,8 @@ def load_image_folder(root: Path, size: tuple[int, int]):
     """Decode every image under ``root/<label>/``: (pixels, label indices, paths, class names)."""
     pairs = list(images.list_labelled_images(root))
     if not pairs:
-        raise FileNotFoundError(f"no images under {root}/<label>/: build them with "
-                                "lab_utils.data.images.build_image_dataset (notebook 01)")
+        raise NoImagesError(f"no images under {root}/<label>/: build them with "
+                            "lab_utils.data.images.build_image_dataset (notebook 01)")
     class_names = sorted({label for _, label in pairs})
     index = {name: i for i, name in enumerate(class_names)}
     x = np.stack([images.decode_image(p.read_bytes(), size) for p, _ in pairs])
@@ -72,7 +82,9 @@ def train_image_classifier(
     x, y, paths, class_names = load_image_folder(data_dir, image_size)
     test = np.array([images.holdout(p) for p in paths])
     if test.all() or not test.any():
-        raise ValueError(f"{data_dir}: too few images to hold some out for testing")
+        raise TooFewImagesError(f"{data_dir}: too few images to hold some out for testing: "
+                                "add images, or build the lab's set with "
+                                "lab_utils.data.images.build_image_dataset (notebook 01)")
     model = build_cnn(image_size, len(class_names))
     model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])

@@ -37,8 +37,12 @@ from lab_utils.data.tfrecords.schema import (
     STATS_DDL,
     Feature,
     TFRecordDestinationError,
+    TFRecordFeatureError,
+    TFRecordLocationError,
+    TFRecordMissingError,
     TFRecordSchema,
     TFRecordSchemaError,
+    TFRecordWriteError,
     check_value,
     encode_records,
     load_schema,
@@ -48,7 +52,8 @@ from lab_utils.data.tfrecords.writer import write_tfrecords, write_tfrecords_loc
 
 __all__ = [
     "DTYPES", "PART_PREFIX", "SCHEMA_FILE", "STATS_DDL", "Feature", "TFRecordDestinationError",
-    "TFRecordSchema", "TFRecordSchemaError", "check_value", "decode_strings", "encode_records",
+    "TFRecordFeatureError", "TFRecordLocationError", "TFRecordMissingError", "TFRecordSchema",
+    "TFRecordSchemaError", "TFRecordWriteError", "check_value", "decode_strings", "encode_records",
     "feature_description", "load_schema", "read_tfrecords", "tfrecord_files", "write_file",
     "write_tfrecords", "write_tfrecords_local",
 ]

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     pass
 from lab_utils.data.tfrecords.schema import (
     SCHEMA_FILE,
+    TFRecordMissingError,
     TFRecordSchema,
     load_schema,
 )
@@ -33,8 +34,8 @@ def tfrecord_files(folder: Path | str) -> list[str]:
     files = [str(Path(folder) / f["name"]) for f in data["files"]]
     absent = [f for f in files if not Path(f).is_file()]
     if absent:
-        raise FileNotFoundError(f"{len(absent)} files listed in {Path(folder) / SCHEMA_FILE} are"
-                                f" missing (first: {absent[0]}): rewrite the data set")
+        raise TFRecordMissingError(f"{len(absent)} files listed in {Path(folder) / SCHEMA_FILE}"
+                                   f" are missing (first: {absent[0]}): rewrite the data set")
     return files
 
 

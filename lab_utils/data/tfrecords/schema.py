@@ -38,6 +38,25 @@ class TFRecordDestinationError(LabError, FileExistsError):
     output of the lab, so it is not replaced; the message names the folder and what is in it."""
 
 
+class TFRecordLocationError(LabError, ValueError):
+    """The folder given to write TFRecords into is on another file system (``s3a://``,
+    ``hdfs://``): the tasks write with Python file I/O, which reaches only mounted folders."""
+
+
+class TFRecordWriteError(LabError, RuntimeError):
+    """The part files on disk are not the ones the tasks reported writing (the folder is not
+    shared by every executor at the same path)."""
+
+
+class TFRecordMissingError(LabError, FileNotFoundError):
+    """A folder is not a finished TFRecord output of the lab (no ``schema.json``), or files its
+    ``schema.json`` lists are gone."""
+
+
+class TFRecordFeatureError(LabError, KeyError):
+    """A feature name the schema does not have; the message lists the names it has."""
+
+
 @dataclass(frozen=True)
 class Feature:
     """One feature of a TFRecord ``Example``.
@@ -101,7 +120,8 @@ class TFRecordSchema:
         for feature in self.features:
             if feature.name == name:
                 return feature
-        raise KeyError(f"no feature {name!r} in the schema (features: {', '.join(self.names)})")
+        raise TFRecordFeatureError(f"no feature {name!r} in the schema (features: "
+                                   f"{', '.join(self.names)})")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -126,9 +146,9 @@ def load_schema(folder: Path | str) -> tuple[TFRecordSchema, dict[str, Any]]:
     """``(schema, the whole schema.json)`` of a folder written by :func:`write_tfrecords`."""
     path = Path(folder) / SCHEMA_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {folder} was not written by "
-                                "lab_utils.data.tfrecords.write_tfrecords (or the write did not"
-                                " finish; run it again)")
+        raise TFRecordMissingError(f"{path} not found: {folder} was not written by "
+                                   "lab_utils.data.tfrecords.write_tfrecords (or the write did "
+                                   "not finish; run it again)")
     data = json.loads(path.read_text())
     return TFRecordSchema.from_dict(data), data
 

@@ -31,7 +31,9 @@ from lab_utils.data.tfrecords.schema import (
     SCHEMA_FILE,
     STATS_DDL,
     TFRecordDestinationError,
+    TFRecordLocationError,
     TFRecordSchema,
+    TFRecordWriteError,
     encode_records,
     write_file,
 )
@@ -42,9 +44,10 @@ def _local(folder: Path | str) -> Path:
 
     parsed = urlparse(str(folder))
     if parsed.scheme not in {"", "file"}:
-        raise ValueError(f"{folder}: TFRecords are written with Python file I/O, so the folder "
-                         "must be local or on storage every executor mounts at the same path "
-                         "(share_storages/); copy the files to object storage afterwards")
+        raise TFRecordLocationError(
+            f"{folder}: TFRecords are written with Python file I/O, so the folder must be local "
+            "or on storage every executor mounts at the same path (share_storages/); copy the "
+            "files to object storage afterwards")
     return Path(unquote(parsed.path) if parsed.scheme else str(folder))
 
 
@@ -163,9 +166,10 @@ def write_tfrecords(
         stats = reports.sort_values("partition").reset_index(drop=True)
         written = sorted(p.name for p in folder.glob(f"{PART_PREFIX}*"))
         if written != sorted(stats["file"]):
-            raise RuntimeError(f"{folder}: the files on disk {written} differ from the tasks' "
-                               f"report {sorted(stats['file'])}; is {folder.parent} shared by "
-                               "every executor at the same path?")
+            raise TFRecordWriteError(f"{folder}: the files on disk {written} differ from the "
+                                     f"tasks' report {sorted(stats['file'])}; is "
+                                     f"{folder.parent} shared by every executor at the same "
+                                     "path? Write under share_storages/")
         summary = _finish(folder, schema, stats)
     return summary
 

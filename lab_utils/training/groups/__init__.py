@@ -58,6 +58,7 @@ from lab_utils.training.groups.fit import (
     FitOptions,
     GroupTrainingError,
     ModelIntegrityError,
+    RunFilesMissingError,
     fit_group,
     make_arrow_train_fn,
     make_sorted_train_fn,
@@ -91,7 +92,8 @@ from lab_utils.training.groups.search import search_hyperparameters
 __all__ = [
     "DEFAULT_MAX_ROWS", "DEFAULT_MIN_ROWS", "HOLDOUT_EVERY", "KINDS", "METHODS", "MODEL_CACHE_SIZE",
     "REGISTRY_COLUMNS", "REGISTRY_SCHEMA", "SCORE_METHODS", "SEED_SLOPES", "FitOptions",
-    "GroupScorer", "GroupTrainingError", "ModelIntegrityError", "TrainingRun",
+    "GroupScorer", "GroupTrainingError", "ModelIntegrityError", "RunFilesMissingError",
+    "TrainingRun",
     "default_partitions", "fit_group", "group_rows", "group_specs", "key_runs", "load_model",
     "load_registry", "make_arrow_score_fn", "make_arrow_train_fn", "make_pandas_score_fn",
     "make_sorted_train_fn", "make_train_fn", "model_filename", "model_files", "models_root",

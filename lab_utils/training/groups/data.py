@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lab_utils.training.groups.fit import GroupTrainingError
+
 #: The seed article's two data sets: y = 2.5 x + noise and y = 3.0 x + noise.
 SEED_SLOPES = {"seed_a": 2.5, "seed_b": 3.0}
 
@@ -24,8 +26,8 @@ def group_specs(n_groups: int, *, mean_rows: int = 2000, skew: float = 1.0, seed
     cannot be trained: ``bad_tiny`` (3 rows) and ``bad_nan`` (NaN targets).
     """
     if n_groups < 2:
-        raise ValueError(f"n_groups={n_groups}: at least 2 (the reference groups with slopes "
-                         "2.5 and 3.0)")
+        raise GroupTrainingError(f"n_groups={n_groups}: at least 2 (the reference groups with "
+                                 "slopes 2.5 and 3.0)")
     rng = np.random.default_rng(seed)
     others = n_groups - len(SEED_SLOPES)
     names = list(SEED_SLOPES) + [f"g{i:05d}" for i in range(others)]

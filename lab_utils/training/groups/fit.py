@@ -45,6 +45,11 @@ class ModelIntegrityError(GroupTrainingError):
     folder): loading it would run whatever code it holds."""
 
 
+class RunFilesMissingError(LabError, FileNotFoundError):
+    """A run's registry, or model files its registry lists, are not on disk: the run was never
+    trained there, or its files were deleted."""
+
+
 def save_model(path: Path, save: Callable[[Path], object]) -> str:
     """Write a model with ``save(tmp)`` under a temporary name, rename it to ``path`` and
     return the sha256 of the bytes written, which the registry records.
@@ -87,8 +92,8 @@ def _make_estimator(kind: str | Callable[[], Any], params: Mapping[str, Any], se
 
         return GradientBoostingRegressor(**{"n_estimators": 50, "max_depth": 3,
                                             "random_state": seed, **params})
-    raise ValueError(f"unknown kind {kind!r}: use one of {KINDS} or a callable returning an "
-                     "estimator with fit/predict")
+    raise GroupTrainingError(f"unknown kind {kind!r}: use one of {KINDS} or a callable "
+                             "returning an estimator with fit/predict")
 
 
 def _kind_name(kind: str | Callable[[], Any]) -> str:
@@ -124,6 +129,8 @@ def _check_finite(frame: pd.DataFrame, columns: Sequence[str], group: str) -> No
     bad = [c for c in columns if not np.isfinite(frame[c].to_numpy(dtype=float)).all()]
     if bad:
         n = int((~np.isfinite(frame[bad].to_numpy(dtype=float))).any(axis=1).sum())
+        # plain-builtin: a group's failure is its registry row ("ValueError: ..."), never raised
+        # to the caller; notebook 05 compares that class with its own trainer's.
         raise ValueError(f"group {group!r} has {n} rows with NaN/inf in {bad}: drop or impute "
                          "them before training (e.g. df.dropna(subset=[...]))")
 
@@ -255,6 +262,7 @@ def _fit_from_batches(group: str, batches: Iterator[pd.DataFrame], opts: FitOpti
     else:
         row["n_rows"] = n
         if n < opts.min_rows:
+            # plain-builtin: the registry row's class, compared by notebook 05 (see _check_finite)
             raise ValueError(f"group {group!r} has {n} rows; at least {opts.min_rows} are needed "
                              "(min_rows): merge it with similar groups or drop it")
         data = pd.concat(held, ignore_index=True) if held else pd.DataFrame(columns=columns)
@@ -263,6 +271,7 @@ def _fit_from_batches(group: str, batches: Iterator[pd.DataFrame], opts: FitOpti
     if opts.kind != "linear":
         n += sum(len(b) for b in batches)  # drain: count what was not kept
         row["n_rows"] = n
+        # plain-builtin: the registry row's class; notebook 05 picks these rows by "MemoryError"
         raise MemoryError(
             f"group {group!r} has {n} rows, more than max_rows={opts.max_rows} that are fitted in "
             f"memory: raise max_rows (about {_size(n * len(columns) * 8)} of features per task, "

@@ -25,6 +25,7 @@ from lab_utils.training.groups.fit import (
     REGISTRY_SCHEMA,
     FitOptions,
     GroupTrainingError,
+    RunFilesMissingError,
     _kind_name,
     _registry_frame,
     fit_group,
@@ -259,7 +260,7 @@ def load_registry(run: str | Path, models_dir: Path | str | None = None) -> pd.D
         run_dir = (Path(models_dir) if models_dir is not None else models_root()) / str(run)
     path = run_dir / "registry.parquet"
     if not path.is_file():
-        raise FileNotFoundError(f"no registry at {path}: train the run first (train_groups)")
+        raise RunFilesMissingError(f"no registry at {path}: train the run first (train_groups)")
     registry = pd.read_parquet(path)
     registry.attrs["run_dir"] = str(run_dir)
     return registry

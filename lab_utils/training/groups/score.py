@@ -19,7 +19,11 @@ import pandas as pd
 
 from lab_utils.common.cache import WorkerCache, file_key, freeze_heap_once, sha256_hex
 from lab_utils.training.groups.cut import key_runs
-from lab_utils.training.groups.fit import GroupTrainingError, ModelIntegrityError
+from lab_utils.training.groups.fit import (
+    GroupTrainingError,
+    ModelIntegrityError,
+    RunFilesMissingError,
+)
 from lab_utils.training.groups.runs import _check_columns, default_partitions, load_registry
 
 #: How :func:`score_groups` hands the groups to Python (the first is the default).
@@ -112,8 +116,8 @@ def model_files(registry: pd.DataFrame, run_dir: Path | str) -> dict[str, tuple[
         found[str(group)] = (str(resolved), sha)
     missing = [p for p, _ in found.values() if not Path(p).is_file()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} model file(s) listed in the registry are gone "
-                                f"(first: {missing[0]}): retrain the run")
+        raise RunFilesMissingError(f"{len(missing)} model file(s) listed in the registry are "
+                                   f"gone (first: {missing[0]}): retrain the run (train_groups)")
     return found
 
 
