@@ -4,6 +4,7 @@ the browser drives it: it must reach the 2-worker cluster and stream sparkmonito
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 import uuid
 from datetime import UTC, datetime
@@ -11,6 +12,8 @@ from datetime import UTC, datetime
 import pytest
 import websocket
 
+#: Seconds for the kernel to start a Spark session on the cluster and run CODE.
+REPLY_TIMEOUT_S = 600
 CODE = """
 from lab_utils.session import get_spark
 from lab_utils.ops import cluster
@@ -63,7 +66,10 @@ def test_kernel_from_jupyterlab_runs_on_the_cluster_with_sparkmonitor(kernel, la
                                            "stop_on_error": True}, "shell", session)
     kernel.send(json.dumps(request))
     text, monitor_events, reply = [], [], None
+    deadline = time.monotonic() + REPLY_TIMEOUT_S  # each recv() waits 300 s at most (fixture)
     while reply is None:
+        assert time.monotonic() < deadline, (
+            f"no execute_reply after {REPLY_TIMEOUT_S} s", "".join(text)[-3000:])
         msg = json.loads(kernel.recv())
         kind = msg["header"]["msg_type"]
         if kind == "comm_msg" and msg["content"]["data"].get("msgtype") == "fromscala":

@@ -31,7 +31,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 
 from lab_utils.common import net, process
 from lab_utils.ops import services
@@ -45,17 +44,22 @@ APP = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
 
+    from lab_utils.common.process import wait_until
     from lab_utils.session import get_spark
 
     ctl, name, tasks, seconds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    GO_TIMEOUT_S = 600
     spark = get_spark(name, quiet=True)
     sc = spark.sparkContext
     # A first small job runs once this application has executors: then it is ready. The one
     # the master keeps WAITING stays here until another application stops.
     assert sc.parallelize(range(2), 2).count() == 2
     (ctl / f"{name}.ready").write_text(sc.applicationId)
-    while not (ctl / "go").exists():
-        time.sleep(0.1)
+    # The test says go within seconds of the second one being ready; without it (the test
+    # failed or was stopped) this application gives its cores back instead of holding them.
+    if not wait_until((ctl / "go").exists, GO_TIMEOUT_S, 0.1):
+        spark.stop()
+        sys.exit(f"no go after {GO_TIMEOUT_S} s: the test that started {name} has ended")
 
     def work(i):
         began = time.time()
@@ -120,10 +124,17 @@ def test_three_apps_two_run_one_waits(tmp_path, private_lab):
         # Go: sample the master while the three jobs run.
         (ctl / "go").touch()
         samples = []
-        while any(p.poll() is None for p in procs.values()):
+
+        def all_exited() -> bool:
+            if all(p.poll() is not None for p in procs.values()):
+                return True
             with contextlib.suppress(OSError):  # a busy master answers the next poll
                 samples.append(ours(master(cfg)["activeapps"]))
-            time.sleep(0.3)
+            return False
+
+        # Each job takes a few seconds, the third one's after another's: 300 s means a hang.
+        assert process.wait_until(all_exited, 300, 0.3), (
+            "still running after 300 s", {n: p.poll() for n, p in procs.items()})
         for name, p in procs.items():
             assert p.wait() == 0, (name, (tmp_path / f"{name}.err").read_text()[-3000:])
         reports = {name: json.loads((tmp_path / f"{name}.out").read_text().splitlines()[-1])

@@ -85,12 +85,14 @@ DRIVER = textwrap.dedent("""
 # A new application after the restart: where do its tasks run?
 AFTER = textwrap.dedent("""
     import json, os, time
+    from lab_utils.common.process import wait_until
     from lab_utils.session import get_spark
 
     spark = get_spark("after-worker-loss", quiet=True)
     sc = spark.sparkContext
-    while sc._jsc.sc().getExecutorMemoryStatus().size() < 3:  # the driver and two executors
-        time.sleep(0.2)
+    # The driver and two executors, well within the 300 s the test gives this script.
+    assert wait_until(lambda: sc._jsc.sc().getExecutorMemoryStatus().size() >= 3, 180, 0.2), \
+        "two executors did not register within 180 s"
     dirs = sc.parallelize(range(8), 8).map(lambda _: (time.sleep(0.5), os.getcwd())[1]).collect()
     print(json.dumps(sorted({d.split("/work/")[1].split("/")[0] for d in dirs})))
     spark.stop()

@@ -125,12 +125,18 @@ def test_a_notebook_session_prints_the_hosts_addresses(docker_lab):
     proc = subprocess.Popen(["docker", "exec", "-i", docker_lab.container("jupyterlab"),
                              "python", "-c", script], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A session that never starts never prints: the read below then ends when this kills it.
+    hung = threading.Timer(300, proc.kill)
+    hung.start()
     try:
         lines = []
         for line in proc.stdout:
             lines.append(line)
             if line.startswith("LINKS "):
                 break
+        hung.cancel()
+        assert lines and lines[-1].startswith("LINKS "), (
+            "no LINKS line within 300 s", "".join(lines)[-3000:])
         links = json.loads(lines[-1][len("LINKS "):])
         described = "".join(lines)
         ui = links["Spark UI"]
@@ -141,6 +147,7 @@ def test_a_notebook_session_prints_the_hosts_addresses(docker_lab):
         apps = http_json(f"{ui}/api/v1/applications", timeout=10)
         assert [a["name"] for a in apps] == ["docker-url-check"]
     finally:
+        hung.cancel()
         proc.stdin.close()
         proc.wait(timeout=120)
 
