@@ -12,7 +12,13 @@ from typing import Any
 
 
 def http_json(url: str, timeout: float = 3.0, headers: dict[str, str] | None = None) -> Any:
-    """GET ``url`` and decode JSON; raise OSError/ValueError when it does not answer properly."""
+    """GET ``url`` and decode its JSON.
+
+    Raises OSError when nothing answers within ``timeout`` or the answer is an HTTP error
+    (:class:`urllib.error.HTTPError`, with the ``code`` and a readable body), ValueError when it
+    is not JSON (:class:`json.JSONDecodeError`, the text in ``doc``), and
+    :class:`http.client.HTTPException` (not an OSError) when it is not HTTP at all.
+    """
     request = urllib.request.Request(url, headers=headers or {})
     with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (http only)
         return json.loads(response.read().decode())

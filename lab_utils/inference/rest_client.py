@@ -4,17 +4,21 @@
 (connection errors, timeouts, 429, 502, 503, 504), with exponential backoff and jitter, honouring
 ``Retry-After``, counting every attempt. :class:`TaskGuard` is one task's circuit breaker and
 deadline. Pure Python (``requests`` is imported when a request is sent), so every branch is
-unit-tested with fake sessions and clocks; :mod:`lab_utils.inference.rest_scoring` builds the
-Spark UDF on top.
+unit-tested with fake sessions and clocks. :mod:`lab_utils.inference.rest_scoring` scores a
+task's rows with it, :mod:`lab_utils.inference.rest_udf` builds the Spark UDF on top, and
+:class:`RestOptions` is the one place the client's options and their defaults are declared.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from lab_utils.errors import LabError
 
 if TYPE_CHECKING:
     import requests
@@ -23,6 +27,11 @@ if TYPE_CHECKING:
 #: (502, 503, 504). A 500 is an error of the server's own making (a broken model): the next try
 #: gets the same answer, so it is not retried, like the client's errors (400, 404, 413).
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+class RestOptionsError(LabError, ValueError):
+    """A :class:`RestOptions` value out of range; the message names the option and its range."""
+
 
 @dataclass(frozen=True)
 class RestOptions:
@@ -73,21 +82,22 @@ class RestOptions:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size} must be at least 1")
+            raise RestOptionsError(f"batch_size={self.batch_size} must be at least 1")
         if self.retries < 0:
-            raise ValueError(f"retries={self.retries} must be 0 or more")
+            raise RestOptionsError(f"retries={self.retries} must be 0 or more")
         if min(self.connect_timeout, self.read_timeout) <= 0:
-            raise ValueError("connect_timeout and read_timeout must be positive seconds")
+            raise RestOptionsError("connect_timeout and read_timeout must be positive seconds")
         if self.backoff < 0 or self.backoff_max < 0:
-            raise ValueError("backoff and backoff_max must be >= 0 seconds")
+            raise RestOptionsError("backoff and backoff_max must be >= 0 seconds")
         breaker = self.breaker_failures
         if breaker is not None and (isinstance(breaker, bool) or not isinstance(breaker, int)
                                     or breaker < 1):
-            raise ValueError(f"breaker_failures={self.breaker_failures!r} must be a whole number "
-                             "of micro-batches, at least 1 (None turns the breaker off)")
+            raise RestOptionsError(f"breaker_failures={self.breaker_failures!r} must be a whole "
+                                   "number of micro-batches, at least 1 (None turns the breaker "
+                                   "off)")
         if self.task_timeout is not None and not self.task_timeout > 0:
-            raise ValueError(f"task_timeout={self.task_timeout} must be positive seconds "
-                             "(None: no deadline)")
+            raise RestOptionsError(f"task_timeout={self.task_timeout} must be positive seconds "
+                                   "(None: no deadline)")
 
 
 @dataclass(frozen=True)
@@ -109,14 +119,21 @@ class PostResult:
 # --------------------------------------------------------------------------- HTTP with retries
 
 
-def server_message(response: requests.Response) -> str:
+def error_message(text: str, reason: str = "") -> str:
+    """What an error answer says: its JSON ``error`` field (where TF Serving and the lab's server
+    put the message), else its first 300 characters, else the HTTP ``reason``."""
     try:
-        body = response.json()
+        body = json.loads(text)
         if isinstance(body, dict) and "error" in body:
             return str(body["error"])
     except ValueError:
         pass
-    return (response.text or response.reason or "")[:300]
+    return (text or reason or "")[:300]
+
+
+def server_message(response: requests.Response) -> str:
+    """:func:`error_message` of a ``requests`` answer."""
+    return error_message(response.text, response.reason or "")
 
 
 def _retry_after(response: requests.Response) -> float | None:
