@@ -69,10 +69,11 @@ def style_builder(style: str, model: BenchModel, make, batch: int,
     factory and therefore the model cached in each Python worker."""
     spec = model.spec
     if style in REST_STYLES:
-        from lab_utils.inference import rest_scoring
+        from lab_utils.inference.rest_client import RestOptions
+        from lab_utils.inference.rest_udf import rest_udf
 
-        udf = rest_scoring.rest_udf(spec, rest_url, batch_size=REST_BATCH,
-                                    payload="pixels" if style == "rest_pixels" else "auto")
+        udf = rest_udf(spec, rest_url, client=RestOptions(batch_size=REST_BATCH),
+                       payload="pixels" if style == "rest_pixels" else "auto")
         return lambda df: df.select(udf("path", "content").alias("r"))
     if style == "transfer_only":
         udf = transfer_only_udf()

@@ -13,7 +13,8 @@ import pytest
 
 from lab_utils import inference
 from lab_utils.common import net, process
-from lab_utils.inference import rest_scoring
+from lab_utils.inference.rest_client import RestOptions
+from lab_utils.inference.rest_udf import ModelServerUnavailableError, rest_udf
 from lab_utils.ops import services
 from lab_utils.serving import model_server
 from lab_utils.training import cnn
@@ -80,7 +81,7 @@ def test_the_labs_server_gives_the_in_spark_predictions(lab_cluster, images_df, 
     # The default sends the image files ({"b64": ...}: the server declares an image input);
     # forced pixel lists must give the same rows.
     for payload, sent in (("auto", "b64"), ("pixels", "pixels")):
-        udf = rest_scoring.rest_udf(spec, url, batch_size=BATCH, payload=payload)
+        udf = rest_udf(spec, url, client=RestOptions(batch_size=BATCH), payload=payload)
         assert udf.payload == sent
         out = collect(images_df, udf)
         assert out["error"].isna().all(), out["error"].dropna().head()
@@ -91,8 +92,8 @@ def test_the_labs_server_gives_the_in_spark_predictions(lab_cluster, images_df, 
 def test_without_retries_exactly_the_failed_requests_rows_are_marked(images_df, spec,
                                                                      reference, faulty_server):
     # The breaker off: every request is sent, so the server's counters account for every row.
-    udf = rest_scoring.rest_udf(spec, faulty_server.url, batch_size=BATCH, retries=0,
-                                read_timeout=2.5, breaker_failures=None)
+    udf = rest_udf(spec, faulty_server.url, client=RestOptions(
+        batch_size=BATCH, retries=0, read_timeout=2.5, breaker_failures=None))
     before = faulty_server.stats()
     out = collect(images_df, udf)
     after = faulty_server.stats()
@@ -107,8 +108,8 @@ def test_without_retries_exactly_the_failed_requests_rows_are_marked(images_df, 
 
 def test_injected_503s_and_slow_answers_are_retried_to_completion(images_df, spec, reference,
                                                                   faulty_server):
-    udf = rest_scoring.rest_udf(spec, faulty_server.url, batch_size=BATCH, read_timeout=2.5,
-                                retries=8, backoff=0.05, backoff_max=0.5)
+    udf = rest_udf(spec, faulty_server.url, client=RestOptions(
+        batch_size=BATCH, read_timeout=2.5, retries=8, backoff=0.05, backoff_max=0.5))
     before = faulty_server.stats()
     out = collect(images_df, udf)
     after = faulty_server.stats()
@@ -120,8 +121,8 @@ def test_injected_503s_and_slow_answers_are_retried_to_completion(images_df, spe
 
 
 def test_server_killed_mid_job_and_restarted(images_df, spec, reference, faulty_server):
-    udf = rest_scoring.rest_udf(spec, faulty_server.url, batch_size=5, read_timeout=2.5,
-                                retries=20, backoff=0.5, backoff_max=4.0)
+    udf = rest_udf(spec, faulty_server.url, client=RestOptions(
+        batch_size=5, read_timeout=2.5, retries=20, backoff=0.5, backoff_max=4.0))
     start = faulty_server.stats()["rows_answered"]
     result = {}
     job = threading.Thread(target=lambda: result.update(out=collect(images_df, udf)))
@@ -144,7 +145,7 @@ def test_server_killed_mid_job_and_restarted(images_df, spec, reference, faulty_
 def test_no_server_is_a_driver_error_before_any_job(spark, spec):
     url = f"http://127.0.0.1:{net.free_port()}"
     jobs_before = spark.sparkContext.statusTracker().getJobIdsForGroup()
-    with pytest.raises(rest_scoring.ModelServerUnavailableError,
+    with pytest.raises(ModelServerUnavailableError,
                        match=rf"the model server at {url} does not answer .*make lab"):
-        rest_scoring.rest_udf(spec, url)
+        rest_udf(spec, url)
     assert spark.sparkContext.statusTracker().getJobIdsForGroup() == jobs_before

@@ -11,7 +11,9 @@ import time
 import pytest
 from PIL import Image
 
-from lab_utils.inference import rest_scoring
+from lab_utils.inference.rest_client import RestOptions
+from lab_utils.inference.rest_scoring import PayloadError
+from lab_utils.inference.rest_udf import rest_udf
 from lab_utils.serving import model_server
 from tests.utils import servers
 from tests.utils.fake_models import brightness_loader, write_model
@@ -26,8 +28,9 @@ def png(value: int) -> bytes:
 def test_a_down_server_opens_each_tasks_breaker(local_spark, tmp_path):
     model = write_model(tmp_path / "tiny")
     url = servers.closed_port_url()
-    udf = rest_scoring.rest_udf(model, url, check=False, batch_size=2, retries=1, backoff=0.01,
-                                backoff_max=0.05, breaker_failures=2)
+    client = RestOptions(batch_size=2, retries=1, backoff=0.01, backoff_max=0.05,
+                         breaker_failures=2)
+    udf = rest_udf(model, url, check=False, client=client)
     rows = [(f"f{i:02d}.png", png(10 * i)) for i in range(12)]
     df = local_spark.createDataFrame(rows, "path string, content binary").coalesce(1)
     began = time.monotonic()
@@ -57,7 +60,7 @@ def test_auto_sends_image_files_and_gives_the_rows_of_pixel_lists(local_spark, t
     with servers.in_thread(app) as url:
         outs = {}
         for payload in ("auto", "pixels"):
-            udf = rest_scoring.rest_udf(model, url, batch_size=4, payload=payload)
+            udf = rest_udf(model, url, client=RestOptions(batch_size=4), payload=payload)
             outs[udf.payload] = (df.select("path", udf("path", "content").alias("r"))
                                  .select("path", "r.*").toPandas().sort_values("path")
                                  .reset_index(drop=True))
@@ -76,11 +79,11 @@ def test_auto_sends_image_files_and_gives_the_rows_of_pixel_lists(local_spark, t
 def test_rest_udf_decides_the_payload_on_the_driver(local_spark, tmp_path):
     model = write_model(tmp_path / "models" / "tiny")
     down = servers.closed_port_url()
-    with pytest.raises(rest_scoring.PayloadError, match="payload='jpeg' is not one of"):
-        rest_scoring.rest_udf(model, down, payload="jpeg")  # before the server check
-    assert rest_scoring.rest_udf(model, down, check=False).payload == "pixels"
-    assert rest_scoring.rest_udf(model, down, check=False, payload="b64").payload == "b64"
+    with pytest.raises(PayloadError, match="payload='jpeg' is not one of"):
+        rest_udf(model, down, payload="jpeg")  # before the server check
+    assert rest_udf(model, down, check=False).payload == "pixels"
+    assert rest_udf(model, down, check=False, payload="b64").payload == "b64"
     app = model_server.create_app(tmp_path / "models", loader=brightness_loader)
     with servers.in_thread(app) as url:
-        assert rest_scoring.rest_udf(model, url).payload == "b64"
-        assert rest_scoring.rest_udf(model, url, payload="pixels").payload == "pixels"
+        assert rest_udf(model, url).payload == "b64"
+        assert rest_udf(model, url, payload="pixels").payload == "pixels"

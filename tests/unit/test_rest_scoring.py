@@ -1,5 +1,6 @@
-"""The REST client's core without Spark: retries and backoff with a scripted session, per-row
-results and errors, the driver-side check against a real server on loopback (fake model)."""
+"""The REST scoring core without Spark: per-row results and errors with fake post functions,
+the breaker and the task deadline against broken servers, image files (b64) against pixels, and
+a task's whole path against a real server on loopback (fake model)."""
 
 from __future__ import annotations
 
@@ -14,119 +15,18 @@ import pytest
 import requests
 from PIL import Image
 
-from lab_utils.common import net
-from lab_utils.inference import rest_scoring
+from lab_utils.inference import rest_client, rest_scoring
 from lab_utils.serving import model_server
 from tests.utils import servers
 from tests.utils.fake_models import brightness_loader, write_model
 
 CLASSES = ("dark", "light")
-URL = "http://127.0.0.1:1/v1/models/tiny:predict"
 
 
 def png(value: int, size=(4, 4)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, (value, value, value)).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-class Answer:
-    def __init__(self, status: int, body=None, headers=None):
-        self.status_code = status
-        self.text = json.dumps(body)
-        self.reason = "reason"
-        self.headers = headers or {}
-        self._body = body
-
-    def json(self):
-        if self._body is None:
-            raise ValueError("no JSON")
-        return self._body
-
-
-class ScriptedSession:
-    """Answers (or raises) from a script, one item per POST, and records each call."""
-
-    def __init__(self, script):
-        self.script = list(script)
-        self.calls = []
-
-    def post(self, url, data, timeout, headers):
-        self.calls.append({"url": url, "timeout": timeout, "rows": len(json.loads(data)[
-            "instances"])})
-        item = self.script.pop(0)
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-
-def post(session, options, sleeps):
-    body = rest_scoring.encode_instances(np.zeros((2, 4, 4, 3), np.uint8))
-    return rest_scoring.post_with_retries(session, URL, body, options, sleep=sleeps.append,
-                                          jitter=lambda: 1.0)
-
-
-def test_retries_transient_failures_with_exponential_backoff():
-    ok = Answer(200, {"predictions": [[1, 0], [0, 1]]})
-    session = ScriptedSession([requests.exceptions.ConnectionError("refused"),
-                               Answer(503, {"error": "busy"}),
-                               requests.exceptions.ReadTimeout("slow"),
-                               Answer(429, {"error": "slow down"}), Answer(502, None), ok])
-    sleeps = []
-    options = rest_scoring.RestOptions(retries=5, backoff=0.1, backoff_max=1.0,
-                                       connect_timeout=2, read_timeout=7)
-    result = post(session, options, sleeps)
-    assert result == rest_scoring.PostResult([[1, 0], [0, 1]], 6)
-    assert sleeps == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0])  # doubling, capped
-    assert {c["timeout"] for c in session.calls} == {(2, 7)}
-
-
-def test_gives_up_after_the_retries_naming_the_last_error():
-    session = ScriptedSession([Answer(503, {"error": "injected fault"})] * 3)
-    sleeps = []
-    result = post(session, rest_scoring.RestOptions(retries=2, backoff=0.0), sleeps)
-    assert result.outputs is None and result.attempts == 3 and len(session.calls) == 3
-    assert result.error == f"gave up after 3 attempts at {URL}: HTTP 503: injected fault"
-
-
-@pytest.mark.parametrize("status", [400, 404, 413, 500])
-def test_answers_a_retry_cannot_change_are_not_retried(status):
-    # 500 included: the lab's server answers it for a broken model, the same every time.
-    session = ScriptedSession([Answer(status, {"error": "the same next time"})] * 6)
-    result = post(session, rest_scoring.RestOptions(retries=5), [])
-    assert result.attempts == 1 and len(session.calls) == 1
-    assert f"refused the request: HTTP {status}: the same next time" in result.error
-
-
-@pytest.mark.parametrize("status", [429, 502, 503, 504])
-def test_answers_that_can_change_are_retried(status):
-    session = ScriptedSession([Answer(status, {"error": "busy"}),
-                               Answer(200, {"predictions": [[1, 0], [0, 1]]})])
-    result = post(session, rest_scoring.RestOptions(retries=5, backoff=0.0), [])
-    assert result == rest_scoring.PostResult([[1, 0], [0, 1]], 2)
-
-
-def test_client_errors_are_not_retried():
-    session = ScriptedSession([Answer(400, {"error": "each image has shape [5, 5, 3]"})])
-    result = post(session, rest_scoring.RestOptions(retries=5), [])
-    assert result.attempts == 1 and len(session.calls) == 1
-    assert "refused the request: HTTP 400: each image has shape [5, 5, 3]" in result.error
-
-
-def test_retry_after_is_honoured_within_the_cap():
-    session = ScriptedSession([Answer(429, {"error": "x"}, {"Retry-After": "3"}),
-                               Answer(429, {"error": "x"}, {"Retry-After": "60"}),
-                               Answer(200, {"predictions": []})])
-    sleeps = []
-    post(session, rest_scoring.RestOptions(retries=3, backoff=0.1, backoff_max=5.0), sleeps)
-    assert sleeps == [3.0, 5.0]
-
-
-def test_no_retries_means_one_attempt():
-    session = ScriptedSession([requests.exceptions.ConnectTimeout("down")])
-    result = post(session, rest_scoring.RestOptions(retries=0, connect_timeout=0.5), [])
-    assert result.attempts == 1
-    assert "no connection within connect_timeout=0.5s" in result.error
 
 
 def fake_post(answers):
@@ -143,12 +43,12 @@ def fake_post(answers):
 
 def brightness(pixels):
     light = pixels.reshape(len(pixels), -1).mean(axis=1) / 255
-    return rest_scoring.PostResult(np.stack([1 - light, light], axis=1).tolist(), 1)
+    return rest_client.PostResult(np.stack([1 - light, light], axis=1).tolist(), 1)
 
 
 def test_rows_in_order_bad_files_and_failed_batches_marked():
     contents = [png(10), b"", png(250), png(240), b"garbage", png(5)]
-    failed = rest_scoring.PostResult(None, 4, "gave up after 4 attempts at X: HTTP 503")
+    failed = rest_client.PostResult(None, 4, "gave up after 4 attempts at X: HTTP 503")
     post_fn, seen = fake_post([brightness, failed])
     out = rest_scoring.score_images_rest([f"f{i}" for i in range(6)], contents, post_fn,
                                          CLASSES, (4, 4), batch_size=2)
@@ -162,44 +62,26 @@ def test_rows_in_order_bad_files_and_failed_batches_marked():
 
 
 def test_wrong_answer_shape_is_explained():
-    post_fn, _ = fake_post([rest_scoring.PostResult([[0.1, 0.2, 0.7]], 1)])
+    post_fn, _ = fake_post([rest_client.PostResult([[0.1, 0.2, 0.7]], 1)])
     out = rest_scoring.score_images_rest(["a"], [png(1)], post_fn, CLASSES, (4, 4))
     assert "answered shape [1, 3] for 1 images; expected [1, 2]" in out["error"][0]
 
 
 def test_fail_fast_raises_naming_the_file_and_the_cause():
-    post_fn, _ = fake_post([rest_scoring.PostResult(None, 3, "gave up after 3 attempts")])
+    post_fn, _ = fake_post([rest_client.PostResult(None, 3, "gave up after 3 attempts")])
     with pytest.raises(rest_scoring.RestScoringError,
                        match="1 images from a.png on could not be scored: gave up after 3"):
         rest_scoring.score_images_rest(["a.png"], [png(1)], post_fn, CLASSES, (4, 4),
                                        fail_fast=True)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"batch_size": 0}, "batch_size=0 must be at least 1"),
-    ({"retries": -1}, "retries=-1 must be 0 or more"),
-    ({"read_timeout": 0}, "must be positive"),
-    ({"breaker_failures": 0}, r"breaker_failures=0 must be .* at least 1 \(None turns"),
-    ({"breaker_failures": 2.5}, "breaker_failures=2.5 must be a whole number"),
-    ({"task_timeout": 0}, r"task_timeout=0 must be positive seconds \(None: no deadline\)"),
-])
-def test_bad_options_are_refused(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        rest_scoring.RestOptions(**kwargs)
-
-
-def test_breaker_and_deadline_defaults():
-    options = rest_scoring.RestOptions()
-    assert options.breaker_failures == 3 and options.task_timeout is None
-
-
 def test_the_breaker_opens_after_failed_batches_in_a_row_and_a_success_resets_it():
-    down = rest_scoring.PostResult(None, 3, "gave up after 3 attempts at X: connection failed",
+    down = rest_client.PostResult(None, 3, "gave up after 3 attempts at X: connection failed",
                                    unavailable=True)
-    refused = rest_scoring.PostResult(None, 1, "X refused the request: HTTP 400: bad")
+    refused = rest_client.PostResult(None, 1, "X refused the request: HTTP 400: bad")
     # down, down, scored (reset), down, refused (neither counts nor resets), down, down: open
     post_fn, seen = fake_post([down, down, brightness, down, refused, down, down])
-    guard = rest_scoring.TaskGuard(rest_scoring.RestOptions(breaker_failures=3), "X")
+    guard = rest_client.TaskGuard(rest_client.RestOptions(breaker_failures=3), "X")
     out = rest_scoring.score_images_rest([f"f{i}" for i in range(10)], [png(9)] * 10, post_fn,
                                          CLASSES, (4, 4), batch_size=1, guard=guard)
     assert seen == [1] * 7  # no request after the breaker opened
@@ -244,7 +126,7 @@ def run_task(url, options, rows=20, per_batch=8):
 
 def test_a_down_server_costs_a_task_three_batches_then_its_rows_are_marked_at_once():
     url = servers.closed_port_url()
-    options = rest_scoring.RestOptions(batch_size=2, retries=2, backoff=0.01, backoff_max=0.05)
+    options = rest_client.RestOptions(batch_size=2, retries=2, backoff=0.01, backoff_max=0.05)
     out, posts, seconds = run_task(url, options)
     assert posts == 3 * 3  # three batches of three attempts, then not one request more
     assert out["error"][:6].str.startswith(f"gave up after 3 attempts at {url}/v1/models/tiny:"
@@ -258,7 +140,7 @@ def test_a_down_server_costs_a_task_three_batches_then_its_rows_are_marked_at_on
 
 def test_a_server_that_never_answers_opens_the_breaker():
     with servers.never_answers() as url:
-        options = rest_scoring.RestOptions(batch_size=2, read_timeout=0.2, retries=1,
+        options = rest_client.RestOptions(batch_size=2, read_timeout=0.2, retries=1,
                                            backoff=0.01, breaker_failures=2)
         out, posts, seconds = run_task(url, options, rows=10)
     assert posts == 2 * 2
@@ -271,7 +153,7 @@ def test_a_server_that_never_answers_opens_the_breaker():
 def test_the_task_timeout_bounds_a_task_whatever_its_timeouts_and_retries():
     with servers.never_answers() as url:
         # Default read timeout (30 s) and retries (5): three minutes a batch without a deadline.
-        options = rest_scoring.RestOptions(batch_size=2, breaker_failures=None, task_timeout=1.0)
+        options = rest_client.RestOptions(batch_size=2, breaker_failures=None, task_timeout=1.0)
         out, posts, seconds = run_task(url, options, rows=10)
     assert posts == 1  # the first attempt's read timeout was cut to the second left
     assert out["error"][:2].str.contains("left of task_timeout=1.0s").all()
@@ -288,36 +170,6 @@ def live_server(tmp_path):
     app = model_server.create_app(tmp_path / "models", loader=brightness_loader)
     with servers.in_thread(app) as url:
         yield url
-
-
-def test_driver_check_waits_until_available_then_scores_over_http(live_server):
-    status = rest_scoring.check_model_server(live_server, "tiny", wait=10)
-    assert status["model_version_status"][0]["state"] == "AVAILABLE"
-    options = rest_scoring.RestOptions(batch_size=3)
-    with requests.Session() as session:
-        def post_fn(pixels):
-            return rest_scoring.post_with_retries(
-                session, f"{live_server}/v1/models/tiny:predict",
-                rest_scoring.encode_instances(pixels), options)
-
-        out = rest_scoring.score_images_rest(
-            [str(i) for i in range(7)], [png(v) for v in (0, 40, 90, 160, 200, 230, 255)],
-            post_fn, CLASSES, (4, 4), batch_size=3)
-    assert list(out["prediction"]) == ["dark"] * 3 + ["light"] * 4
-    assert out["error"].isna().all() and set(out["attempts"]) == {1}
-
-
-def test_driver_check_names_the_url_and_the_fix_when_nothing_answers():
-    url = f"http://127.0.0.1:{net.free_port()}"
-    with pytest.raises(rest_scoring.ModelServerUnavailableError) as caught:
-        rest_scoring.check_model_server(url, "tiny", timeout=1)
-    assert url in str(caught.value) and "make lab" in str(caught.value)
-
-
-def test_driver_check_names_the_served_models(live_server):
-    with pytest.raises(rest_scoring.ModelServerUnavailableError,
-                       match=r"does not serve model 'nope': .*This server serves: tiny"):
-        rest_scoring.check_model_server(live_server, "nope")
 
 
 # --------------------------------------------------------------------------- image files (b64)
@@ -390,13 +242,13 @@ def test_b64_sends_the_files_undecoded_and_gives_the_rows_of_pixels():
 def test_files_the_server_refuses_are_their_rows_errors_and_the_rest_is_sent_again():
     truncated = noise_png(5, (32, 32))[:300]
     contents = [png(10), truncated, png(250), b"garbage", png(200)]
-    refused = rest_scoring.PostResult(None, 1, "X refused the request: HTTP 400: 2 of 4 image "
+    refused = rest_client.PostResult(None, 1, "X refused the request: HTTP 400: 2 of 4 image "
                                                "files cannot be used: ...", status=400)
     sent = []
 
     def post_fn(files):
         sent.append(list(files))
-        return refused if len(sent) == 1 else rest_scoring.PostResult(
+        return refused if len(sent) == 1 else rest_client.PostResult(
             file_brightness(files).outputs, 2)  # scored after one retry (a 503, say)
 
     paths = [f"f{i}" for i in range(5)]
@@ -418,7 +270,7 @@ def test_files_the_server_refuses_are_their_rows_errors_and_the_rest_is_sent_aga
 
 
 def test_a_refused_batch_of_good_files_says_how_to_send_pixels():
-    refused = rest_scoring.PostResult(None, 1, "X refused the request: HTTP 400: expected "
+    refused = rest_client.PostResult(None, 1, "X refused the request: HTTP 400: expected "
                                                "pixels", status=400)
     post_fn, seen = fake_post([refused])
     out = rest_scoring.score_images_rest(["a", "b"], [png(1), png(2)], post_fn, CLASSES,
@@ -430,41 +282,13 @@ def test_a_refused_batch_of_good_files_says_how_to_send_pixels():
                                   "nested lists)"] * 2
 
 
-def test_auto_payload_reads_the_models_metadata(live_server):
-    assert rest_scoring.resolve_payload(live_server, "tiny") == "b64"
-    assert rest_scoring.resolve_payload(live_server, "tiny", "pixels") == "pixels"
-    assert rest_scoring.resolve_payload(servers.closed_port_url(), "tiny") == "pixels"
-    with pytest.raises(rest_scoring.PayloadError, match=r"payload='png' is not one of \('auto', "
-                                                        r"'b64', 'pixels'\)"):
-        rest_scoring.resolve_payload(live_server, "tiny", "png")
-
-
-def signature(inputs):
-    return {"metadata": {"signature_def": {"signature_def": {"serving_default": {
-        "inputs": inputs}}}}}
-
-
-@pytest.mark.parametrize("metadata, declared", [
-    (signature({"image_bytes": {"dtype": "DT_STRING"}}), True),  # a TF Serving bytes export
-    (signature({"image_bytes": {"dtype": "DT_FLOAT"}}), False),
-    (signature({"pixels": {"dtype": "DT_STRING"}}), False),  # not named *_bytes
-    (signature({"image_bytes": {"dtype": "DT_STRING"}, "key": {"dtype": "DT_STRING"}}), False),
-    (signature({"pixels": {"dtype": "DT_FLOAT"}}), False),  # a tensor input: pixels
-    ({"metadata": {"image_input": None, **signature({})["metadata"]}}, False),
-    ({}, False),
-    ({"metadata": "?"}, False),
-])
-def test_which_metadata_declares_an_image_input(metadata, declared):
-    assert rest_scoring.declares_image_input(metadata) is declared
-
-
 def test_b64_and_pixels_give_the_same_rows_over_http(live_server):
     """The whole path on a real server: files sent as b64, one of them corrupt, against the
     same rows sent as pixels."""
     contents = [png(v) for v in (0, 40, 90)] + [noise_png(6, (32, 32))[:300]] + [
         noise_png(s) for s in range(7, 12)] + [b"", noise_png(12, (64, 48))]
     paths = [f"f{i:02d}" for i in range(len(contents))]
-    options = rest_scoring.RestOptions(batch_size=4)
+    options = rest_client.RestOptions(batch_size=4)
     outs, posts = {}, {}
     for payload in ("b64", "pixels"):
         batches = iter([(pd.Series(paths), pd.Series(contents))])
