@@ -36,6 +36,21 @@ VARIABLES: dict[str, str] = {
     "LAB_UID": "uid the Docker lab's services run as (`make env`: the checkout's owner, or 1000 "
     "when that is root); files they write in share_storages/ belong to it",
     "LAB_GID": "gid the Docker lab's services run as (like LAB_UID)",
+    # Read on the host by compose and `make docker-*` (lab_utils.ops.docker) only, never by a
+    # service: the Docker lab's images, mounts, published ports and limits.
+    "LAB_IMAGE_TAG": "tag of the two images the Docker lab builds and runs, spark-dl-lab/spark "
+    "and spark-dl-lab/jupyterlab (latest)",
+    "LAB_SHARE_HOST_DIR": "host folder the Docker lab mounts as /lab/share_storages in every "
+    "container (default: share_storages/ in the checkout; `make docker-up` creates its folders)",
+    "LAB_NOTEBOOKS_HOST_DIR": "host folder the Docker lab's JupyterLab mounts as /lab/notebooks "
+    "(default: notebooks/ in the checkout)",
+    "LAB_SECRETS_DIR": "host folder of the secret files compose mounts (default: .lab/secrets in "
+    "the checkout; `make env` and `make docker-up` write them from .env, mode 0600)",
+    "LAB_DRIVER_UI_PORT_LAST": "last port of the block of driver Spark UI ports the Docker lab "
+    "publishes, from LAB_DRIVER_UI_PORT (4043: four notebooks at once); set both together",
+    "LAB_WORKER_MEM_LIMIT": "memory limit of each Docker worker container (compose mem_limit, "
+    "6g): its JVM, executors and Python workers with TensorFlow, which lives outside the "
+    "executor heap, so keep it above LAB_WORKER_MEMORY",
     "LAB_ROOT": "project root (default: the checkout that holds lab_utils, else the cwd)",
     "LAB_SHARE_DIR": "shared storage folder (default: <root>/share_storages)",
     "LAB_STATE_DIR": "pid files, logs and generated Spark conf of the native lab "
@@ -84,6 +99,9 @@ VARIABLES: dict[str, str] = {
     "LAB_SMOKE": "1 = notebooks use smoke-sized data (CI)",
     "LAB_QUICK": "1 = notebooks use their quick size (a few minutes each; every notebook's "
     "intro gives its measured times)",
+    "LAB_INSTANCE": "set by the native launcher, never by you: this lab's state dir, on every "
+    "process it starts (services, kernels, drivers, executors), so `make stop` can tell them "
+    "from your own",
     "LAB_TF_THREADS": "executor-side override of TensorFlow's intra-op threads per Python "
     "worker (default: the task's cores, spark.task.cpus); 'tf' leaves TensorFlow's own "
     "machine-sized pools (the oversubscribed setup the benchmark compares against)",

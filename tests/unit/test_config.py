@@ -1,8 +1,19 @@
+import ast
+import re
 from pathlib import Path
 
 import pytest
 
 from lab_utils import config
+
+#: Where the lab's variables are read: the package, compose, the Makefile and the images.
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE_FOLDERS = ("spark", "jupyterlab", "docker")
+#: A LAB_ name as Python, compose (``${LAB_X:-d}``, ``$LAB_X``), make (``$(LAB_X)``,
+#: ``LAB_X ?=``) and Dockerfiles write it; ``LAB_PUBLIC_*`` (a family, in prose) is no name.
+LAB_NAME = re.compile(r"(?<![A-Za-z0-9_])LAB_[A-Z0-9_]*[A-Z0-9](?![A-Za-z0-9_])")
+#: Spark's and Jupyter's own prefixes: only the ones the package reads from os.environ count.
+ENVIRON_READ = re.compile(r'environ(?:\.get)?[\(\[]"((?:SPARK|JUPYTER)_[A-Z_]+)"')
 
 
 def test_defaults_match_the_native_lab(tmp_path):
@@ -45,24 +56,51 @@ def test_to_env_round_trips(tmp_path):
 
 def test_every_variable_read_is_documented():
     source = Path(config.__file__).read_text()
-    import re
-
     read = set(re.findall(r'env(?:\.get\(|, )"([A-Z_]+)"', source))
     assert read, "the pattern must find the variables read"
     assert read <= set(config.VARIABLES), read - set(config.VARIABLES)
 
 
-def test_every_lab_variable_read_anywhere_in_the_package_is_documented():
-    import re
+def lab_variables_used() -> set[tuple[str, str]]:
+    """``(file, variable)`` for every lab variable the lab's files name.
 
-    import lab_utils
+    In the package, any ``LAB_`` name in a string (``env.get("LAB_X")``, ``os.environ["LAB_X"]``,
+    ``getenv``, ``project.port("LAB_X", ...)``, ``spark.executorEnv.LAB_X``), whatever the mapping
+    is called; in docker-compose.yaml, the Makefile and every file of the images' folders, any
+    ``LAB_`` name at all (substitutions, environment keys, ``ENV``, comments that document one).
+    """
+    used = set()
+    for path in sorted((ROOT / "lab_utils").rglob("*.py")):
+        source = path.read_text()
+        name = str(path.relative_to(ROOT))
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                used |= {(name, var) for var in LAB_NAME.findall(node.value)}
+        used |= {(name, var) for var in ENVIRON_READ.findall(source)}
+    others = [ROOT / "docker-compose.yaml", ROOT / "Makefile",
+              *(p for folder in IMAGE_FOLDERS for p in sorted((ROOT / folder).rglob("*"))
+                if p.is_file())]
+    for path in others:
+        used |= {(str(path.relative_to(ROOT)), var)
+                 for var in LAB_NAME.findall(path.read_text(errors="replace"))}
+    return used
 
-    read = set()
-    for path in Path(lab_utils.__file__).parent.rglob("*.py"):
-        read |= set(re.findall(r'environ(?:\.get)?[\(\[]"((?:LAB|SPARK|JUPYTER)_[A-Z_]+)"',
-                               path.read_text()))
-    assert "LAB_TF_THREADS" in read, "the pattern must find the executor-side variable"
-    assert read <= set(config.VARIABLES), read - set(config.VARIABLES)
+
+def test_every_lab_variable_used_anywhere_is_documented():
+    used = lab_variables_used()
+    # The scan sees each way of writing one: compose's and make's substitutions, make's ?=,
+    # a dict called env, os.environ, a Dockerfile's ENV.
+    assert LAB_NAME.findall("${LAB_A:-1} $LAB_B $(LAB_C) LAB_D ?= 2 LAB_PUBLIC_*") == [
+        "LAB_A", "LAB_B", "LAB_C", "LAB_D"]
+    assert {("lab_utils/ops/docker.py", "LAB_IMAGE_TAG"),
+            ("lab_utils/ops/docker.py", "LAB_DRIVER_UI_PORT_LAST"),
+            ("lab_utils/common/tensorflow.py", "LAB_TF_THREADS"),
+            ("docker-compose.yaml", "LAB_WORKER_MEM_LIMIT"),
+            ("spark/Dockerfile", "LAB_ROOT")} <= used, "the scan must see every way of reading one"
+    undocumented = sorted(f"{path}: {var}" for path, var in used if var not in config.VARIABLES)
+    assert not undocumented, ("variables used but not documented in lab_utils.config.VARIABLES "
+                              "(add each, with what it does and its default):\n"
+                              + "\n".join(undocumented))
 
 
 def test_import_has_no_side_effects(tmp_path):
