@@ -24,8 +24,9 @@ BUILTIN_BASE = {
     "ModelIntegrityError": ValueError, "PayloadError": ValueError, "BenchError": RuntimeError,
     "RestOptionsError": ValueError, "FaultSettingsError": ValueError,
     # Issue 28: the raises that were plain built-ins, each with the base its callers catch.
-    "ConfigError": ValueError, "EnvFileError": ValueError, "ResultsNotFoundError": FileNotFoundError,
-    "CacheSizeError": ValueError, "NoJvmError": RuntimeError, "EspeakError": RuntimeError,
+    "ConfigError": ValueError, "EnvFileError": ValueError,
+    "ResultsNotFoundError": FileNotFoundError, "CacheSizeError": ValueError,
+    "NoJvmError": RuntimeError, "EspeakError": RuntimeError,
     "WindowSpecError": ValueError, "CustomerRecordError": ValueError,
     "TFRecordLocationError": ValueError, "TFRecordWriteError": RuntimeError,
     "TFRecordMissingError": FileNotFoundError, "TFRecordFeatureError": KeyError,
