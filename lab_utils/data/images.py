@@ -95,6 +95,16 @@ def build_image_dataset(
     image_format : {"png", "jpeg"}
     seed : int
         Seed of the augmentation: the same arguments always write the same bytes.
+
+    Examples
+    --------
+    Two scans of each digit, as 16x16 PNGs, one folder per class:
+
+    >>> summary = build_image_dataset(tmp / "images", per_class=2, size=16)
+    >>> summary.files, summary.classes[:3], summary.per_class["7"]
+    (20, ['0', '1', '2'], 2)
+    >>> sorted(p.name for p in (tmp / "images" / "7").iterdir())
+    ['digit_0007_000.png', 'digit_0017_000.png']
     """
     from PIL import Image
 
@@ -186,6 +196,21 @@ def decode_image(
     and on where the damage is (a fuzz test in ``tests/unit/test_images.py`` keeps it so).
     Pillow's decompression-bomb *warning* (above ``PIL.Image.MAX_IMAGE_PIXELS``) is raised as
     the file's error too, so a bomb never passes as a log line.
+
+    Examples
+    --------
+    A 64x48 greyscale PNG becomes 32x32 RGB; bytes that are no image raise :class:`ImageError`:
+
+    >>> import io
+    >>> from PIL import Image
+    >>> buffer = io.BytesIO()
+    >>> Image.new("L", (64, 48), 200).save(buffer, format="PNG")
+    >>> pixels = decode_image(buffer.getvalue(), (32, 32))
+    >>> pixels.shape, pixels.dtype, pixels[0, 0].tolist()
+    ((32, 32, 3), dtype('uint8'), [200, 200, 200])
+    >>> decode_image(b"just text", (32, 32))
+    Traceback (most recent call last):
+    lab_utils.data.images.ImageError: not an image file...
     """
     import warnings
 
@@ -250,6 +275,22 @@ def write_bad_input_corpus(dest: Path, size: int = 32) -> dict[str, str | None]:
 
     The outcome is ``None`` when the file must be scored (a usable image in an unusual format)
     and otherwise a fragment of the per-row error it must produce.
+
+    Examples
+    --------
+    What :func:`decode_image` makes of each file is what the corpus says:
+
+    >>> expected = write_bad_input_corpus(tmp / "unusual")
+    >>> expected["cmyk.jpg"], expected["zero_bytes.png"], expected["bomb.png"]
+    (None, 'empty file', 'image too large')
+    >>> def outcome(name):
+    ...     try:
+    ...         decode_image((tmp / "unusual" / name).read_bytes(), (32, 32))
+    ...     except ImageError as exc:
+    ...         return str(exc)
+    >>> all(outcome(name) is None if fragment is None else fragment in outcome(name)
+    ...     for name, fragment in expected.items())
+    True
     """
     from PIL import Image
 

@@ -43,6 +43,17 @@ def read_images(spark, folder: Path | str, *, partitions: int | None = None) -> 
     Every file is read, not only ``*.png``/``*.jpg``: a stray non-image becomes a row with an
     error rather than a silently skipped file, and so does an empty file. ``label`` is the
     parent folder's name (the true class in the lab's layout).
+
+    Examples
+    --------
+    ``images_dir`` has two images in ``dark/``, two in ``light/`` and an empty
+    ``light/empty.png``, which is kept:
+
+    >>> df = read_images(spark, images_dir, partitions=2)
+    >>> df.columns, df.count(), df.rdd.getNumPartitions()
+    (['path', 'label', 'content'], 5, 2)
+    >>> df.where("length(content) = 0").select("path", "label").collect()
+    [Row(path='file:/.../light/empty.png', label='light')]
     """
     from lab_utils.common.files import read_binary_files
 

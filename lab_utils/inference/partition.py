@@ -88,6 +88,30 @@ class PartitionPredictor:
     restrict_gpus : bool
         When Spark assigned the task GPUs, limit TensorFlow to them before the model loads
         (:func:`restrict_tensorflow_gpus`); ``False`` for a loader that does not use TensorFlow.
+
+    Examples
+    --------
+    A "model" that takes square roots, one number per row; a row its ``preprocess`` refuses is
+    that row's error, not a failed job (``gpu_count=0``: the CPU, without asking TensorFlow):
+
+    >>> import numpy as np
+    >>> def preprocess(row):
+    ...     if row["x"] < 0:
+    ...         raise ValueError(f"{row['x']} is negative")
+    ...     return np.array([row["x"]], dtype=float)
+    >>> def postprocess(row, output, error):
+    ...     return {"x": row["x"], "root": None if error else float(output[0]), "error": error}
+    >>> predictor = PartitionPredictor(lambda device: np.sqrt, preprocess, postprocess,
+    ...                                "x long, root double, error string", gpu_count=0)
+    >>> df = spark.createDataFrame([(4,), (-1,), (9,)], "x long")
+    >>> predictor.transform(df).orderBy("x").show()
+    +---+----+--------------------+
+    |  x|root|               error|
+    +---+----+--------------------+
+    | -1|NULL|ValueError: -1 is...|
+    |  4| 2.0|                NULL|
+    |  9| 3.0|                NULL|
+    +---+----+--------------------+
     """
 
     def __init__(self, model_loader: Callable[[str], PredictFn],
@@ -150,7 +174,24 @@ def image_partition_predictor(
     batch_size: int = DEFAULT_BATCH_SIZE,
     gpu_count: int | None = None,
 ) -> PartitionPredictor:
-    """A :class:`PartitionPredictor` for ``binaryFile`` image rows and a saved Keras model."""
+    """A :class:`PartitionPredictor` for ``binaryFile`` image rows and a saved Keras model.
+
+    Examples
+    --------
+    ``model_dir`` holds a two-class model (``dark``, ``light``) and ``make_predict_fn`` loads it;
+    ``model_loader`` gets the device (without it, Keras loads ``model.keras`` there).
+    ``images_dir`` has four images in ``dark/`` and ``light/`` and an empty file:
+
+    >>> from lab_utils.inference import read_images
+    >>> predictor = image_partition_predictor(model_dir, lambda device: make_predict_fn(),
+    ...                                       gpu_count=0)
+    >>> scored = predictor.transform(read_images(spark, images_dir))
+    >>> scored.columns
+    ['path', 'prediction', 'confidence', 'error']
+    >>> scored.groupBy("prediction").count().orderBy("prediction").collect()
+    [Row(prediction=None, count=1), Row(prediction='dark', count=2),
+     Row(prediction='light', count=2)]
+    """
     spec = model if isinstance(model, ModelSpec) else load_spec(model)
     names, size, model_file = spec.class_names, spec.image_size, str(spec.model_file)
 

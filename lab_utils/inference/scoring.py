@@ -81,6 +81,27 @@ def score_images(
     """Decode, batch and predict; one output row per input row, in order.
 
     Pure Python (no Spark): every UDF style calls it, and unit tests call it with fake models.
+
+    Examples
+    --------
+    ``predict`` takes a batch of ``uint8[N, height, width, 3]`` pixels and returns ``float[N,
+    classes]`` probabilities; here it calls an image dark or light by its mean pixel:
+
+    >>> import io
+    >>> from PIL import Image
+    >>> def png(level):
+    ...     buffer = io.BytesIO()
+    ...     Image.new("RGB", (8, 8), (level, level, level)).save(buffer, format="PNG")
+    ...     return buffer.getvalue()
+    >>> def predict(pixels):
+    ...     light = pixels.mean(axis=(1, 2, 3)) / 255
+    ...     return np.stack([1 - light, light], axis=1)
+    >>> score_images(["a.png", "b.png", "c.png"], [png(51), b"", png(255)], predict,
+    ...              ("dark", "light"), (4, 4))
+      prediction  confidence                 error
+    0       dark         0.8                  None
+    1       None         NaN  empty file (0 bytes)
+    2      light         1.0                  None
     """
     paths = list(paths)
     contents = list(contents)

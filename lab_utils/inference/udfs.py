@@ -68,6 +68,18 @@ def udf_cache_key(model: ModelSpec | Path | str, make_predict_fn: MakePredictFn 
     ``cached_predict_fn(udf_cache_key(spec, make), make)`` as a partition predictor's loader
     finds the model a UDF of the same maker loaded (with the lab's session, RDD functions and
     SQL UDFs run in the same workers). Pass the maker the UDFs were given.
+
+    Examples
+    --------
+    One key per model file version and maker: factories given the same maker share a model.
+
+    >>> key = udf_cache_key(model_dir, make_predict_fn)
+    >>> key == udf_cache_key(model_dir, make_predict_fn), key == udf_cache_key(model_dir)
+    (True, False)
+    >>> from lab_utils.inference import cached_predict_fn
+    >>> predict = cached_predict_fn(key, make_predict_fn)  # what a UDF's worker loaded
+    >>> predict(np.full((1, 4, 4, 3), 255, np.uint8)).tolist()  # dark, light
+    [[0.0, 1.0]]
     """
     return _resolve(model, make_predict_fn)[2]
 
@@ -116,6 +128,27 @@ def row_udf(
 
     Kept for comparison: ``use_arrow=False`` is the classic pickled UDF, ``use_arrow=True`` the
     Arrow-optimised one (Spark's default since 4.2). Both are the slow way.
+
+    Examples
+    --------
+    ``model_dir`` holds a two-class model (``dark``, ``light``) and ``make_predict_fn`` loads it
+    (without it, :func:`keras_predict_fn` loads ``model.keras``); ``images_dir`` has four
+    images in ``dark/`` and ``light/`` and an empty ``light/empty.png``:
+
+    >>> from lab_utils.inference import read_images
+    >>> classify = row_udf(model_dir, make_predict_fn, use_arrow=True)
+    >>> scored = read_images(spark, images_dir).select(
+    ...     "label", classify("path", "content").alias("r"))
+    >>> scored.select("label", "r.prediction", "r.error").orderBy("label", "prediction").show()
+    +-----+----------+--------------------+
+    |label|prediction|               error|
+    +-----+----------+--------------------+
+    | dark|      dark|                NULL|
+    | dark|      dark|                NULL|
+    |light|      NULL|empty file (0 bytes)|
+    |light|     light|                NULL|
+    |light|     light|                NULL|
+    +-----+----------+--------------------+
     """
     from pyspark.sql.functions import udf
 
@@ -141,6 +174,24 @@ def pandas_udf_series(
 
     The model still loads once per worker (cached), instead of loading it in the UDF body,
     which costs one model load per Arrow batch.
+
+    Examples
+    --------
+    ``model_dir`` (classes ``dark``, ``light``), its ``make_predict_fn`` and ``images_dir`` as
+    in :func:`row_udf`; the struct's fields become columns with ``r.*``:
+
+    >>> from lab_utils.inference import read_images
+    >>> classify = pandas_udf_series(model_dir, make_predict_fn, batch_size=64)
+    >>> scored = read_images(spark, images_dir).withColumn("r", classify("path", "content"))
+    >>> scored.select("label", "r.*").where("error IS NULL").orderBy("label", "confidence").show()
+    +-----+----------+----------+-----+
+    |label|prediction|confidence|error|
+    +-----+----------+----------+-----+
+    | dark|      dark|       0.8| NULL|
+    | dark|      dark|       1.0| NULL|
+    |light|     light|       0.8| NULL|
+    |light|     light|       1.0| NULL|
+    +-----+----------+----------+-----+
     """
     from pyspark.sql.functions import pandas_udf
 
@@ -163,7 +214,20 @@ def iterator_udf(
     batch_size: int = DEFAULT_BATCH_SIZE,
     fail_fast: bool = False,
 ) -> Callable[[ColumnOrName, ColumnOrName], Column]:
-    """Iterator pandas UDF ``f(path, content)``: one call per partition, batches streamed."""
+    """Iterator pandas UDF ``f(path, content)``: one call per partition, batches streamed.
+
+    Examples
+    --------
+    ``model_dir`` (classes ``dark``, ``light``), its ``make_predict_fn`` and ``images_dir`` as
+    in :func:`row_udf`: four images right, the empty file one row's error.
+
+    >>> from lab_utils.inference import read_images
+    >>> classify = iterator_udf(model_dir, make_predict_fn, batch_size=64)
+    >>> scored = read_images(spark, images_dir).select(
+    ...     "label", classify("path", "content").alias("r"))
+    >>> scored.where("r.prediction = label").count(), scored.where("r.error IS NOT NULL").count()
+    (4, 1)
+    """
     from pyspark.sql.functions import pandas_udf
 
     spec, make, key = _resolve(model, make_predict_fn)
@@ -189,6 +253,20 @@ def spark_predict_batch_udf(
     """Spark's own ``predict_batch_udf`` around the same decode + predict core.
 
     Spark caches the predict function per Python worker itself (an LRU of 3 models).
+
+    Examples
+    --------
+    ``model_dir`` (classes ``dark``, ``light``), its ``make_predict_fn`` and ``images_dir`` as
+    in :func:`row_udf`; the column is the same struct as the other styles':
+
+    >>> from lab_utils.inference import read_images
+    >>> classify = spark_predict_batch_udf(model_dir, make_predict_fn, batch_size=64)
+    >>> scored = read_images(spark, images_dir).select(
+    ...     "label", classify("path", "content").alias("r"))
+    >>> scored.schema["r"].dataType.simpleString()
+    'struct<prediction:string,confidence:float,error:string>'
+    >>> scored.where("r.prediction = label").count()
+    4
     """
     from pyspark.ml.functions import predict_batch_udf
     from pyspark.sql.types import _parse_datatype_string
@@ -225,6 +303,19 @@ def map_in_pandas(
     """Score ``df`` (``path``, ``content``) with ``mapInPandas``: whole partitions, no UDF column.
 
     Returns the ``keep`` columns plus ``prediction``, ``confidence``, ``error``.
+
+    Examples
+    --------
+    ``model_dir`` (classes ``dark``, ``light``), its ``make_predict_fn`` and ``images_dir`` as
+    in :func:`row_udf`; ``keep`` chooses the input columns that come along:
+
+    >>> from lab_utils.inference import read_images
+    >>> scored = map_in_pandas(read_images(spark, images_dir), model_dir, make_predict_fn,
+    ...                        keep=("label",))
+    >>> scored.columns
+    ['label', 'prediction', 'confidence', 'error']
+    >>> scored.where("prediction = label").count()
+    4
     """
     spec, make, key = _resolve(model, make_predict_fn)
     score = _scorer(spec, make, key, batch_size, fail_fast)

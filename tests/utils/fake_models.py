@@ -30,3 +30,29 @@ def brightness_loader(spec):
         return np.stack([1 - light, light], axis=1)
 
     return predict
+
+
+def make_predict_fn():
+    """The ``make_predict_fn`` of a model written by :func:`write_model` (the inference factories'
+    argument): :func:`brightness_loader`'s predict function, no TensorFlow. Module-level, so a
+    Spark task imports it by name instead of unpickling a copy."""
+    return brightness_loader(None)
+
+
+#: The images :func:`write_images` writes: ``<true class>/<grey level>.png`` and an empty file.
+IMAGE_LEVELS = {"dark": (0, 51), "light": (204, 255)}
+
+
+def write_images(folder, size=(8, 8)):
+    """One small grey PNG per level of :data:`IMAGE_LEVELS` in its class folder, and
+    ``light/empty.png`` (0 bytes, an upload that never arrived): :func:`brightness_loader`
+    classifies the four images correctly, with confidence 1.0 (levels 0, 255) or 0.8 (51, 204),
+    and the empty file is a row's error."""
+    from PIL import Image
+
+    for label, levels in IMAGE_LEVELS.items():
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        for level in levels:
+            Image.new("RGB", size, (level,) * 3).save(folder / label / f"{level:03d}.png")
+    (folder / "light" / "empty.png").write_bytes(b"")
+    return folder

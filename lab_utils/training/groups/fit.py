@@ -72,6 +72,15 @@ def model_filename(group: str, suffix: str) -> str:
     """A safe file name for a group: no path separators, no dot files, bounded length.
 
     Names that had to change get a short hash so two groups never share a file.
+
+    Examples
+    --------
+    >>> model_filename("store_12", ".joblib")
+    'store_12.joblib'
+    >>> model_filename("../etc/passwd", ".joblib")  # stays inside the run folder
+    '_etc_passwd-....joblib'
+    >>> model_filename("a/b", ".keras") != model_filename("a_b", ".keras")
+    True
     """
     safe = re.sub(r"[^A-Za-z0-9_.=-]", "_", group).lstrip(".")[:100] or "_"
     if safe != group:
