@@ -83,4 +83,4 @@ def test_only_regular_files_are_copied(tmp_path):
 
 def test_other_file_systems_are_a_row_problem(tmp_path):
     placed, problem = place_file("s3a://bucket/x.png", tmp_path, "cat", None)
-    assert placed is None and problem.startswith("ValueError: s3a://bucket/x.png")
+    assert placed is None and problem.startswith("NonLocalPathError: s3a://bucket/x.png")
