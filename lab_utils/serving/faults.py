@@ -8,6 +8,12 @@ import random
 import threading
 from dataclasses import dataclass, field
 
+from lab_utils.errors import LabError
+
+
+class FaultSettingsError(LabError, ValueError):
+    """A fault setting out of its range (a rate outside 0-1, a negative delay)."""
+
 
 @dataclass(frozen=True)
 class Faults:
@@ -35,9 +41,12 @@ class Faults:
         for name in ("fail_rate", "delay_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name}={value} must be between 0 and 1")
+                raise FaultSettingsError(f"{name}={value} must be between 0 and 1: the "
+                                         "fraction of predict requests it applies to "
+                                         "(0.25 is one in four; 0 turns it off)")
         if self.delay < 0:
-            raise ValueError(f"delay={self.delay} must be >= 0 seconds")
+            raise FaultSettingsError(f"delay={self.delay} must be >= 0 seconds: how long a "
+                                     "delayed request waits (0 turns delays off)")
 
     @property
     def enabled(self) -> bool:
