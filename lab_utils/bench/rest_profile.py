@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     from lab_utils.data import images
     from lab_utils.inference import keras_predict_fn, rest_scoring
     from lab_utils.inference.rest_udf import check_model_server
-    from lab_utils.serving import model_server, payloads
+    from lab_utils.serving import payloads
+    from lab_utils.serving.process import launch
 
     cfg = lab_config.load()
     model = prepare_models(cfg, ("cnn",), args.n)[0]
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     link = served / spec.path.name
     if not link.exists():
         link.symlink_to(spec.path, target_is_directory=True)
-    with model_server.launch(served) as server:
+    with launch(served) as server:
         check_model_server(server.url, spec.path.name)
         url = f"{server.url}/v1/models/{spec.path.name}:predict"
         sessions = [requests.Session(), requests.Session()]

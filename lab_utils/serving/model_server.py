@@ -16,9 +16,9 @@ TF Serving container serving the same model under the same name:
 
 Errors are TF Serving's ``{"error": "..."}`` with 400 (bad payload: what is wrong and the
 expected shape) or 404 (unknown model: the models this server serves); 413 for a body over the
-model's limit (:func:`~lab_utils.serving.registry.max_body_bytes`, derived from its input shape
+model's limit (:func:`~lab_utils.serving.inputs.max_body_bytes`, derived from its input shape
 and counted while the body arrives, chunked or not) or more images than
-:func:`~lab_utils.serving.registry.max_batch`. Parsing and predicting run in worker threads, and
+:func:`~lab_utils.serving.inputs.max_batch`. Parsing and predicting run in worker threads, and
 the limits bound how long one request's JSON parse holds the GIL, so ``/healthz`` keeps
 answering while requests are in flight. Two lab extras, outside
 TF Serving's API: ``GET /healthz`` (the lab's health probe) and ``GET /stats`` (request and
@@ -32,64 +32,36 @@ The version of a model is its ``model.keras`` modification time in whole seconds
 (``save_model`` swaps the folder) makes a new version, which is loaded on the next request.
 
 Run it: ``make lab`` (the ``model-server`` service), ``lab run model-server`` (containers),
-``python -m lab_utils.serving --port 8501``, or :func:`launch` from Python (tests, notebook).
-FastAPI, uvicorn and TensorFlow are imported only when a server is built or runs.
+``python -m lab_utils.serving --port 8501``, or :func:`lab_utils.serving.process.launch` from
+Python (tests, notebook). This module builds the app (:func:`create_app`) and runs it (the CLI);
+what each route answers is :mod:`lab_utils.serving.handlers`. FastAPI, uvicorn and TensorFlow are
+imported only when a server is built or runs.
 """
 
-# No `from __future__ import annotations` here: FastAPI reads the route functions' annotations
-# (``request: Request``), and Request is imported inside create_app to keep imports light.
+from __future__ import annotations
+
 import argparse
-import asyncio
 import contextlib
 import math
 import os
 import sys
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+from lab_utils.serving.faults import FaultInjector, Faults, FaultSettingsError, Stats
+from lab_utils.serving.registry import Loader, ModelRegistry, keras_loader
 
-from lab_utils.serving.faults import FaultInjector, Faults, Stats  # noqa: F401
-from lab_utils.serving.process import ServerProcess, launch, server_healthy  # noqa: F401
-from lab_utils.serving.registry import (  # noqa: F401
-    MAX_BODY_BYTES,
-    MAX_INSTANCES,
-    MAX_REQUEST_VALUES,
-    Loader,
-    ModelRegistry,
-    PredictFn,
-    ServingError,
-    keras_loader,
-    max_batch,
-    max_body_bytes,
-    model_metadata,
-    model_status,
-    parse_predict_body,
-)
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from lab_utils.serving.handlers import Handlers
 
 DEFAULT_PORT = 8501
 
 
-async def read_body(request, limit: int, too_large: str) -> bytes:
-    """The request's body, counted while it arrives: 413 as soon as it passes ``limit`` bytes.
-
-    ``Content-Length`` is only a first check (a chunked upload has none); the bytes received
-    are what counts, so no body past the limit is ever held whole or parsed.
-    """
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit:
-        raise ServingError(413, f"the request body of {length} bytes is over {too_large}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ServingError(413, f"the request body is over {too_large} (refused after "
-                                    f"{size} bytes)")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def create_app(models_dir: Path | str, *, faults: Faults | None = None,
-               loader: Loader = keras_loader, preload: bool = True):
+               loader: Loader = keras_loader, preload: bool = True) -> FastAPI:
     """The FastAPI application serving every model under ``models_dir``.
 
     Parameters
@@ -104,121 +76,60 @@ def create_app(models_dir: Path | str, *, faults: Faults | None = None,
         Load every model found at start-up in the background (status ``LOADING`` meanwhile),
         as TF Serving does, so the first request does not pay for it.
     """
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
-    from starlette.concurrency import run_in_threadpool
-    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from fastapi import FastAPI
 
-    registry = ModelRegistry(models_dir, loader)
-    injector = FaultInjector(faults or Faults())
-    stats = Stats()
+    from lab_utils.serving.handlers import Handlers
 
+    handlers = Handlers(ModelRegistry(models_dir, loader), FaultInjector(faults or Faults()),
+                        Stats())
+    app = FastAPI(title="Spark DL Lab model server (TF Serving REST API)",
+                  lifespan=_lifespan(handlers, preload),
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.registry, app.state.stats = handlers.registry, handlers.stats
+    app.state.faults = handlers.injector.faults
+    _add_error_handlers(app)
+    _add_routes(app, handlers)
+    return app
+
+
+def _lifespan(handlers: Handlers,
+              preload: bool) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """The app's start-up: preload the models (or not), then serve until shut down."""
     @contextlib.asynccontextmanager
-    async def lifespan(_app):
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if preload:
-            for name in registry.names():
-                try:
-                    registry.state(name)  # starts loading it in the background
-                except ServingError:
-                    pass  # gone since the listing
-                except Exception as exc:  # noqa: BLE001 - one model never stops the server
-                    print(f"model {name!r} cannot be served: {type(exc).__name__}: {exc}",
-                          file=sys.stderr, flush=True)
+            handlers.preload()
         yield
 
-    app = FastAPI(title="Spark DL Lab model server (TF Serving REST API)", lifespan=lifespan,
-                  docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.registry, app.state.stats, app.state.faults = registry, stats, injector.faults
+    return lifespan
 
-    @app.exception_handler(ServingError)
-    async def serving_error(_request, exc: ServingError):
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request, exc: StarletteHTTPException):
-        message = exc.detail
-        if exc.status_code == 404:
-            message = (f"no such endpoint {request.method} {request.url.path}: this server "
-                       "answers GET /v1/models/NAME, GET /v1/models/NAME/metadata and "
-                       "POST /v1/models/NAME:predict")
-        elif exc.status_code == 405:
-            message = f"{request.method} is not allowed on {request.url.path}"
-        return JSONResponse({"error": message}, status_code=exc.status_code)
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error answered in TF Serving's shape, ``{"error": message}``."""
+    from starlette.exceptions import HTTPException
 
-    @app.get("/healthz")
-    async def healthz():
-        return {"status": "ok", "models": registry.names()}
+    from lab_utils.serving.handlers import http_error, serving_error
+    from lab_utils.serving.inputs import ServingError
 
-    @app.get("/stats")
-    async def get_stats():
-        return {**stats.as_dict(), "faults": vars(injector.faults)}
+    app.add_exception_handler(ServingError, serving_error)
+    app.add_exception_handler(HTTPException, http_error)
 
-    @app.get("/v1/models/{name}")
-    async def status(name: str):
-        return await run_in_threadpool(model_status, name, registry)
 
-    @app.get("/v1/models/{name}/versions/{version}")
-    async def status_version(name: str, version: str):
-        return await run_in_threadpool(model_status, name, registry, version)
-
-    @app.get("/v1/models/{name}/metadata")
-    async def metadata(name: str):
-        return await run_in_threadpool(model_metadata, name, registry)
-
-    async def predict(name: str, request: Request, version: str | None = None):
-        entry, spec = await run_in_threadpool(registry.usable, name)
-        if version is not None and version != str(entry.version):
-            raise ServingError(404, f"Servable not found for request: Specific({name}, "
-                                    f"{version}). Version {entry.version} is served")
-        h, w = spec.image_size
-        limit = max_body_bytes(spec)
-        try:
-            body = await read_body(request, limit, (
-                f"{limit} bytes, the most model {name!r} takes ({max_batch(spec)} images of "
-                f"[{h}, {w}, {spec.channels}] as JSON, with room for whitespace): send smaller "
-                "batches"))
-        except ServingError:
-            stats.add(bad_requests=1)
-            raise
-        try:
-            # Off the event loop: json, the checks and numpy run in a worker thread.
-            pixels, form = await run_in_threadpool(parse_predict_body, body, spec)
-        except ServingError:
-            stats.add(bad_requests=1)
-            raise
-        rows = len(pixels)
-        stats.add(predict_requests=1, rows_received=rows)
-        fail, delay = injector.draw()
-        if delay and not fail:  # a failed request is answered at once: the two never overlap
-            stats.add(delayed=1, delayed_rows=rows)
-            await asyncio.sleep(delay)
-        if fail:
-            stats.add(injected_errors=1, injected_error_rows=rows)
-            return JSONResponse({"error": "injected fault: the server is unavailable "
-                                          f"(--fail-rate {injector.faults.fail_rate})"},
-                                status_code=503)
-
-        def run() -> list:
-            _entry, fn = registry.predictor(name)
-            out = np.asarray(fn(pixels), dtype=np.float32)
-            if out.shape[0] != rows:
-                raise ServingError(500, f"model {name!r} returned {out.shape[0]} rows for "
-                                        f"{rows} images")
-            return out.tolist()
-
-        outputs = await run_in_threadpool(run)
-        stats.add(rows_answered=rows)
-        return {"predictions": outputs} if form == "instances" else {"outputs": outputs}
-
-    @app.post("/v1/models/{name}:predict")
-    async def predict_latest(name: str, request: Request):
-        return await predict(name, request)
-
-    @app.post("/v1/models/{name}/versions/{version}:predict")
-    async def predict_version(name: str, version: str, request: Request):
-        return await predict(name, request, version)
-
-    return app
+def _add_routes(app: FastAPI, handlers: Handlers) -> None:
+    """TF Serving's REST routes and the lab's two extras (``/healthz``, ``/stats``)."""
+    routes: list[tuple[str, str, Callable[..., object]]] = [
+        ("GET", "/healthz", handlers.healthz),
+        ("GET", "/stats", handlers.get_stats),
+        ("GET", "/v1/models/{name}", handlers.status),
+        ("GET", "/v1/models/{name}/versions/{version}", handlers.status_version),
+        ("GET", "/v1/models/{name}/metadata", handlers.metadata),
+        ("POST", "/v1/models/{name}:predict", handlers.predict_latest),
+        ("POST", "/v1/models/{name}/versions/{version}:predict", handlers.predict_version),
+    ]
+    for method, path, endpoint in routes:
+        # response_model=None: the endpoints' return annotations are for mypy, not a schema
+        # FastAPI would validate every answer against.
+        app.add_api_route(path, endpoint, methods=[method], response_model=None)
 
 
 def serve(host: str, port: int, models_dir: Path | str, *, faults: Faults | None = None,
@@ -263,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         faults = Faults(args.fail_rate, args.delay, args.delay_rate, args.seed)
-    except ValueError as exc:
+    except FaultSettingsError as exc:
         parser.error(str(exc))
     serve(args.host, args.port, args.models_dir, faults=faults, log_level=args.log_level)
     return 0

@@ -1,4 +1,5 @@
-"""TF Serving's predict payloads: limits derived from a model's input, and parsing.
+"""TF Serving's predict payloads, parsed into the model's input (what the model takes and the
+limits on one request: :mod:`lab_utils.serving.inputs`).
 
 ``{"instances": [...]}`` (row form) and ``{"inputs": ...}`` (columnar) bodies are checked for
 shape, nesting and the values the model's dtype allows *before* an array is built, and every
@@ -23,72 +24,20 @@ from collections.abc import Callable
 
 import numpy as np
 
-from lab_utils.common.saved_model import HOW_TO_CREATE, METADATA_FILE, ModelError, ModelSpec
+from lab_utils.common.saved_model import ModelSpec
 from lab_utils.data import images
-from lab_utils.errors import LabError
+from lab_utils.serving.inputs import (
+    IMAGE_BYTES_INPUT,
+    ServingError,
+    batch_limits,
+    input_dtype,
+    input_name,
+    max_batch,
+    takes_images,
+)
 
-#: More instances than this in one request is refused (413): split the batch.
-MAX_INSTANCES = 4096
-#: ... and more numbers than this in all (images x height x width x channels): 682 images of
-#: 32x32x3, 13 of 224x224x3, some 8 MB of compact JSON. One ``json.loads`` call holds the GIL
-#: while it runs, so this bound is what keeps ``/healthz`` answering while a request is parsed.
-MAX_REQUEST_VALUES = 2 ** 21
-#: A model's body limit (:func:`max_body_bytes`) is the worst-case JSON of its largest batch
-#: times this margin (whitespace, named instances), plus this slack, capped at the overall cap.
-BODY_MARGIN = 2
-BODY_SLACK = 64 * 1024
-MAX_BODY_BYTES = 256 * 1024 * 1024
-
-
-class ServingError(LabError):
-    """An error answered to the client as TF Serving does: ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-#: The name of the model's binary input: TF Serving's convention is a name ending in ``_bytes``.
-IMAGE_BYTES_INPUT = "image_bytes"
 #: At most this many undecodable images are named in one 400 answer.
 MAX_NAMED_ERRORS = 10
-
-
-def _input_name(spec: ModelSpec) -> str:
-    return str(spec.metadata.get("input_name", "pixels"))
-
-
-def input_dtype(spec: ModelSpec) -> np.dtype:
-    """The dtype the model's predict function takes: ``metadata.json``'s ``input_dtype``
-    (``uint8`` when absent, as :func:`lab_utils.training.cnn.train` writes it).
-
-    Raises
-    ------
-    lab_utils.training.cnn.ModelError
-        ``input_dtype`` names no integer or floating-point numpy dtype.
-    """
-    name = spec.metadata.get("input_dtype", "uint8")
-    try:
-        dtype = np.dtype(name)
-    except TypeError:
-        dtype = None
-    if dtype is None or dtype.kind not in "uif":
-        raise ModelError(f"{spec.path / METADATA_FILE}: input_dtype {name!r} is "
-                                "not an integer or float dtype (e.g. 'uint8', 'float32'): "
-                                f"{HOW_TO_CREATE}")
-    return dtype
-
-
-def takes_images(spec: ModelSpec) -> bool:
-    """True when the server can feed the model decoded image files (``{"b64": ...}`` inputs).
-
-    :func:`~lab_utils.data.images.decode_image` gives RGB uint8, so the model must take 3
-    channels and a dtype that holds 0-255 (uint8, a wider integer, or a float).
-    """
-    dtype = input_dtype(spec)
-    holds_255 = dtype.kind == "f" or np.iinfo(dtype).max >= 255
-    return spec.channels == 3 and holds_255
 
 
 def _value_text(dtype: np.dtype) -> str:
@@ -97,36 +46,6 @@ def _value_text(dtype: np.dtype) -> str:
         info = np.iinfo(dtype)
         return f"a JSON integer from {info.min} to {info.max}"
     return "a finite JSON number"
-
-
-def _value_chars(dtype: np.dtype) -> int:
-    """The most characters one valid value takes in JSON (``-2.2250738585072014e-308``: 24)."""
-    if dtype.kind in "ui":
-        info = np.iinfo(dtype)
-        return max(len(str(info.min)), len(str(info.max)))
-    return 24
-
-
-def max_batch(spec: ModelSpec) -> int:
-    """The most images one request may hold: ``MAX_INSTANCES``, and no more than
-    ``MAX_REQUEST_VALUES`` numbers in all (at least one image)."""
-    h, w = spec.image_size
-    return max(1, min(MAX_INSTANCES, MAX_REQUEST_VALUES // (h * w * spec.channels)))
-
-
-def max_body_bytes(spec: ModelSpec) -> int:
-    """The largest request body this model's predict accepts, in bytes.
-
-    The worst-case JSON of :func:`max_batch` images: every value at its longest (``255`` for
-    uint8) followed by ``", "``, four bytes of brackets and separator per nested list, times
-    ``BODY_MARGIN`` (whitespace, ``{"pixels": ...}`` names) plus ``BODY_SLACK`` for the envelope,
-    and never more than ``MAX_BODY_BYTES``. A body over it is refused with 413 as soon as that
-    many bytes arrived, whatever its ``Content-Length`` says (or when it has none: chunked).
-    """
-    h, w = spec.image_size
-    values, lists = h * w * spec.channels, 1 + h + h * w
-    image = values * (_value_chars(input_dtype(spec)) + 2) + lists * 4
-    return min(MAX_BODY_BYTES, max_batch(spec) * image * BODY_MARGIN + BODY_SLACK)
 
 
 def _expected(spec: ModelSpec) -> str:
@@ -138,7 +57,7 @@ def _expected(spec: ModelSpec) -> str:
               if takes_images(spec) else "")
     return (f'expected {{"instances": [<image>, ...]}} or {{"inputs": [<image>, ...]}} where '
             f"each <image> is a {shape} nested list of {dtype} values (each "
-            f'{_value_text(dtype)}), optionally named {{"{_input_name(spec)}": <image>}} in '
+            f'{_value_text(dtype)}), optionally named {{"{input_name(spec)}": <image>}} in '
             f"row form{binary}")
 
 
@@ -278,7 +197,7 @@ def parse_predict_body(body: bytes, spec: ModelSpec) -> tuple[np.ndarray, str]:
                                 f"{expected}")
     form = forms[0]
     data = payload[form]
-    name = _input_name(spec)
+    name = input_name(spec)
     names = (name, IMAGE_BYTES_INPUT) if takes_images(spec) else (name,)
     binary = False
     named_as = f'{{"{name}": <image>}}' + (f' or {{"{IMAGE_BYTES_INPUT}": {{"b64": ...}}}}'
@@ -318,11 +237,8 @@ def parse_predict_body(body: bytes, spec: ModelSpec) -> tuple[np.ndarray, str]:
             raise ServingError(400, f'"inputs" must be a non-empty list of images; {expected}')
     most = max_batch(spec)
     if len(data) > most:
-        h, w = spec.image_size
         raise ServingError(413, f"{len(data)} images in one request is more than {most} "
-                                f"(at most {MAX_INSTANCES} images and {MAX_REQUEST_VALUES} "
-                                f"values of [{h}, {w}, {spec.channels}] images): send "
-                                "smaller batches")
+                                f"({batch_limits(spec)}): send smaller batches")
     if binary or (isinstance(data[0], dict) and set(data[0]) == {"b64"}):
         return decode_files(data, where, spec), form
     return _to_array(data, where, spec), form

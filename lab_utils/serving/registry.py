@@ -1,6 +1,6 @@
 """The models a server serves (every folder of ``share_storages/models``, reloaded when its
-``model.keras`` changes), and their TF Serving status and metadata. The predict payloads are
-:mod:`lab_utils.serving.payloads`."""
+``model.keras`` changes), and their TF Serving status and metadata. What a model takes is
+:mod:`lab_utils.serving.inputs`; the predict payloads are :mod:`lab_utils.serving.payloads`."""
 
 from __future__ import annotations
 
@@ -21,27 +21,19 @@ from lab_utils.common.saved_model import (
     ModelSpec,
     load_spec,
 )
-from lab_utils.serving.payloads import (  # noqa: F401 (re-exported: the server's API)
-    BODY_MARGIN,
-    BODY_SLACK,
+from lab_utils.common.tensorflow import PredictFn
+from lab_utils.serving.inputs import (
     IMAGE_BYTES_INPUT,
-    MAX_BODY_BYTES,
-    MAX_INSTANCES,
-    MAX_REQUEST_VALUES,
     ServingError,
-    _input_name,
-    decode_files,
     input_dtype,
-    max_batch,
-    max_body_bytes,
-    parse_predict_body,
+    input_name,
     takes_images,
 )
 
-#: What a loader returns: pixels [N, H, W, C] (uint8, or metadata.json's ``input_dtype``) ->
-#: probabilities [N, classes].
-PredictFn = Callable[[np.ndarray], np.ndarray]
+#: Loads one model for the server: its predict function takes pixels [N, H, W, C] (uint8, or
+#: metadata.json's ``input_dtype``) and returns probabilities [N, classes].
 Loader = Callable[[ModelSpec], PredictFn]
+
 
 def keras_loader(spec: ModelSpec) -> PredictFn:
     """Load a saved Keras model once; its predict function calls ``model(x)`` per request.
@@ -209,7 +201,7 @@ def image_input(spec: ModelSpec) -> dict | None:
     return {"name": IMAGE_BYTES_INPUT, "encoding": "b64", "decoded_to": [h, w, 3],
             "decode": "lab_utils.data.images.decode_image: any image Pillow reads, converted "
                       "to RGB, resized (bilinear) to the model's size",
-            "for_input": _input_name(spec)}
+            "for_input": input_name(spec)}
 
 
 def model_metadata(name: str, registry: ModelRegistry) -> dict:
@@ -221,8 +213,8 @@ def model_metadata(name: str, registry: ModelRegistry) -> dict:
         "model_spec": {"name": name, "signature_name": "", "version": str(entry.version)},
         "metadata": {"signature_def": {"signature_def": {"serving_default": {
             # The Keras model's input is float32 holding 0-255 values, as an export would say.
-            "inputs": {_input_name(spec): {"dtype": "DT_FLOAT", "tensor_shape": {
-                "dim": dim, "unknown_rank": False}, "name": _input_name(spec)}},
+            "inputs": {input_name(spec): {"dtype": "DT_FLOAT", "tensor_shape": {
+                "dim": dim, "unknown_rank": False}, "name": input_name(spec)}},
             "outputs": {"probabilities": {"dtype": "DT_FLOAT", "tensor_shape": {
                 "dim": [{"size": "-1", "name": ""},
                         {"size": str(len(spec.class_names)), "name": ""}],

@@ -16,7 +16,8 @@ from lab_utils.common import net, process
 from lab_utils.inference.rest_client import RestOptions
 from lab_utils.inference.rest_udf import ModelServerUnavailableError, rest_udf
 from lab_utils.ops import services
-from lab_utils.serving import model_server
+from lab_utils.serving.faults import Faults
+from lab_utils.serving.process import launch
 from lab_utils.training import cnn
 
 N = 120
@@ -63,8 +64,8 @@ def faulty_server(tmp_path_factory):
     """One private server for the fault tests (loading TensorFlow is the slow part of a start):
     a quarter of the requests answered 503, 15% answered only after 5 s, seeded."""
     log = tmp_path_factory.mktemp("model-server") / "model-server.log"
-    faults = model_server.Faults(fail_rate=0.25, delay=5.0, delay_rate=0.15, seed=3)
-    with model_server.launch(faults=faults, log_file=log) as server:
+    faults = Faults(fail_rate=0.25, delay=5.0, delay_rate=0.15, seed=3)
+    with launch(faults=faults, log_file=log) as server:
         yield server
 
 

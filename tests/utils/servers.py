@@ -1,17 +1,59 @@
 """Servers for the serving tests, all on 127.0.0.1 and free ports, all stopped on exit: a real
 uvicorn running an app in a thread of the test process, and two broken servers a client must
 survive: a closed port (the server is down) and a socket that listens but never reads (the
-server accepts the connection and never answers)."""
+server accepts the connection and never answers). And the model server's app under FastAPI's
+TestClient (:func:`client_for`) over fake models (:func:`served_models`), with the request
+helpers the serving tests share."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
+import warnings
 from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
 
 from lab_utils.common import net
 from lab_utils.common.process import wait_until
+from lab_utils.common.saved_model import ModelSpec
+from lab_utils.serving.model_server import create_app
+from tests.utils.fake_models import CLASSES, brightness_loader, write_model
+
+# The serving tests take TestClient from here, imported once under this filter:
+with warnings.catch_warnings():
+    # Starlette 1.x suggests httpx2 for its TestClient; the httpx it still supports is locked.
+    warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient
+
+
+def served_models(tmp_path: Path) -> Path:
+    """``tmp_path/models`` holding the fake model ``tiny`` (4x4 RGB, dark/light), and a model
+    being saved (a hidden staging folder), which is not served."""
+    write_model(tmp_path / "models" / "tiny")
+    write_model(tmp_path / "models" / ".tiny.tmp-1")  # a model being saved: not served
+    return tmp_path / "models"
+
+
+def client_for(models_dir, faults=None, loader=brightness_loader) -> TestClient:
+    """The model server's app over ``models_dir`` under a TestClient, models loaded on first
+    use (preload off)."""
+    app = create_app(models_dir, faults=faults, loader=loader, preload=False)
+    # An exception the app does not handle is answered as a server would (a plain 500), not
+    # raised into the test: the tests check that no body gets that far.
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def image(value, size=(4, 4)) -> list:
+    """One image of ``size`` as the nested lists a predict body carries, every value ``value``."""
+    return np.full((*size, 3), value, dtype=np.int64).tolist()
+
+
+def spec_of(size, channels=3, dtype="uint8") -> ModelSpec:
+    """A model's spec without its files: ``size`` images of ``channels``, ``dtype`` input."""
+    return ModelSpec(Path("m"), CLASSES, size, channels, {"input_dtype": dtype})
 
 
 @contextlib.contextmanager
