@@ -12,10 +12,10 @@ from types import ModuleType
 
 import pytest
 
-from lab_utils.inference import files
+from lab_utils.inference import files, rest_udf
 from lab_utils.training.groups import runs
 
-MODULES: list[ModuleType] = [files, runs]
+MODULES: list[ModuleType] = [files, runs, rest_udf]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
