@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from lab_utils.common import process
@@ -40,16 +39,15 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 90.0) -> ServerProcess:
-        self.proc = process.spawn(self.argv, log=self.log_file, env=self.env)
-        deadline = time.monotonic() + timeout
-        while not server_healthy(self.url, timeout=1.0):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                state = "exited" if self.proc.poll() is not None else f"not healthy in {timeout}s"
-                self.stop()
-                tail = process.log_tail(self.log_file, indent="") if self.log_file else ""
-                raise ModelServerStartError(f"model server {self.url} {state}: "
-                                            f"{' '.join(self.argv)}\n{tail}")
-            time.sleep(0.2)
+        proc = self.proc = process.spawn(self.argv, log=self.log_file, env=self.env)
+        exited = lambda: proc.poll() is not None  # noqa: E731 (a predicate, used twice)
+        if not process.wait_until(lambda: server_healthy(self.url, timeout=1.0), timeout, 0.2,
+                                  abort=exited):
+            state = "exited" if exited() else f"not healthy in {timeout}s"
+            self.stop()
+            tail = process.log_tail(self.log_file, indent="") if self.log_file else ""
+            raise ModelServerStartError(f"model server {self.url} {state}: "
+                                        f"{' '.join(self.argv)}\n{tail}")
         return self
 
     def _live(self) -> subprocess.Popen | None:
