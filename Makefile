@@ -46,7 +46,7 @@ stop: ## Stop the native lab and all it started (kernels, drivers, executors); y
 status: venv ## Show the native lab's services and URLs
 	$(BIN)/lab status
 
-test: venv ## Run every test: unit, cluster, browser, notebooks, packaging (what CI runs)
+test: venv ## Run every test, every layer of docs/testing.md (what CI runs)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: venv ## Unit tests only (no cluster)

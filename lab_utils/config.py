@@ -2,7 +2,7 @@
 
 ``load()`` returns a frozen :class:`LabConfig` built from ``os.environ`` (or a mapping given
 for tests). Importing this module has no side effects: no directories are created, no ``.env``
-file is read and no logging is configured. The native launcher (``lab_utils.ops.lab``) is what
+file is read and no logging is configured. The native launcher (``lab_utils.ops.native``) is what
 loads ``.env`` into the environment before it starts services.
 
 Defaults match the native lab started by ``make lab``; the Docker images set the same
