@@ -137,7 +137,15 @@ def customers_block(spec: ChurnSpec, block: int) -> pd.DataFrame:
 
 
 def expected_defects(spec: ChurnSpec) -> dict[str, int]:
-    """Rows without a usable customer id that the generator adds: per block, one per 500."""
+    """Rows without a usable customer id that the generator adds: per block, one per 500.
+
+    Examples
+    --------
+    Blocks of 500, 500 and 200 customers: 2 + 2 + 1 rows of each kind.
+
+    >>> expected_defects(ChurnSpec(n_customers=1_200, block_size=500))
+    {'missing_customer_id': 5, 'unknown_customer': 5}
+    """
     if not spec.dirty:
         return {"missing_customer_id": 0, "unknown_customer": 0}
     per_block = [1 + (last - first) // 500 for first, last in map(spec.block_range,
@@ -237,6 +245,18 @@ def generate_churn_data(spark: SparkSession, dest, spec: ChurnSpec) -> dict[str,
     """Write ``dest/customers`` and ``dest/events`` (Parquet) for ``spec``, one task per block.
 
     Returns the paths of the two tables.
+
+    Examples
+    --------
+    200 customers over 60 days, in two blocks (two tasks):
+
+    >>> spec = ChurnSpec(n_customers=200, days=60, block_size=100)
+    >>> paths = generate_churn_data(spark, tmp, spec)
+    >>> customers = spark.read.parquet(paths["customers"])
+    >>> customers.count(), spark.read.parquet(paths["events"]).columns
+    (200, ['customer_id', 'ts', 'event_type', 'value'])
+    >>> customers.where("churn_date IS NOT NULL").count() > 0
+    True
     """
     blocks = spark.range(spec.blocks, numPartitions=max(spec.blocks, 1)).withColumnRenamed(
         "id", "block")
@@ -280,6 +300,26 @@ def clean_events(events: DataFrame, customers: DataFrame, start: dt.date, end: d
     of a clean row, or in the rejected output. Events of customers missing from ``customers``
     are rejected as ``unknown customer``. Ordering happens per customer, where it is needed
     (in :func:`customer_windows`): a global sort would shuffle every row for nothing.
+
+    Examples
+    --------
+    Every row the generator broke on purpose is rejected with its reason, as many as it
+    injected (:func:`expected_defects`), and the exact duplicates are gone:
+
+    >>> spec = ChurnSpec(n_customers=200, days=60, block_size=100)
+    >>> paths = generate_churn_data(spark, tmp, spec)
+    >>> events, customers = spark.read.parquet(paths["events"]), spark.read.parquet(
+    ...     paths["customers"])
+    >>> clean, rejected = clean_events(events, customers, spec.start, spec.end)
+    >>> expected_defects(spec)
+    {'missing_customer_id': 2, 'unknown_customer': 2}
+    >>> dict(rejected.groupBy("reject_reason").count().orderBy("reject_reason").collect())
+    {'missing customer_id': 2, 'missing or negative value': 14,
+     'timestamp outside the observation period': 26, 'unknown customer': 2,
+     'unknown event_type': 20}
+    >>> duplicates = customers.agg({"injected_duplicates": "sum"}).first()[0]
+    >>> events.count() == clean.count() + rejected.count() + duplicates
+    True
     """
     from pyspark.sql import functions as F
 

@@ -120,6 +120,23 @@ def customer_windows(
     CustomerRecordError
         An inconsistent customer record (churn before signup); :func:`windows_udf_fn` turns it
         into an error row.
+
+    Examples
+    --------
+    A customer who signs up on day 0 and leaves on day 50 of 60: 14-day windows every 7 days,
+    labelled 1 when the churn falls within the 28 days after the window:
+
+    >>> import datetime as dt
+    >>> spec = WindowSpec(start=dt.date(2025, 1, 1), days=60)
+    >>> customer = pd.DataFrame({
+    ...     "customer_id": "C1", "signup_date": dt.date(2025, 1, 1), "plan": 2,
+    ...     "churn_date": dt.date(2025, 2, 20), "event_type": ["call", "complaint"],
+    ...     "ts": pd.to_datetime(["2025-01-02 10:00", "2025-01-20 09:30"]), "value": [3.5, 0.0]})
+    >>> windows = customer_windows(customer, spec)
+    >>> (windows["window_start"] - windows["window_start"][0]).tolist()
+    [0, 7, 14, 21, 28, 35]
+    >>> windows["label"].tolist(), len(windows["features"][0])  # 14 days x 5 features
+    ([0, 0, 1, 1, 1, 1], 70)
     """
     first = customer.iloc[0]
     cid = first["customer_id"]
@@ -194,6 +211,26 @@ def build_windows(clean: DataFrame, customers: DataFrame, spec: WindowSpec) -> D
     """``groupBy(customer_id).applyInPandas``: every customer's windows (``WINDOWS_DDL``).
 
     ``customers`` drives it (a left join), so customers without any event get their windows too.
+
+    Examples
+    --------
+    ``C1`` leaves on day 50 of 60; ``C2`` stays and has no events, yet gets the windows whose
+    28-day horizon ends within the data:
+
+    >>> import datetime as dt
+    >>> spec = WindowSpec(start=dt.date(2025, 1, 1), days=60)
+    >>> customers = spark.createDataFrame(
+    ...     [("C1", dt.date(2025, 1, 1), 2, dt.date(2025, 2, 20)),
+    ...      ("C2", dt.date(2025, 1, 1), 1, None)],
+    ...     "customer_id string, signup_date date, plan int, churn_date date")
+    >>> events = spark.createDataFrame([("C1", dt.datetime(2025, 1, 2, 10), "call", 3.5)],
+    ...                                "customer_id string, ts timestamp, event_type string, "
+    ...                                "value double")
+    >>> from pyspark.sql import functions as F
+    >>> windows = build_windows(events, customers, spec)
+    >>> windows.groupBy("customer_id").agg(F.count("*").alias("windows"), F.sum("label").alias(
+    ...     "label_1")).orderBy("customer_id").collect()
+    [Row(customer_id='C1', windows=6, label_1=4), Row(customer_id='C2', windows=3, label_1=0)]
     """
     history = customers.select("customer_id", "signup_date", "plan", "churn_date").join(
         clean.select("customer_id", "ts", "event_type", "value"), "customer_id", "left")
@@ -201,7 +238,15 @@ def build_windows(clean: DataFrame, customers: DataFrame, spec: WindowSpec) -> D
 
 
 def tfrecord_schema(spec: WindowSpec):
-    """The TFRecord schema of the windows (``lab_utils.data.tfrecords``)."""
+    """The TFRecord schema of the windows (``lab_utils.data.tfrecords``).
+
+    Examples
+    --------
+    >>> import datetime as dt
+    >>> schema = tfrecord_schema(WindowSpec(start=dt.date(2025, 1, 1), days=60))
+    >>> schema.names, schema["features"].shape
+    (['customer_id', 'window_end', 'features', 'baseline_calls', 'label'], (14, 5))
+    """
     from lab_utils.data.tfrecords import Feature, TFRecordSchema
 
     return TFRecordSchema((
@@ -226,7 +271,18 @@ def is_holdout_customer(customer_id: str, every: int = split.EVERY) -> bool:
 
 
 def holdout_column(every: int = split.EVERY):
-    """Spark column: True for the customers :func:`is_holdout_customer` holds out."""
+    """Spark column: True for the customers :func:`is_holdout_customer` holds out.
+
+    Examples
+    --------
+    Spark holds out the customers Python does, about one in five:
+
+    >>> ids = [f"C{i:09d}" for i in range(100)]
+    >>> df = spark.createDataFrame([(i,) for i in ids], "customer_id string")
+    >>> held = [r.customer_id for r in df.where(holdout_column()).collect()]
+    >>> sorted(held) == [i for i in ids if is_holdout_customer(i)], len(held)
+    (True, 20)
+    """
     return split.held_out_column("customer_id", every)
 
 
@@ -236,6 +292,22 @@ def plot_timeline(events: pd.DataFrame, customer: Any, windows: pd.DataFrame, sp
 
     ``events``: that customer's clean events; ``customer``: its customer row (``customer_id``,
     ``signup_date``, ``churn_date``); ``windows``: its rows of :func:`build_windows`.
+
+    Examples
+    --------
+    The customer of :func:`customer_windows`' example, drawn:
+
+    >>> import datetime as dt
+    >>> import matplotlib.pyplot as plt
+    >>> spec = WindowSpec(start=dt.date(2025, 1, 1), days=60)
+    >>> customer = pd.DataFrame({
+    ...     "customer_id": "C1", "signup_date": dt.date(2025, 1, 1), "plan": 2,
+    ...     "churn_date": dt.date(2025, 2, 20), "event_type": ["call", "complaint"],
+    ...     "ts": pd.to_datetime(["2025-01-02 10:00", "2025-01-20 09:30"]), "value": [3.5, 0.0]})
+    >>> ax = plot_timeline(customer, customer.iloc[0], customer_windows(customer, spec), spec)
+    >>> ax.get_title()
+    'customer C1: 6 windows of 14 days every 7 days'
+    >>> plt.close(ax.figure)
     """
     import matplotlib.pyplot as plt
 
