@@ -148,6 +148,18 @@ def clip_features(content: bytes | None, *, sample_rate: int = SAMPLE_RATE,
     ``channels`` and ``seconds`` (of the source). Raises :class:`AudioError`, also for a file
     longer than ``max_seconds`` or at a sample rate real audio does not use (see
     :mod:`lab_utils.data.wav`): those would allocate gigabytes for a few kilobytes of file.
+
+    Examples
+    --------
+    Half a second of a 440 Hz tone in stereo at 44.1 kHz: one second of 16 kHz features.
+
+    >>> tone = np.sin(2 * np.pi * 440 * np.arange(22_050) / 44_100)
+    >>> out = clip_features(encode_wav(np.stack([tone, tone], axis=1), 44_100))
+    >>> out["frames"], out["features"].shape, out["source_rate"], out["channels"], out["seconds"]
+    (98, (3920,), 44100, 2, 0.5)
+    >>> clip_features(b"ID3 and then some mp3 frames")
+    Traceback (most recent call last):
+    lab_utils.data.wav.AudioError: not a WAV file: it is MP3 data...
     """
     samples, rate = decode_wav(content, max_seconds=max_seconds)
     mono = resample(to_mono(samples), rate, sample_rate)
@@ -173,7 +185,21 @@ def features_frame(contents: Iterable[bytes | None], **options: Any) -> pd.DataF
 
 def log_mel_udf(**options: Any):
     """A pandas UDF ``f(content) -> struct<features, frames, source_rate, channels, seconds,
-    error>`` (``FEATURES_DDL``); ``options`` go to :func:`clip_features`."""
+    error>`` (``FEATURES_DDL``); ``options`` go to :func:`clip_features`.
+
+    Examples
+    --------
+    Six usable clips in unusual formats and six broken files (:func:`write_bad_audio_corpus`):
+    every usable clip gives 98 frames, every broken file its row's error.
+
+    >>> _ = write_bad_audio_corpus(tmp / "clips")
+    >>> clips = read_audio(spark, tmp / "clips")
+    >>> mel = clips.select("path", log_mel_udf()("content").alias("f")).select("path", "f.*")
+    >>> mel.where("error IS NULL").groupBy("frames").count().collect()
+    [Row(frames=98, count=6)]
+    >>> mel.where("path LIKE '%adpcm.wav'").select("error").first()[0]
+    'unsupported WAV encoding (format tag 2)...'
+    """
     from pyspark.sql.functions import pandas_udf
 
     # PySpark's stubs have no overload for the type-hint form (SPARK-39142), which the docs
@@ -195,6 +221,16 @@ def read_audio(spark: SparkSession, folder: Path | str, *, glob: str = "*.wav",
     ``binaryFile`` with ``pathGlobFilter`` and ``recursiveFileLookup``. Spark's file sources skip
     zero-byte files; they are added back so they are reported as errors instead of vanishing.
     Files the glob leaves out are listed by :func:`files_not_matching`.
+
+    Examples
+    --------
+    The twelve ``.wav`` files of :func:`write_bad_audio_corpus`, the empty one included; its
+    ``notes.txt`` is not read:
+
+    >>> _ = write_bad_audio_corpus(tmp / "clips")
+    >>> clips = read_audio(spark, tmp / "clips")
+    >>> clips.columns, clips.count(), clips.where("length(content) = 0").count()
+    (['path', 'label', 'content'], 12, 1)
     """
     from lab_utils.common.files import read_binary_files
 
@@ -202,7 +238,16 @@ def read_audio(spark: SparkSession, folder: Path | str, *, glob: str = "*.wav",
 
 
 def files_not_matching(folder: Path | str, glob: str = "*.wav") -> list[str]:
-    """Visible files under ``folder`` that :func:`read_audio`'s ``glob`` does not read."""
+    """Visible files under ``folder`` that :func:`read_audio`'s ``glob`` does not read.
+
+    Examples
+    --------
+    >>> _ = (tmp / "yes").mkdir()
+    >>> for name in ("a.wav", "b.WAV", "notes.txt", ".hidden"):
+    ...     _ = (tmp / "yes" / name).write_bytes(b"")
+    >>> files_not_matching(tmp)
+    ['.../yes/b.WAV', '.../yes/notes.txt']
+    """
     from fnmatch import fnmatch
 
     return sorted(str(p) for p in Path(folder).rglob("*") if p.is_file()
@@ -262,7 +307,18 @@ def holdout(path: Path | str, every: int = split.EVERY) -> bool:
 
 
 def holdout_column(every: int = split.EVERY):
-    """Spark column: True for the clips :func:`holdout` holds out (``path`` column)."""
+    """Spark column: True for the clips :func:`holdout` holds out (``path`` column).
+
+    Examples
+    --------
+    Spark holds out the clips Python does, a clip's noisy copies with it:
+
+    >>> paths = [f"file:/data/yes/yes_v{v}_s130_p50_n{n}.wav" for v in range(20) for n in (0, 1)]
+    >>> df = spark.createDataFrame([(p,) for p in paths], "path string")
+    >>> held = [r.path for r in df.where(holdout_column()).collect()]
+    >>> sorted(held) == sorted(p for p in paths if holdout(p)), len(held)  # 5 clips, 2 copies
+    (True, 10)
+    """
     from pyspark.sql import functions as F
 
     group = F.regexp_extract(F.col("path"), r"([^/]+?)(_n\d+)?\.[^./]+$", 1)
@@ -284,6 +340,17 @@ def build_speech_dataset(
     ``n0`` is espeak-ng's clip as it comes (22,050 Hz: the pipeline resamples), ``n1``... are
     noisy copies (:func:`augment`). ``len(words) * len(voices) * len(speeds) * len(pitches) *
     (1 + noisy_copies)`` files; existing files of the same names are overwritten.
+
+    Examples
+    --------
+    Two words in one voice, each with one noisy copy:
+
+    >>> summary = build_speech_dataset(tmp, words=("yes", "no"), voices=("en-us",),
+    ...                                speeds=(160,), pitches=(50,))
+    >>> summary.files, summary.per_word
+    (4, {'yes': 2, 'no': 2})
+    >>> sorted(p.name for p in (tmp / "yes").iterdir())
+    ['yes_en-us_s160_p50_n0.wav', 'yes_en-us_s160_p50_n1.wav']
     """
     require_espeak()
     rng = np.random.default_rng(seed)
@@ -315,6 +382,19 @@ def write_bad_audio_corpus(dest: Path, seed: int = 7) -> dict[str, str | None]:
     The outcome is ``None`` when the file must give features (a usable clip in an unusual
     format), ``"skipped"`` for a file the ``*.wav`` glob does not read, and otherwise a fragment
     of the per-row error it must produce.
+
+    Examples
+    --------
+    What :func:`clip_features` makes of each ``.wav`` file is what the corpus says:
+
+    >>> expected = write_bad_audio_corpus(tmp)
+    >>> expected["stereo_44100.wav"], expected["mp3_renamed.wav"], expected["notes.txt"]
+    (None, 'not a WAV file', 'skipped')
+    >>> frame = features_frame((tmp / name).read_bytes() for name in expected)
+    >>> all(error is None if fragment is None else fragment in error
+    ...     for fragment, error in zip(expected.values(), frame["error"])
+    ...     if fragment != "skipped")
+    True
     """
     dest.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -347,7 +427,14 @@ def write_bad_audio_corpus(dest: Path, seed: int = 7) -> dict[str, str | None]:
 
 
 def tfrecord_schema(words: Sequence[str], frames: int, n_mels: int = N_MELS):
-    """The TFRecord schema of the clips (``lab_utils.data.tfrecords``)."""
+    """The TFRecord schema of the clips (``lab_utils.data.tfrecords``).
+
+    Examples
+    --------
+    >>> schema = tfrecord_schema(["yes", "no"], frames=98)
+    >>> schema.names, schema["mel"].shape, schema.metadata["classes"]
+    (['path', 'word', 'label', 'mel', 'source_rate'], (98, 40), ['yes', 'no'])
+    """
     from lab_utils.data.tfrecords import Feature, TFRecordSchema
 
     return TFRecordSchema((
@@ -361,7 +448,19 @@ def tfrecord_schema(words: Sequence[str], frames: int, n_mels: int = N_MELS):
 
 
 def plot_spectrograms(rows: pd.DataFrame, frames: int, n_mels: int = N_MELS, ncols: int = 4):
-    """Spectrograms of clips (``features`` flat, ``label``, ``path``) next to their labels."""
+    """Spectrograms of clips (``features`` flat, ``label``, ``path``) next to their labels.
+
+    Examples
+    --------
+    >>> import matplotlib.pyplot as plt
+    >>> tone = np.sin(2 * np.pi * 440 * np.arange(16_000) / 16_000)
+    >>> rows = pd.DataFrame({"features": [clip_features(encode_wav(tone, 16_000))["features"]],
+    ...                      "label": ["a4"], "path": ["tones/a4.wav"]})
+    >>> fig = plot_spectrograms(rows, frames=98)
+    >>> len(fig.axes), fig.axes[0].get_title()
+    (4, "'a4'  a4")
+    >>> plt.close(fig)
+    """
     import matplotlib.pyplot as plt
 
     n = len(rows)
