@@ -16,7 +16,7 @@ For each model (the lab's CNN on 32x32 image files, ResNet-50 at 224x224) and ea
 * with ``--peers`` also Ray Data (``ray_data``) and Daft (``daft``) in processes of their own, on
   the same files, cores, decode, model and batch size (:mod:`lab_utils.bench.peers`);
 * with ``--rest`` also ``rest`` and ``rest_pixels``: the same rows scored over HTTP by the lab's
-  model server (:mod:`lab_utils.inference.rest_scoring`, a server started for the run on a free
+  model server (:mod:`lab_utils.inference.rest_udf`, a server started for the run on a free
   port, CNN only), the image files sent as ``{"b64": ...}`` and as pixel lists, each reported as
   a ratio to the in-Spark iterator UDF.
 

@@ -3,6 +3,7 @@ tests all need, written once."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
 import socket
@@ -10,18 +11,30 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from lab_utils.errors import LabError
+
+
+class NotHttpError(LabError, ConnectionError):
+    """Something answered at the address, but not with HTTP (another service on the port, or a
+    garbled answer): an OSError, like nothing answering, so every caller's "not there" handling
+    covers it."""
+
 
 def http_json(url: str, timeout: float = 3.0, headers: dict[str, str] | None = None) -> Any:
     """GET ``url`` and decode its JSON.
 
-    Raises OSError when nothing answers within ``timeout`` or the answer is an HTTP error
-    (:class:`urllib.error.HTTPError`, with the ``code`` and a readable body), ValueError when it
-    is not JSON (:class:`json.JSONDecodeError`, the text in ``doc``), and
-    :class:`http.client.HTTPException` (not an OSError) when it is not HTTP at all.
+    Raises OSError when nothing answers within ``timeout``, the answer is an HTTP error
+    (:class:`urllib.error.HTTPError`, with the ``code`` and a readable body) or not HTTP at all
+    (:class:`NotHttpError`; urllib lets http.client's errors, which are not OSErrors, through),
+    and ValueError when it is not JSON (:class:`json.JSONDecodeError`, the text in ``doc``).
     """
     request = urllib.request.Request(url, headers=headers or {})
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (http only)
-        return json.loads(response.read().decode())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            return json.loads(response.read().decode())
+    except http.client.HTTPException as exc:
+        raise NotHttpError(f"{url} did not answer with HTTP ({type(exc).__name__}: "
+                           f"{str(exc)[:200]}): is another service on that port?") from exc
 
 
 def port_free(host: str, port: int) -> bool:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import time
 import urllib.error
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,6 +43,7 @@ from typing import TYPE_CHECKING
 import pandas as pd  # at module level: pandas UDF type hints are resolved from these globals
 
 from lab_utils.common.net import http_json
+from lab_utils.common.process import wait_until
 from lab_utils.common.saved_model import ModelSpec, load_spec
 from lab_utils.errors import LabError
 from lab_utils.inference.rest_client import RestOptions, error_message
@@ -67,9 +67,9 @@ HOW_TO_START = ("start the lab with `make lab` (it runs the model server on "
 PAYLOADS = ("auto", *SENT_PAYLOADS)
 #: The metadata's signature input that takes image files, by TF Serving's naming convention.
 BYTES_SUFFIX = "_bytes"
-#: What a driver-side GET may raise when the server is down, unreachable or garbled (urllib
-#: raises http.client's errors for a malformed answer as they are).
-_NO_ANSWER = (OSError, ValueError, http.client.HTTPException)
+#: What a driver-side GET may raise when the server is down, unreachable or garbled (a
+#: malformed answer is common.net's NotHttpError, an OSError).
+_NO_ANSWER = (OSError, ValueError)
 
 
 class ModelServerUnavailableError(LabError, RuntimeError):
@@ -111,7 +111,9 @@ def _model_states(url: str, model_name: str, timeout: float) -> tuple[dict, list
     except UnicodeDecodeError as exc:  # an answer, not even text
         raise _not_tf_serving(url, status_url, exc.object.decode(errors="replace")) from None
     except _NO_ANSWER as exc:
-        reason = getattr(exc, "reason", None)  # urllib's URLError wraps the socket's error
+        # What went wrong underneath: urllib's URLError wraps the socket's error in ``reason``,
+        # common.net's NotHttpError wraps http.client's (e.g. BadStatusLine) as its cause.
+        reason = getattr(exc, "reason", None) or exc.__cause__
         kind = type(reason if isinstance(reason, BaseException) else exc).__name__
         raise ModelServerUnavailableError(
             f"the model server at {url} does not answer ({kind}): {HOW_TO_START}") from None
@@ -136,17 +138,22 @@ def check_model_server(url: str, model_name: str, *, timeout: float = 5.0,
         Nothing answers at ``url``, the model is unknown there, or it did not become
         ``AVAILABLE`` within ``wait`` seconds; the message names the URL and the fix.
     """
-    deadline = time.monotonic() + wait
-    while True:
-        body, states = _model_states(url, model_name, timeout)
-        if "AVAILABLE" in states:
-            return body
-        if time.monotonic() > deadline or not ({"START", "LOADING"} & set(states)):
-            raise ModelServerUnavailableError(
-                f"model {model_name!r} at {url} is {', '.join(states) or 'not loaded'}, not "
-                f"AVAILABLE: {body}; read the server's log (.lab/logs/model-server.log for "
-                "the lab's)")
-        time.sleep(0.5)
+    answer: tuple[dict, list[str]] = ({}, [])
+
+    def available() -> bool:
+        nonlocal answer
+        answer = _model_states(url, model_name, timeout)
+        return "AVAILABLE" in answer[1]
+
+    def not_on_its_way() -> bool:  # neither available nor starting or loading: waiting is vain
+        return not ({"START", "LOADING"} & set(answer[1]))
+
+    if wait_until(available, wait, 0.5, abort=not_on_its_way):
+        return answer[0]
+    body, states = answer
+    raise ModelServerUnavailableError(
+        f"model {model_name!r} at {url} is {', '.join(states) or 'not loaded'}, not "
+        f"AVAILABLE: {body}; read the server's log (.lab/logs/model-server.log for the lab's)")
 
 
 def declares_image_input(metadata: dict) -> bool:

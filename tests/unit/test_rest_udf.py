@@ -165,3 +165,14 @@ def test_a_garbled_answer_is_no_answer(garbled_server):
                              r"\(BadStatusLine\): start the lab with `make lab`"):
         rest_udf.check_model_server(garbled_server, "tiny", timeout=2)
     assert rest_udf.resolve_payload(garbled_server, "tiny") == "pixels"
+
+
+def test_a_garbled_answer_is_an_oserror_for_every_http_json_caller(garbled_server):
+    # services.healthy and serving.process.server_healthy count OSError as "not answering".
+    from lab_utils.common.net import NotHttpError, http_json
+    from lab_utils.serving.process import server_healthy
+
+    with pytest.raises(NotHttpError, match="did not answer with HTTP") as caught:
+        http_json(garbled_server + "/healthz", timeout=2)
+    assert isinstance(caught.value, OSError)
+    assert server_healthy(garbled_server, timeout=2) is False
