@@ -15,6 +15,8 @@ import pytest
 
 from lab_utils.common import atomic
 from lab_utils.data import images
+from lab_utils.data.tfrecords import reader as tfrecords_reader
+from lab_utils.data.tfrecords import schema as tfrecords_schema
 from lab_utils.inference import scoring
 from lab_utils.training.groups import fit
 
@@ -22,6 +24,8 @@ MODULES: list[ModuleType] = [
     atomic,
     scoring,
     images,
+    tfrecords_schema,
+    tfrecords_reader,
     fit,
 ]
 

@@ -71,6 +71,20 @@ def read_tfrecords(
     Returns
     -------
     tf.data.Dataset
+
+    Examples
+    --------
+    Three records written by :func:`write_tfrecords_local`, read back as ``Model.fit`` takes
+    them, in batches of two:
+
+    >>> import pandas as pd
+    >>> from lab_utils.data.tfrecords import Feature, write_tfrecords_local
+    >>> schema = TFRecordSchema((Feature("x", "float32", (2,)), Feature("label", "int64")))
+    >>> frame = pd.DataFrame({"x": [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]], "label": [0, 1, 1]})
+    >>> _ = write_tfrecords_local(frame, tmp / "train", schema)
+    >>> dataset = read_tfrecords(tmp / "train", label="label", batch_size=2)
+    >>> [(x["x"].numpy().tolist(), y.numpy().tolist()) for x, y in dataset]
+    [([[0.0, 1.0], [2.0, 3.0]], [0, 1]), ([[4.0, 5.0]], [1])]
     """
     import tensorflow as tf
 

@@ -225,7 +225,21 @@ def check_value(feature: Feature, value: Any) -> np.ndarray | list[bytes]:
 
 
 def encode_records(frame: pd.DataFrame, schema: TFRecordSchema) -> Iterator[bytes]:
-    """Serialized ``tf.train.Example`` bytes for every row of ``frame`` (imports TensorFlow)."""
+    """Serialized ``tf.train.Example`` bytes for every row of ``frame`` (imports TensorFlow).
+
+    Examples
+    --------
+    >>> import tensorflow as tf
+    >>> schema = TFRecordSchema((Feature("id", "int64"), Feature("x", "float32", (2,))))
+    >>> frame = pd.DataFrame({"id": [1, 2], "x": [[0.5, 1.0], [2.0, 3.0]]})
+    >>> records = list(encode_records(frame, schema))
+    >>> example = tf.train.Example.FromString(records[1]).features.feature
+    >>> len(records), example["id"].int64_list.value[:], example["x"].float_list.value[:]
+    (2, [2], [2.0, 3.0])
+    >>> list(encode_records(pd.DataFrame({"id": [3], "x": [[1.0]]}), schema))
+    Traceback (most recent call last):
+    lab_utils.data.tfrecords.schema.TFRecordSchemaError: row 0: feature 'x': expected shape (2,)...
+    """
     import tensorflow as tf
 
     missing = [name for name in schema.names if name not in frame.columns]

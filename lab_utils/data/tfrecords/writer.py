@@ -153,6 +153,20 @@ def write_tfrecords(
         actual shape or dtype). ``dest`` is left as it was, and the staging folder removed.
     TFRecordDestinationError
         ``dest`` holds something that is not a previous output (nothing is written or deleted).
+
+    Examples
+    --------
+    Six rows in two files, each sorted by ``id``; ``schema.json`` lists them:
+
+    >>> from lab_utils.data.tfrecords import Feature
+    >>> schema = TFRecordSchema((Feature("id", "int64"), Feature("x", "float32", (2,))))
+    >>> df = spark.createDataFrame([(i, [i / 2, 1.0]) for i in range(6)],
+    ...                            "id long, x array<double>")
+    >>> summary = write_tfrecords(df, tmp / "train", schema, partitions=2, sort_within=["id"])
+    >>> summary["records"], sorted(p.name for p in (tmp / "train").iterdir())
+    (6, ['part-00000.tfrecord', 'part-00001.tfrecord', 'schema.json'])
+    >>> sum(f["records"] for f in summary["files"])
+    6
     """
     frame = df.select(*schema.names)
     if partitions:

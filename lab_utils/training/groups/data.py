@@ -24,6 +24,14 @@ def group_specs(n_groups: int, *, mean_rows: int = 2000, skew: float = 1.0, seed
     are log-normal around ``mean_rows`` (``skew`` is the log-normal sigma: 0 = all equal,
     1 = the biggest group is typically 20-50x the median). ``bad_groups`` adds two groups that
     cannot be trained: ``bad_tiny`` (3 rows) and ``bad_nan`` (NaN targets).
+
+    Examples
+    --------
+    >>> specs = group_specs(4, mean_rows=100, bad_groups=True)
+    >>> specs["group"].tolist()
+    ['seed_a', 'seed_b', 'g00000', 'g00001', 'bad_tiny', 'bad_nan']
+    >>> specs.loc[:1, ["slope", "intercept", "rows"]].to_dict("list")
+    {'slope': [2.5, 3.0], 'intercept': [0.0, 0.0], 'rows': [100, 100]}
     """
     if n_groups < 2:
         raise GroupTrainingError(f"n_groups={n_groups}: at least 2 (the reference groups with "
@@ -70,6 +78,17 @@ def write_group_dataset(spark, path: Path | str, specs: pd.DataFrame, *, seed: i
     Rows are generated where they are written (``mapInPandas`` over the specs), so millions of
     rows never pass through the driver. The specs (the truth) are written next to the data as
     ``<path>.truth.parquet``.
+
+    Examples
+    --------
+    Three groups of 100 rows (``skew=0``: all the same size), in two files:
+
+    >>> specs = group_specs(3, mean_rows=100, skew=0)
+    >>> path = write_group_dataset(spark, tmp / "groups.parquet", specs, files=2)
+    >>> spark.read.parquet(str(path)).groupBy("group").count().orderBy("group").collect()
+    [Row(group='g00000', count=100), Row(group='seed_a', count=100), Row(group='seed_b', count=100)]
+    >>> pd.read_parquet(truth_path(path))["slope"][:2].tolist()
+    [2.5, 3.0]
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

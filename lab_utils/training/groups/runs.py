@@ -70,7 +70,17 @@ def models_root(cfg: lab_config.LabConfig | None = None) -> Path:
 
 def prepare_run_dir(run: str, models_dir: Path | str | None = None, *,
                     overwrite: bool = True) -> Path:
-    """``share_storages/models/<run>/``, emptied of an earlier run's models when overwriting."""
+    """``share_storages/models/<run>/``, emptied of an earlier run's models when overwriting.
+
+    Examples
+    --------
+    >>> run_dir = prepare_run_dir("stores-v1", tmp)
+    >>> run_dir == tmp / "stores-v1", run_dir.is_dir()
+    (True, True)
+    >>> prepare_run_dir("../stores", tmp)
+    Traceback (most recent call last):
+    lab_utils.training.groups.fit.GroupTrainingError: run name '../stores': ...
+    """
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", run):
         raise GroupTrainingError(f"run name {run!r}: use letters, digits, '_', '-', '.' (it "
                                  "becomes a folder name under share_storages/models)")

@@ -46,6 +46,22 @@ def load_model(path: str, loads=None, *, sha256: str):
     The cache key is the file's version (:func:`~lab_utils.common.cache.file_key`) and the
     expected digest, not the path: workers are reused across jobs, and a run retrained under
     the same name must score with the new models.
+
+    Examples
+    --------
+    A model trained in this process (:func:`~lab_utils.training.groups.train_sequential`),
+    loaded by its registry row; once the file changes, it is refused:
+
+    >>> from lab_utils.training.groups import train_sequential
+    >>> rows = pd.DataFrame({"group": "a", "x": np.arange(20.0), "y": 2 * np.arange(20.0)})
+    >>> row = train_sequential(rows, run="doc-load", models_dir=tmp).registry.iloc[0]
+    >>> model = load_model(row["model_path"], sha256=row["sha256"])
+    >>> model.predict([[10.0]]).round(3).tolist()
+    [20.0]
+    >>> _ = Path(row["model_path"]).write_bytes(b"changed")
+    >>> load_model(row["model_path"], sha256=row["sha256"])
+    Traceback (most recent call last):
+    lab_utils.training.groups.fit.ModelIntegrityError: .../a.joblib is not the model file...
     """
 
     def load():
@@ -258,6 +274,23 @@ def score_groups(df, registry: pd.DataFrame | str, *, key: str = "group",
     ``partitions`` defaults to 4 per task slot. Model paths must resolve inside the run's
     folder (``run_dir``, default: the folder the registry came from): a row pointing elsewhere
     stops the call here, on the driver, before the job starts (:func:`model_files`).
+
+    Examples
+    --------
+    Two groups' models (``y = 2x`` and ``y = -x``), trained here by
+    :func:`~lab_utils.training.groups.train_sequential`; a group without a model gets the
+    reason, not a failed job:
+
+    >>> from lab_utils.training.groups import train_sequential
+    >>> x = np.arange(20.0)
+    >>> rows = pd.DataFrame({"group": ["a"] * 20 + ["b"] * 20, "x": np.r_[x, x],
+    ...                      "y": np.r_[2 * x, -x]})
+    >>> run = train_sequential(rows, run="doc-score", models_dir=tmp)
+    >>> new = spark.createDataFrame([("a", 5.0), ("b", 5.0), ("c", 5.0)], "group string, x double")
+    >>> score_groups(new, run.registry).selectExpr(
+    ...     "group", "round(prediction, 3) AS prediction", "error").orderBy("group").collect()
+    [Row(group='a', prediction=10.0, error=None), Row(group='b', prediction=-5.0, error=None),
+     Row(group='c', prediction=None, error="no model for group 'c' in the registry")]
     """
     from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 

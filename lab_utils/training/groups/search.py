@@ -17,6 +17,18 @@ def search_hyperparameters(X: np.ndarray, y: np.ndarray, param_grid: Mapping[str
     joblibspark is a joblib backend: the search code is plain scikit-learn, and the fits go to
     the cluster instead of local processes. ``n_jobs`` defaults to the application's task
     slots. Returns the fitted search (``best_params_``, ``cv_results_``).
+
+    Examples
+    --------
+    Two candidates times two folds: four fits, four Spark tasks.
+
+    >>> from sklearn.linear_model import Ridge
+    >>> X = np.arange(40.0).reshape(-1, 1)
+    >>> y = 3 * X.ravel() + 1
+    >>> search = search_hyperparameters(X, y, {"alpha": [0.1, 1e6]}, estimator=Ridge(), cv=2,
+    ...                                 spark=spark)
+    >>> search.best_params_, len(search.cv_results_["params"])
+    ({'alpha': 0.1}, 2)
     """
     import joblib
     from joblibspark import register_spark
