@@ -66,6 +66,14 @@ def local_path(uri: str) -> str:
     Spark's file sources give Hadoop path strings, which are *not* percent-encoded: a file
     named ``50%25 off.png`` or ``a#b?.png`` is written as is, so the prefix is cut, nothing is
     decoded.
+
+    Examples
+    --------
+    >>> local_path("file:/data/photos/50%25 off.png")
+    '/data/photos/50%25 off.png'
+    >>> local_path("s3a://bucket/photo.png")
+    Traceback (most recent call last):
+    lab_utils.inference.files.NonLocalPathError: s3a://bucket/photo.png: only local or shared...
     """
     for prefix in ("file://", "file:"):
         if uri.startswith(prefix):

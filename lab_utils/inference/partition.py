@@ -43,6 +43,15 @@ def select_device(partition_index: int, gpu_count: int | None = None) -> str:
     Returns a TensorFlow device string: ``/GPU:<n>`` or ``/CPU:0``. For rule 1, ``n`` is the
     GPU's index among those TensorFlow sees: ``/GPU:0`` once :func:`restrict_tensorflow_gpus`
     limited this worker's TensorFlow to the task's GPU, else the physical address.
+
+    Examples
+    --------
+    Outside a task with GPUs scheduled by Spark (here, on the driver), the modulo rule:
+
+    >>> [select_device(index, gpu_count=2) for index in range(3)]
+    ['/GPU:0', '/GPU:1', '/GPU:0']
+    >>> select_device(3, gpu_count=0)
+    '/CPU:0'
     """
     global _WARNED_OTHER_GPU
     addresses = task_gpu_addresses()

@@ -46,6 +46,18 @@ def cached_predict_fn(key: Any, make_predict_fn: MakePredictFn) -> PredictFn:
     Python workers are reused across tasks (``spark.python.worker.reuse``, on by default), so a
     model is loaded once per worker process, not per task or per batch. At most
     :data:`CACHE_SIZE` models stay cached; the least recently used is dropped.
+
+    Examples
+    --------
+    The maker runs once per key in a process; later calls get the same predict function:
+
+    >>> loads = []
+    >>> def make_model():
+    ...     loads.append(1)  # stands for loading a model from disk
+    ...     return lambda pixels: pixels.mean(axis=(1, 2, 3))
+    >>> first = cached_predict_fn(("doc-model", 1), make_model)
+    >>> cached_predict_fn(("doc-model", 1), make_model) is first, len(loads)
+    (True, 1)
     """
     return _CACHE.get(key, make_predict_fn)
 
