@@ -7,7 +7,7 @@ whole lesson: a split must keep together what the model would otherwise memorise
 * images: the source scan (``digit_0005_*.png``), so augmented copies of one scan stay on one
   side (:func:`lab_utils.data.images.holdout`);
 * speech clips: the utterance (``yes_en-us_s130_p50``), so noisy copies stay with it
-  (:func:`lab_utils.data.audio.holdout`);
+  (:func:`lab_utils.data.speech.holdout`);
 * churn windows: the customer, so overlapping windows of one customer never straddle the split
   (:func:`lab_utils.data.churn_windows.is_holdout_customer`);
 * per-group models: every fifth row of a group in arrival order (:func:`every_nth`), since the

@@ -19,18 +19,17 @@ To document another module, add it to ``MODULES``.
 
 from __future__ import annotations
 
-import doctest
-import io
 from types import ModuleType
 
 import pytest
 
-from lab_utils.data import audio, churn, churn_windows
+from lab_utils.data import audio, churn, churn_windows, speech
 from lab_utils.data.tfrecords import writer as tfrecords_writer
 from lab_utils.inference import files, partition, rest_udf, udfs
 from lab_utils.training.groups import data as groups_data
 from lab_utils.training.groups import runs, score, search
 from tests.utils import fake_models
+from tests.utils.doctests import run_examples
 
 MODULES: list[ModuleType] = [
     files,
@@ -41,6 +40,7 @@ MODULES: list[ModuleType] = [
     churn,
     churn_windows,
     audio,
+    speech,
     tfrecords_writer,
     groups_data,
     score,
@@ -74,14 +74,4 @@ def shared_globals(tmp_path_factory) -> dict:
     pytest.param(m, marks=[pytest.mark.filterwarnings(w) for w in KNOWN_WARNINGS.get(m, ())])
     for m in MODULES], ids=lambda m: m.__name__)
 def test_examples_in_the_docs_run(module, local_spark, shared_globals, tmp_path):
-    tests = [t for t in doctest.DocTestFinder().find(module) if t.examples]
-    assert tests, f"{module.__name__} has no Examples to run"
-    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    report = io.StringIO()
-    for test in tests:
-        folder = tmp_path / test.name.removeprefix(f"{module.__name__}.")
-        folder.mkdir()
-        test.globs.update({**shared_globals, "spark": local_spark, "tmp": folder})
-        runner.run(test, out=report.write)
-    results = runner.summarize(verbose=False)
-    assert results.failed == 0, report.getvalue()
+    assert run_examples(module, tmp_path, **shared_globals, spark=local_spark) >= 1

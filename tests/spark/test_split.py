@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lab_utils.common import split
-from lab_utils.data import audio
+from lab_utils.data import speech
 
 
 def test_spark_and_python_hold_out_the_same_keys(local_spark):
@@ -19,7 +19,7 @@ def test_audio_column_keeps_noisy_copies_with_their_clip(local_spark):
     paths = [f"file:/data/{w}/{w}_en-us_s{s}_p{p}{n}.wav" for w in ("yes", "no", "up")
              for s in (130, 160, 190) for p in (35, 50, 70) for n in ("", "_n1", "_n2")]
     df = local_spark.createDataFrame([(p,) for p in paths], "path string")
-    marked = {r["path"]: r["h"] for r in df.select("path", audio.holdout_column().alias("h"))
+    marked = {r["path"]: r["h"] for r in df.select("path", speech.holdout_column().alias("h"))
               .collect()}
-    assert marked == {p: audio.holdout(p) for p in paths}
+    assert marked == {p: speech.holdout(p) for p in paths}
     assert 0 < sum(marked.values()) < len(paths)

@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from lab_utils.data import audio, wav
+from lab_utils.data import audio, speech, wav
 
 
 def tone(freq: float, rate: int, seconds: float = 0.5, amp: float = 0.5) -> np.ndarray:
@@ -17,13 +17,13 @@ def tone(freq: float, rate: int, seconds: float = 0.5, amp: float = 0.5) -> np.n
 
 def test_espeak_ng_is_installed():
     # Notebook 07 needs it; a missing espeak-ng must fail loudly here, not be skipped.
-    assert audio.espeak_path(), f"espeak-ng not found: {audio.ESPEAK_INSTALL_HINT}"
+    assert speech.espeak_path(), f"espeak-ng not found: {speech.ESPEAK_INSTALL_HINT}"
 
 
 def test_missing_espeak_names_the_install_command(monkeypatch):
-    monkeypatch.setattr(audio.shutil, "which", lambda _: None)
-    with pytest.raises(audio.EspeakMissingError, match="apt-get install espeak-ng"):
-        audio.require_espeak()
+    monkeypatch.setattr(speech.shutil, "which", lambda _: None)
+    with pytest.raises(speech.EspeakMissingError, match="apt-get install espeak-ng"):
+        speech.require_espeak()
 
 
 @pytest.mark.parametrize("fmt, tolerance", [("int16", 1e-4), ("int32", 1e-8), ("uint8", 1e-2),
@@ -72,7 +72,7 @@ def test_mel_filterbank():
 
 
 def test_bad_input_corpus_each_file_has_its_outcome(tmp_path):
-    expected = audio.write_bad_audio_corpus(tmp_path)
+    expected = speech.write_bad_audio_corpus(tmp_path)
     wav = sorted(p for p in tmp_path.iterdir() if p.suffix == ".wav")
     frame = audio.features_frame([p.read_bytes() for p in wav])
     assert len(frame) == len(wav) == len(expected) - 1
@@ -97,21 +97,21 @@ def test_truncation_errors_say_how_much_is_missing():
 
 
 def test_holdout_keeps_noisy_copies_with_their_clip():
-    names = [f"{w}_en-us_s{s}_p{p}_n{k}.wav" for w in audio.WORDS for s in (140, 180)
+    names = [f"{w}_en-us_s{s}_p{p}_n{k}.wav" for w in speech.WORDS for s in (140, 180)
              for p in (40, 70) for k in range(3)]
     groups: dict[str, set[bool]] = {}
     for name in names:
-        groups.setdefault(audio.clip_group(name), set()).add(audio.holdout(name))
+        groups.setdefault(speech.clip_group(name), set()).add(speech.holdout(name))
     assert all(len(sides) == 1 for sides in groups.values())
-    assert audio.clip_group("up_en-us+f3_s140_p40_n12.wav") == "up_en-us+f3_s140_p40"
-    assert 0 < sum(audio.holdout(n) for n in names) < len(names)
+    assert speech.clip_group("up_en-us+f3_s140_p40_n12.wav") == "up_en-us+f3_s140_p40"
+    assert 0 < sum(speech.holdout(n) for n in names) < len(names)
 
 
 def test_speech_dataset_is_deterministic(tmp_path):
     kwargs = dict(words=["yes", "no"], voices=["en-us"], speeds=[160], pitches=[50],
                   noisy_copies=1)
-    first = audio.build_speech_dataset(tmp_path / "a", **kwargs)
-    audio.build_speech_dataset(tmp_path / "b", **kwargs)
+    first = speech.build_speech_dataset(tmp_path / "a", **kwargs)
+    speech.build_speech_dataset(tmp_path / "b", **kwargs)
     assert first.files == 4 and first.per_word == {"yes": 2, "no": 2}
 
     def digest(root):
@@ -131,7 +131,7 @@ def test_speech_dataset_is_deterministic(tmp_path):
 
 def test_unknown_voice_fails_with_espeak_hint(tmp_path):
     with pytest.raises(RuntimeError, match="espeak-ng --voices"):
-        audio.synthesize("yes", "xx-nonexistent", 160, 50, tmp_path / "x.wav")
+        speech.synthesize("yes", "xx-nonexistent", 160, 50, tmp_path / "x.wav")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -7,21 +7,21 @@ document another module whose Examples need no Spark, add it to ``MODULES``.
 
 from __future__ import annotations
 
-import doctest
-import io
 from types import ModuleType
 
 import pytest
 
-from lab_utils.common import atomic
+from lab_utils.common import atomic, process
 from lab_utils.data import images
 from lab_utils.data.tfrecords import reader as tfrecords_reader
 from lab_utils.data.tfrecords import schema as tfrecords_schema
 from lab_utils.inference import scoring
 from lab_utils.training.groups import fit
+from tests.utils.doctests import run_examples
 
 MODULES: list[ModuleType] = [
     atomic,
+    process,
     scoring,
     images,
     tfrecords_schema,
@@ -32,14 +32,4 @@ MODULES: list[ModuleType] = [
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
 def test_examples_in_the_docs_run(module, tmp_path):
-    tests = [t for t in doctest.DocTestFinder().find(module) if t.examples]
-    assert tests, f"{module.__name__} has no Examples to run"
-    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    report = io.StringIO()
-    for test in tests:
-        folder = tmp_path / test.name.removeprefix(f"{module.__name__}.")
-        folder.mkdir()
-        test.globs["tmp"] = folder
-        runner.run(test, out=report.write)
-    results = runner.summarize(verbose=False)
-    assert results.failed == 0, report.getvalue()
+    assert run_examples(module, tmp_path) >= 1

@@ -3,7 +3,7 @@
 import numpy as np
 
 from lab_utils.common import split
-from lab_utils.data import audio, churn_windows, images
+from lab_utils.data import churn_windows, images, speech
 
 
 def test_string_keys_are_about_a_fifth_and_stable():
@@ -28,6 +28,6 @@ def test_every_nth_splits_a_stream_as_it_splits_the_whole():
 def test_the_lab_splits_use_it_with_their_own_keys():
     assert churn_windows.is_holdout_customer("C00042") == split.is_held_out("C00042")
     clip = "yes_en-us_s130_p50"
-    assert audio.holdout(f"/data/yes/{clip}_n1.wav") == split.is_held_out(clip)
+    assert speech.holdout(f"/data/yes/{clip}_n1.wav") == split.is_held_out(clip)
     assert images.holdout("digit_0010_003.png") is True  # scan 10
     assert images.holdout("my photo.png") == split.is_held_out("my photo.png")
