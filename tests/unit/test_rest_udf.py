@@ -13,9 +13,7 @@ from PIL import Image
 
 from lab_utils.common import net
 from lab_utils.inference import rest_client, rest_scoring, rest_udf
-from lab_utils.serving import model_server
 from tests.utils import servers
-from tests.utils.fake_models import brightness_loader, write_model
 
 CLASSES = ("dark", "light")
 
@@ -29,9 +27,7 @@ def png(value: int, size=(4, 4)) -> bytes:
 @pytest.fixture
 def live_server(tmp_path):
     """A real uvicorn on loopback serving a fake model, in a thread of this process."""
-    write_model(tmp_path / "models" / "tiny")
-    app = model_server.create_app(tmp_path / "models", loader=brightness_loader)
-    with servers.in_thread(app) as url:
+    with servers.fake_model_server(tmp_path) as url:
         yield url
 
 

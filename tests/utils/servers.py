@@ -76,6 +76,15 @@ def in_thread(app) -> Iterator[str]:
         thread.join(10)
 
 
+
+@contextlib.contextmanager
+def fake_model_server(tmp_path: Path) -> Iterator[str]:
+    """A real uvicorn on loopback serving the fake model ``tiny`` (brightness decides the
+    class), in a thread of this process; yields its base URL."""
+    write_model(tmp_path / "models" / "tiny")
+    with in_thread(create_app(tmp_path / "models", loader=brightness_loader)) as url:
+        yield url
+
 def closed_port_url() -> str:
     """The URL of a port nothing listens on: every connection is refused."""
     return f"http://127.0.0.1:{net.free_port()}"
