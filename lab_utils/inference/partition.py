@@ -25,6 +25,7 @@ from lab_utils.data import images
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
+from lab_utils.inference import checks
 from lab_utils.inference.scoring import DEFAULT_BATCH_SIZE, RESULT_DDL, cached_predict_fn
 
 _LOG = logging.getLogger(__name__)
@@ -185,6 +186,10 @@ def image_partition_predictor(
 ) -> PartitionPredictor:
     """A :class:`PartitionPredictor` for ``binaryFile`` image rows and a saved Keras model.
 
+    An image whose output is not one probability per class (NaN, inf, outside ``[0, 1]``:
+    :func:`~lab_utils.inference.checks.output_problem`) is its row's error, with prediction
+    and confidence null.
+
     Examples
     --------
     ``model_dir`` holds a two-class model (``dark``, ``light``) and ``make_predict_fn`` loads it;
@@ -223,6 +228,8 @@ def image_partition_predictor(
         return images.decode_image(row["content"], size)
 
     def postprocess(row, output, error) -> dict:
+        if error is None:  # NaN, inf or -3 would give a confident-looking class
+            error = checks.output_problem(output, names)
         if error is not None:
             return {"path": row["path"], "prediction": None, "confidence": None, "error": error}
         k = int(np.argmax(output))

@@ -21,6 +21,7 @@ from lab_utils.common.tensorflow import (
 )
 from lab_utils.data import images
 from lab_utils.errors import LabError
+from lab_utils.inference import checks
 
 RESULT_DDL = "prediction string, confidence float, error string"
 RESULT_FIELDS = ("prediction", "confidence", "error")
@@ -93,6 +94,8 @@ def score_images(
     """Decode, batch and predict; one output row per input row, in order.
 
     Pure Python (no Spark): every UDF style calls it, and unit tests call it with fake models.
+    A row whose output is not probabilities (NaN, inf, outside ``[0, 1]``:
+    :func:`~lab_utils.inference.checks.row_problems`) gets an error and no prediction.
 
     Examples
     --------
@@ -130,10 +133,18 @@ def score_images(
             raise InferenceError(
                 f"the model returned shape {probabilities.shape} for {len(rows)} images; "
                 f"expected ({len(rows)}, {len(class_names)}) probabilities for {class_names}")
+        # NaN, inf or -3 would give a confident-looking class: those rows get an error instead.
+        problems = checks.row_problems(probabilities)
+        if problems and fail_fast:
+            first = min(problems)
+            raise InferenceError(f"{paths[rows[first]]}: {checks.row_error(problems[first])}")
         best = probabilities.argmax(axis=1)
-        for row, k, p in zip(rows, best, probabilities[np.arange(len(rows)), best], strict=True):
-            prediction[row] = class_names[int(k)]
-            confidence[row] = float(p)
+        for j, (row, k) in enumerate(zip(rows, best, strict=True)):
+            if j in problems:
+                error[row] = checks.row_error(problems[j])
+            else:
+                prediction[row] = class_names[int(k)]
+                confidence[row] = float(probabilities[j, k])
     return pd.DataFrame({"prediction": pd.Series(prediction, dtype=object),
                          "confidence": pd.Series(confidence, dtype="float32"),
                          "error": pd.Series(error, dtype=object)})

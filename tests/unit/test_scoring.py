@@ -202,3 +202,78 @@ def test_a_file_pillow_fails_on_with_a_plain_value_error_is_that_rows_error():
                                  BrightnessModel(), CLASSES, (8, 8))
     assert out["prediction"][0] == "dark" and out["error"][0] is None
     assert out["prediction"][1] is None and "corrupt or truncated" in out["error"][1]
+
+
+# ------------------------------------------------------------------ outputs not probabilities
+
+NOT_PROBABILITIES = ("not probabilities: each must be a finite number in [0, 1] (± 1e-05); a "
+                     "model that diverged in training gives NaN or inf, one without a softmax "
+                     "output gives values outside [0, 1]")
+
+
+def broken_model(bad: list):
+    """The brightness model, except that it answers ``bad`` for images brighter than 240."""
+    def predict(pixels: np.ndarray) -> np.ndarray:
+        out = BrightnessModel()(pixels).astype(np.float32)  # what a Keras model returns
+        out[pixels.reshape(len(pixels), -1).mean(axis=1) > 240] = bad
+        return out
+
+    return predict
+
+
+BAD_OUTPUTS = [  # (the model's output for the bright images, the value the error names)
+    ([0.2, np.nan], "NaN"),
+    ([np.nan, np.nan], "NaN"),
+    ([np.inf, 0.0], "inf"),
+    ([0.1, -np.inf], "-inf"),
+    ([-3.0, 7.0], "-3"),
+    ([0.5, 1.5], "1.5"),
+]
+
+
+@pytest.mark.parametrize("bad, value", BAD_OUTPUTS)
+def test_an_output_that_is_no_probability_is_that_rows_error(bad, value):
+    out = inference.score_images(["a", "b", "c", "d"], [png(10), png(250), png(200), png(255)],
+                                 broken_model(bad), CLASSES, (8, 8), batch_size=3)
+    assert len(out) == 4
+    assert list(out["prediction"]) == ["dark", None, "light", None]
+    assert out["confidence"][[1, 3]].isna().all() and out["confidence"][[0, 2]].notna().all()
+    error = f"the model's output for this image has {value}: {NOT_PROBABILITIES}"
+    assert list(out["error"]) == [None, error, None, error]
+
+
+def test_float32_rounding_above_one_is_a_probability():
+    out = inference.score_images(["a"], [png(250)], broken_model([0.0, 1.0 + 1e-6]), CLASSES,
+                                 (8, 8))
+    assert out["prediction"][0] == "light" and out["error"][0] is None
+
+
+def test_fail_fast_names_the_file_whose_output_is_no_probability():
+    with pytest.raises(inference.InferenceError, match=r"^b\.png: the model's output for this "
+                                                       r"image has NaN: not probabilities"):
+        inference.score_images(["a.png", "b.png"], [png(10), png(250)],
+                               broken_model([np.nan, 0.5]), CLASSES, (8, 8), fail_fast=True)
+
+
+@pytest.mark.parametrize("bad, value", BAD_OUTPUTS)
+def test_the_partition_predictor_makes_an_output_that_is_no_probability_its_rows_error(bad,
+                                                                                       value):
+    spec = saved_model.ModelSpec(Path("m"), CLASSES, (8, 8), 3, {})
+    predictor = inference.image_partition_predictor(spec, lambda device: broken_model(bad),
+                                                    batch_size=3, gpu_count=0)
+    rows = [{"path": p, "content": c} for p, c in zip("abcd", [png(10), png(250), b"",
+                                                              png(200)], strict=True)]
+    out = list(predictor._predict_partition(0, iter(rows)))
+    assert [(path, prediction) for path, prediction, _, _ in out] == [
+        ("a", "dark"), ("b", None), ("c", None), ("d", "light")]
+    assert out[1][2:] == (None, f"the model's output for this image has {value}: "
+                                f"{NOT_PROBABILITIES}")
+    assert out[2][3].startswith("ImageError: empty file")
+    assert out[0][3] is None and out[3][3] is None
+
+
+def test_the_checks_examples_run(tmp_path):
+    from lab_utils.inference import checks
+    from tests.utils.doctests import run_examples
+
+    assert run_examples(checks, tmp_path) >= 2
