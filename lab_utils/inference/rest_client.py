@@ -2,7 +2,8 @@
 
 :func:`post_with_retries` sends one micro-batch and retries only what can succeed on a retry
 (connection errors, timeouts, 429, 502, 503, 504), with exponential backoff and jitter, honouring
-``Retry-After``, counting every attempt. :class:`TaskGuard` is one task's circuit breaker and
+``Retry-After``, counting every attempt; it reads each answer within a deadline and a size cap
+(:mod:`lab_utils.inference.rest_body`). :class:`TaskGuard` is one task's circuit breaker and
 deadline. Pure Python (``requests`` is imported when a request is sent), so every branch is
 unit-tested with fake sessions and clocks. :mod:`lab_utils.inference.rest_scoring` scores a
 task's rows with it, :mod:`lab_utils.inference.rest_udf` builds the Spark UDF on top, and
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lab_utils.errors import LabError
+from lab_utils.inference.rest_body import ANSWER_BYTES_PER_VALUE, ANSWER_SLACK_BYTES, read_body
 
 if TYPE_CHECKING:
     import requests
@@ -42,7 +44,9 @@ class RestOptions:
     batch_size : int
         Images per request (micro-batch).
     connect_timeout, read_timeout : float
-        Seconds to open a connection, and to wait for an answer once the request is sent.
+        Seconds to open a connection, and for the whole answer to arrive once the request is
+        sent (a deadline on the answer, not on each socket read: a server dripping its answer
+        is cut at it).
     retries : int
         Further attempts after the first one fails with a retryable error (0: no retry).
     backoff, backoff_max : float
@@ -53,8 +57,9 @@ class RestOptions:
         Raise :class:`RestScoringError` instead of marking rows when a request finally fails.
     breaker_failures : int or None
         The circuit breaker: after this many micro-batches **in a row** of one task failed for
-        want of a server (a connection error, a timeout or a 429/5xx answer on their last
-        attempt, after all their retries), the task sends nothing more: each of its remaining
+        want of a server (a connection error, a timeout, an answer cut for its deadline or
+        size, or a 429/5xx answer on their last attempt, after all their retries), the task
+        sends nothing more: each of its remaining
         rows gets ``error`` ``"not sent: circuit breaker open ..."`` with the last failure,
         and ``attempts`` 0. A scored batch resets the count; a refused one (400, 413, 500)
         neither counts nor resets. Default 3: with the default retries a down server costs a
@@ -63,7 +68,8 @@ class RestOptions:
     task_timeout : float or None
         Seconds one task may spend scoring, from its first row. Once passed, its remaining rows
         are marked ``"not sent: this task's task_timeout=...s passed"`` without a request; the
-        request in flight has its connect/read timeouts and backoff cut to the time left.
+        request in flight has its connect timeout, its answer's deadline and its backoff cut to
+        the time left.
         Default ``None`` (no deadline): how long a healthy task takes depends on its partition
         size. Set it to bound a job against a server that may hang: with the defaults, a
         server that accepts connections and never answers costs a task up to
@@ -131,11 +137,6 @@ def error_message(text: str, reason: str = "") -> str:
     return (text or reason or "")[:300]
 
 
-def server_message(response: requests.Response) -> str:
-    """:func:`error_message` of a ``requests`` answer."""
-    return error_message(response.text, response.reason or "")
-
-
 def _retry_after(response: requests.Response) -> float | None:
     value = response.headers.get("Retry-After", "")
     try:
@@ -155,11 +156,16 @@ def post_with_retries(
     jitter: Callable[[], float] = random.random,
     deadline: float | None = None,
     clock: Callable[[], float] = time.monotonic,
+    max_answer_bytes: int | None = None,
 ) -> PostResult:
     """POST ``body`` (JSON) to ``url``; retry transient failures; never raise for HTTP trouble.
 
     ``deadline`` (a ``clock()`` time, the task's ``task_timeout``) ends the retries when it
-    passes, and cuts each attempt's timeouts and each backoff to the time left.
+    passes, and cuts each attempt's timeouts and each backoff to the time left. Each attempt's
+    answer must be complete within its read timeout (``read_timeout``, or the time left) of
+    sending, however slowly it trickles in, and at most ``max_answer_bytes`` long (see
+    :func:`answer_byte_cap`); otherwise it is cut and closed, and counts as unavailable (a
+    slow answer like a timeout, retried; an oversized one is not retried).
 
     Returns
     -------
@@ -181,8 +187,9 @@ def post_with_retries(
                                   f"passed after {attempt - 1} attempts at {url}: {last}",
                                   unavailable=True)
             connect, read = min(connect, left), min(read, left)
+        until = clock() + read
         try:
-            response = session.post(url, data=body, timeout=(connect, read),
+            response = session.post(url, data=body, timeout=(connect, read), stream=True,
                                      headers={"Content-Type": "application/json"})
         except requests.exceptions.ConnectTimeout:
             last = (f"no connection within connect_timeout={options.connect_timeout}s"
@@ -201,19 +208,34 @@ def post_with_retries(
             return PostResult(None, attempt, f"request to {url} failed: {exc}")
         else:
             status = response.status_code
-            if status == 200:
+            answer = read_body(response, until, max_answer_bytes, clock)
+            text = answer.data.decode(response.encoding or "utf-8", errors="replace")
+            if status != 200:
+                message = f"HTTP {status}: {error_message(text, response.reason or '')}"
+                if status not in RETRY_STATUSES:  # a bad request stays bad: do not repeat it
+                    return PostResult(None, attempt, f"{url} refused the request: {message}",
+                                      status=status)
+                last = message
+                wait_at_least = _retry_after(response) or 0.0
+            elif answer.cut == "large":  # a broken server: the same size next time
+                return PostResult(None, attempt, f"{url} answered more than {max_answer_bytes} "
+                                  f"bytes, the cap for this batch (rows x classes x "
+                                  f"{ANSWER_BYTES_PER_VALUE} bytes + "
+                                  f"{ANSWER_SLACK_BYTES // 1024} KiB): cut, not read",
+                                  unavailable=True)
+            elif answer.cut == "slow":  # a server dripping its answer: like a read timeout
+                last = (f"answer not complete within read_timeout={options.read_timeout}s"
+                        if read == options.read_timeout else
+                        f"answer not complete within the {read:.3g}s left of task_timeout="
+                        f"{options.task_timeout}s") + f" ({answer.detail})"
+            elif answer.cut == "broken":
+                last = f"connection failed while reading the answer ({answer.detail})"
+            else:
                 try:
-                    return PostResult(response.json()[answer_key], attempt)
-                except (ValueError, KeyError, TypeError):
+                    return PostResult(json.loads(answer.data)[answer_key], attempt)
+                except (ValueError, KeyError, TypeError, RecursionError):
                     return PostResult(None, attempt, f"{url} answered 200 without a JSON "
-                                                     f'"{answer_key}" field: '
-                                                     f"{response.text[:200]!r}")
-            message = f"HTTP {status}: {server_message(response)}"
-            if status not in RETRY_STATUSES:  # a bad request stays bad: do not repeat it
-                return PostResult(None, attempt, f"{url} refused the request: {message}",
-                                  status=status)
-            last = message
-            wait_at_least = _retry_after(response) or 0.0
+                                                     f'"{answer_key}" field: {text[:200]!r}')
         if attempt <= options.retries:
             delay = min(options.backoff_max, options.backoff * 2 ** (attempt - 1))
             delay *= 0.5 + 0.5 * jitter()

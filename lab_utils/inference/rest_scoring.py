@@ -15,10 +15,13 @@ sent as nested lists of uint8 (what a TF Serving model with a tensor input takes
 (400), the worker decodes that batch to find the bad files, marks their rows and sends the
 others again.
 
-A request that still fails after its retries marks exactly its rows with an ``error`` and the
-task goes on (``fail_fast=True`` raises :class:`RestScoringError` instead, naming the first
-file); once the task's :class:`~lab_utils.inference.rest_client.TaskGuard` (circuit breaker,
-deadline) blocks, the remaining rows get its reason without a request.
+An answer is checked before use (:func:`~lab_utils.inference.checks.answer_matrix`): one that
+is ragged, not numbers, of the wrong shape, or not probabilities (NaN, inf, outside ``[0, 1]``)
+puts one error naming the model and the server on each row of its batch. A request that still
+fails after its retries marks exactly its rows with an ``error`` and the task goes on
+(``fail_fast=True`` raises :class:`RestScoringError` instead, naming the first file); once
+the task's :class:`~lab_utils.inference.rest_client.TaskGuard` (circuit breaker, deadline)
+blocks, the remaining rows get its reason without a request.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ import pandas as pd
 
 from lab_utils.data import images
 from lab_utils.errors import LabError
+from lab_utils.inference import checks
+from lab_utils.inference.rest_body import answer_byte_cap
 from lab_utils.inference.rest_client import PostResult, RestOptions, TaskGuard, post_with_retries
 from lab_utils.inference.scoring import RESULT_DDL, RESULT_FIELDS
 
@@ -215,15 +220,13 @@ def _resend_decodable(
 def _take_answer(out: _Rows, rows: list[int], result: PostResult, class_names: tuple[str, ...],
                  *, where: str, paths: list, fail_fast: bool) -> None:
     """Turn one micro-batch's answer into its rows: the most probable class and its
-    probability, or the request's error (or the answer's wrong shape) on each of them."""
+    probability, or on each of them the request's error, or what is wrong with the answer
+    (:func:`~lab_utils.inference.checks.answer_matrix`: its shape, count, kind or values)."""
     problem = result.error
     probabilities: np.ndarray | None = None
     if problem is None:
-        probabilities = np.asarray(result.outputs, dtype=np.float64)
-        if probabilities.shape != (len(rows), len(class_names)):
-            problem = (f"{where} answered shape {list(probabilities.shape)} for "
-                       f"{len(rows)} images; expected [{len(rows)}, {len(class_names)}] "
-                       f"probabilities for {class_names}: is it serving the same model?")
+        probabilities, wrong = checks.answer_matrix(result.outputs, len(rows), class_names)
+        problem = None if wrong is None else f"{where} {wrong}"
     if problem is not None and fail_fast:
         raise RestScoringError(f"{len(rows)} images from {paths[rows[0]]} on could not be "
                                f"scored: {problem}")
@@ -298,22 +301,27 @@ def score_task(
     session: requests.Session | None = None,
     payload: str = "pixels",
     max_file_bytes: int | None = None,
+    model_name: str | None = None,
 ) -> Iterator[pd.DataFrame]:
     """What one task of :func:`~lab_utils.inference.rest_udf.rest_udf` does with its batches of
     ``(path, content)``: one HTTP session, one :class:`TaskGuard` (breaker and deadline), one
-    frame per batch."""
+    frame per batch. An answer that is wrong in kind is its rows' error naming ``model_name``
+    at ``where``; an answer over :func:`answer_byte_cap` of its batch is cut."""
     import requests
 
     guard = TaskGuard(options, where)
     encode = encode_b64 if payload == "b64" else encode_instances
+    answerer = where if model_name is None else f"model {model_name} at {where}"
     # One session (one kept-alive connection) per task, closed when the task ends.
     with (session or requests.Session()) as http:
         def post(batch: Any) -> PostResult:
             return post_with_retries(http, endpoint, encode(batch), options,
-                                     deadline=guard.deadline)
+                                     deadline=guard.deadline,
+                                     max_answer_bytes=answer_byte_cap(len(batch),
+                                                                      len(class_names)))
 
         for paths, contents in batches:
             yield score_images_rest(paths, contents, post, class_names, image_size,
                                     batch_size=options.batch_size,
-                                    fail_fast=options.fail_fast, where=where, guard=guard,
+                                    fail_fast=options.fail_fast, where=answerer, guard=guard,
                                     payload=payload, max_file_bytes=max_file_bytes)

@@ -11,7 +11,13 @@ the payload from the model's metadata (:func:`resolve_payload`) before any job r
 Robustness, by design:
 
 * one ``requests.Session`` (keep-alive connection) per task, closed when the task ends;
-* connect and read timeouts on every request;
+* connect and read timeouts on every request, and a deadline on each answer as a whole: it must
+  be complete within ``read_timeout`` (or the task's time left) of sending, however slowly it
+  trickles in, and within a size cap derived from the batch
+  (:func:`~lab_utils.inference.rest_body.answer_byte_cap`), or it is cut;
+* every answer checked before use (:mod:`lab_utils.inference.checks`): ragged, non-numeric,
+  mis-shaped, NaN, inf or out-of-[0, 1] predictions put one error naming the model and the
+  server on each row of their batch, never a dead task or a confident wrong class;
 * retries with exponential backoff (and jitter, honouring ``Retry-After``) on what can succeed
   on a retry: connection errors, timeouts, 429, 502, 503 and 504, POST included (a predict call
   has no side effects, so repeating it is safe). A 400, 404, 413 or 500 is the same answer the
@@ -320,7 +326,7 @@ def rest_udf(
     @pandas_udf(REST_RESULT_DDL)  # type: ignore[call-overload]
     def score_rest(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
         yield from score_task(batches, endpoint, options, names, size, where=url,
-                              payload=chosen, max_file_bytes=max_file_bytes)
+                              payload=chosen, max_file_bytes=max_file_bytes, model_name=name)
 
     score_rest.payload = chosen  # what the tasks send, for the caller to see
     return score_rest

@@ -4,28 +4,44 @@ the options' checks and defaults."""
 from __future__ import annotations
 
 import json
+import re
+import time
 
 import numpy as np
 import pytest
 import requests
 
-from lab_utils.inference import rest_client, rest_scoring
+from lab_utils.inference import rest_body, rest_client, rest_scoring
+from tests.utils import servers
 
 URL = "http://127.0.0.1:1/v1/models/tiny:predict"
 
 
+class Raw:
+    """urllib3's side of an answer: ``read1`` gives what has come, ``b""`` at the end."""
+
+    def __init__(self, data: bytes):
+        self.data, self.at = data, 0
+
+    def read1(self, size, decode_content):
+        chunk = self.data[self.at:self.at + size]
+        self.at += len(chunk)
+        return chunk
+
+
 class Answer:
+    """An answer as ``requests`` gives it with ``stream=True``: the body is read from ``raw``
+    (from its start again once closed: a script may give the same answer twice)."""
+
     def __init__(self, status: int, body=None, headers=None):
         self.status_code = status
-        self.text = json.dumps(body)
         self.reason = "reason"
         self.headers = headers or {}
-        self._body = body
+        self.encoding = "utf-8"
+        self.raw = Raw(b"no JSON" if body is None else json.dumps(body).encode())
 
-    def json(self):
-        if self._body is None:
-            raise ValueError("no JSON")
-        return self._body
+    def close(self):
+        self.raw.at = 0
 
 
 class ScriptedSession:
@@ -35,7 +51,8 @@ class ScriptedSession:
         self.script = list(script)
         self.calls = []
 
-    def post(self, url, data, timeout, headers):
+    def post(self, url, data, timeout, headers, stream):
+        assert stream  # the answer is read by the client, within its deadline
         self.calls.append({"url": url, "timeout": timeout, "rows": len(json.loads(data)[
             "instances"])})
         item = self.script.pop(0)
@@ -129,3 +146,28 @@ def test_bad_options_are_refused(kwargs, message):
 def test_breaker_and_deadline_defaults():
     options = rest_client.RestOptions()
     assert options.breaker_failures == 3 and options.task_timeout is None
+
+
+# --------------------------------------------------------------------------- a deadline that holds
+
+
+def test_a_dripping_answer_is_cut_at_the_read_timeout():
+    # 48 bytes at a byte every 0.5 s: 24 s, though no socket read waits more than 0.5 s.
+    answer = json.dumps({"predictions": [[0.5, 0.5]] * 2}).encode().ljust(48)
+    with servers.dripping_server(answer, interval=0.5) as url, requests.Session() as session:
+        began = time.monotonic()
+        result = rest_client.post_with_retries(
+            session, f"{url}/v1/models/tiny:predict",
+            rest_scoring.encode_instances(np.zeros((2, 4, 4, 3), np.uint8)),
+            rest_client.RestOptions(read_timeout=1.5, retries=0))
+        seconds = time.monotonic() - began
+    assert seconds < 1.5 + 1.0  # the deadline, and a margin for a busy machine
+    assert result.outputs is None and result.attempts == 1 and result.unavailable
+    assert re.fullmatch(rf"gave up after 1 attempts at {url}/v1/models/tiny:predict: answer not "
+                        r"complete within read_timeout=1.5s \(\d+ of 48 bytes came\)",
+                        result.error)
+
+
+def test_the_answer_cap_grows_with_the_batch():
+    assert rest_body.answer_byte_cap(2, 2) == 2 * 2 * 64 + 64 * 1024
+    assert rest_body.answer_byte_cap(64, 10) == 64 * 10 * 64 + 64 * 1024

@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
+import re
 import time
 
 import numpy as np
@@ -302,3 +304,120 @@ def test_b64_and_pixels_give_the_same_rows_over_http(live_server):
     # b64: 3 batches of 4, 4, 2 (the empty file is not sent), the first refused and sent again.
     assert posts == {"b64": 4, "pixels": 3}
     assert list(b64_out["attempts"]) == [2, 2, 2, 1] + [1] * 5 + [0, 1]
+
+
+# --------------------------------------------------------------------------- hostile answers
+
+
+def good_predictions(instances: list) -> list:
+    """What the brightness model answers for pixel lists: [1 - light, light] per image."""
+    pixels = np.asarray(instances, dtype=float)
+    light = pixels.reshape(len(pixels), -1).mean(axis=1) / 255
+    return np.stack([1 - light, light], axis=1).tolist()
+
+
+#: Predictions for a batch of n images, by the model name the request went to.
+HOSTILE = {
+    "ragged": lambda n: [[0.2, 0.8]] + [[0.1, 0.2, 0.7]] * (n - 1),
+    "strings": lambda n: [["high", "low"]] * n,
+    "objects": lambda n: [{"probabilities": [0.1, 0.9]}] * n,
+    "nan": lambda n: [[0.5, 0.5]] + [[0.2, math.nan]] * (n - 1),
+    "all_nan": lambda n: [[math.nan, math.nan]] * n,
+    "inf": lambda n: [[math.inf, 0.0]] * n,
+    "out_of_range": lambda n: [[-3, 7]] * n,
+    "count": lambda n: [[0.5, 0.5]] * (n - 1),
+    "flat": lambda n: [0.5, 0.5],
+}
+
+
+def hostile_answer(name: str, n: int, instances: list):
+    """The first and third requests get good predictions, the second a hostile answer."""
+    good = {"predictions": good_predictions(instances)}
+    if n != 1:
+        return json.dumps(good).encode()
+    if name == "page":
+        return b"<html>a web page</html>"
+    if name == "oversized":  # announced in Content-Length
+        return json.dumps({**good, "padding": "x" * 300_000}).encode()
+    if name == "oversized_stream":  # chunked: no length announced, only the bytes tell
+        return iter([json.dumps(good)[:-1].encode() + b', "padding": "'] + [b"x" * 10_000] * 30
+                    + [b'"}'])
+    return json.dumps({"predictions": HOSTILE[name](len(instances))}).encode()
+
+
+@pytest.fixture(scope="module")
+def hostile_server():
+    with servers.scripted_model_server(hostile_answer) as url:
+        yield url
+
+
+SAME = "expected [2, 2] probabilities for ('dark', 'light'): is it serving the same model?"
+NOT_PROBABILITIES = ("not probabilities: each must be a finite number in [0, 1] (± 1e-05); a "
+                     "model that diverged in training gives NaN or inf, one without a softmax "
+                     "output gives values outside [0, 1]; none of the 2 is used")
+
+
+@pytest.mark.parametrize("kind, error", [
+    ("ragged", f"answered 2 predictions of unequal length (2 and 3 values) for 2 images; {SAME}"),
+    ("strings", f'answered a string "high" (row 0), not a number; {SAME}'),
+    ("objects", f'answered an object {{"probabilities": [0.1, 0.9]}} (row 0), not a number; '
+                f"{SAME}"),
+    ("nan", f"answered 2 predictions of 2 values, one of them NaN (row 1): {NOT_PROBABILITIES}"),
+    ("all_nan", "answered 2 predictions of 2 values, one of them NaN (row 0, and 1 more row): "
+                f"{NOT_PROBABILITIES}"),
+    ("inf", "answered 2 predictions of 2 values, one of them inf (row 0, and 1 more row): "
+            f"{NOT_PROBABILITIES}"),
+    ("out_of_range", "answered 2 predictions of 2 values, one of them -3 (row 0, and 1 more "
+                     f"row): {NOT_PROBABILITIES}"),
+    # Already handled before: the same error, now naming the model.
+    ("count", f"answered shape [1, 2] for 2 images; {SAME}"),
+    ("flat", f"answered shape [2] for 2 images; {SAME}"),
+])
+def test_a_bad_answer_is_its_batchs_error_and_the_job_goes_on(hostile_server, kind, error):
+    out = hostile_task(hostile_server, kind)
+    assert out["error"][2] == out["error"][3] == f"model {kind} at {hostile_server} {error}"
+
+
+def hostile_task(url: str, kind: str) -> pd.DataFrame:
+    """Six images in three micro-batches to model ``kind``: the second batch gets the hostile
+    answer, and exactly its rows carry an error; the others are scored."""
+    paths, contents = [f"f{i}" for i in range(6)], [png(v) for v in (10, 250, 20, 240, 30, 230)]
+    options = rest_client.RestOptions(batch_size=2, retries=0)
+    out = pd.concat(rest_scoring.score_task(
+        iter([(pd.Series(paths), pd.Series(contents))]), f"{url}/v1/models/{kind}:predict",
+        options, CLASSES, (4, 4), where=url, model_name=kind), ignore_index=True)
+    assert len(out) == 6  # rows in, rows out
+    assert list(out["prediction"]) == ["dark", "light", None, None, "dark", "light"]
+    assert out["confidence"][2:4].isna().all() and out["confidence"][[0, 1, 4, 5]].notna().all()
+    assert out["error"][[0, 1, 4, 5]].isna().all()
+    assert list(out["attempts"]) == [1] * 6  # not retried: the same answer would come again
+    return out
+
+
+@pytest.mark.parametrize("kind", ["oversized", "oversized_stream"])
+def test_an_oversized_answer_is_cut_and_its_batchs_error(hostile_server, kind):
+    out = hostile_task(hostile_server, kind)
+    assert out["error"][2] == out["error"][3] == (
+        f"{hostile_server}/v1/models/{kind}:predict answered more than 65792 bytes, the cap "
+        "for this batch (rows x classes x 64 bytes + 64 KiB): cut, not read")
+
+
+def test_an_html_page_is_still_its_batchs_error(hostile_server):
+    out = hostile_task(hostile_server, "page")
+    assert out["error"][2] == (f"{hostile_server}/v1/models/page:predict answered 200 without a "
+                               """JSON "predictions" field: '<html>a web page</html>'""")
+
+
+def test_a_dripping_answer_is_cut_at_the_task_timeout():
+    # 48 bytes at a byte every 0.5 s: 24 s, though no socket read waits more than 0.5 s.
+    body = json.dumps({"predictions": [[0.5, 0.5]] * 2}).encode().ljust(48)
+    with servers.dripping_server(body, interval=0.5) as url:
+        options = rest_client.RestOptions(batch_size=2, task_timeout=2.0)  # read_timeout=30
+        out, posts, seconds = run_task(url, options, rows=6)
+    assert seconds < 2.0 + 1.5  # the deadline, and a margin for a busy machine
+    assert posts == 1
+    assert out["error"][0] == out["error"][1]
+    assert re.fullmatch(rf"task_timeout=2.0s passed after 1 attempts at {url}/v1/models/tiny:"
+                        r"predict: answer not complete within the [\d.]+s left of task_timeout="
+                        r"2.0s \(\d+ of 48 bytes came\)", out["error"][0])
+    assert out["error"][2:].str.startswith("not sent: this task's task_timeout=2.0s passed").all()

@@ -3,15 +3,19 @@ uvicorn running an app in a thread of the test process, and two broken servers a
 survive: a closed port (the server is down) and a socket that listens but never reads (the
 server accepts the connection and never answers). And the model server's app under FastAPI's
 TestClient (:func:`client_for`) over fake models (:func:`served_models`), with the request
-helpers the serving tests share."""
+helpers the serving tests share. And two more a client must survive: a TF Serving look-alike
+answering whatever a test scripts (:func:`scripted_model_server`), and a server dripping its
+answer (:func:`dripping_server`)."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import json
 import socket
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +102,78 @@ def never_answers() -> Iterator[str]:
         sock.bind(("127.0.0.1", 0))
         sock.listen(64)
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@contextlib.contextmanager
+def scripted_model_server(
+        answer: Callable[[str, int, list], bytes | Iterator[bytes]]) -> Iterator[str]:
+    """A TF Serving look-alike on loopback: ``POST /v1/models/NAME:predict`` is answered 200 with
+    ``answer(NAME, n, instances)`` (``n`` counts NAME's requests from 0), sent as it is, not
+    re-encoded: ``NaN``, ``Infinity``, ragged rows and strings reach the client as a broken
+    server writes them. Bytes go with a ``Content-Length``, an iterator of bytes chunked
+    (no length announced). Yields its base URL."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    counts: collections.Counter[str] = collections.Counter()
+    lock = threading.Lock()
+
+    async def predict(request: Request) -> Response:
+        name = request.path_params["name"]
+        instances = json.loads(await request.body())["instances"]
+        with lock:
+            n = counts[name]
+            counts[name] += 1
+        body = answer(name, n, instances)
+        if isinstance(body, bytes):
+            return Response(body, media_type="application/json")
+        return StreamingResponse(body, media_type="application/json")
+
+    app = Starlette(routes=[Route("/healthz", lambda request: JSONResponse({"status": "ok"})),
+                            Route("/v1/models/{name}:predict", predict, methods=["POST"])])
+    with in_thread(app) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def dripping_server(body: bytes, interval: float) -> Iterator[str]:
+    """Answers every request 200 at once, ``Content-Length`` announced, then sends ``body`` one
+    byte every ``interval`` seconds: each socket read gets a byte long before any per-read
+    timeout, so only a deadline on the whole answer cuts it. Yields its URL."""
+    stop = threading.Event()
+
+    def drip(conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(body))
+                for byte in body:
+                    if stop.wait(interval):
+                        return
+                    conn.sendall(bytes([byte]))
+            except OSError:  # the client hung up: what a deadline does
+                return
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(0.2)
+
+        def accept() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+        finally:
+            stop.set()
+            thread.join(5)
