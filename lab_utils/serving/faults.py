@@ -83,6 +83,7 @@ class Stats:
     injected_error_rows: int = 0
     delayed: int = 0
     delayed_rows: int = 0
+    busy_refusals: int = 0  # predicts answered 429: more than the admission takes at once
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **counts: int) -> None:

@@ -1,5 +1,6 @@
 """What the model server's routes answer: :class:`Handlers` holds the registry, the fault
-injector and the counters the routes share, and its methods are the route endpoints
+injector, the predicts' admission (:mod:`lab_utils.serving.admission`) and the counters the
+routes share, and its methods are the route endpoints
 (:func:`lab_utils.serving.model_server.create_app` registers them).
 
 FastAPI reads each endpoint's parameter annotations (``name: str``, ``request: Request``) to
@@ -22,9 +23,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from lab_utils.common.saved_model import ModelSpec
+from lab_utils.serving.admission import PredictGate
 from lab_utils.serving.faults import FaultInjector, Stats
 from lab_utils.serving.inputs import ServingError, max_batch, max_body_bytes
-from lab_utils.serving.payloads import parse_predict_body
+from lab_utils.serving.parsing import Parser
 from lab_utils.serving.registry import ModelRegistry, model_metadata, model_status
 
 #: The answer to a path the server does not serve: the routes it does.
@@ -51,10 +53,20 @@ async def read_body(request: Request, limit: int, too_large: str) -> bytes:
     return b"".join(chunks)
 
 
+async def drain_body(request: Request, limit: int) -> None:
+    """Read and drop the request's body (up to ``limit`` bytes), so that a refused request's
+    client, still sending, reads the answer rather than a reset connection."""
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return  # past the limit: the connection is closed with the answer
+
+
 async def serving_error(_request: Request, exc: Exception) -> JSONResponse:
     """A :class:`ServingError` in TF Serving's shape: ``{"error": message}`` and its status."""
     assert isinstance(exc, ServingError)  # registered for ServingError only
-    return JSONResponse({"error": exc.message}, status_code=exc.status)
+    return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -69,14 +81,18 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 class Handlers:
-    """The route endpoints over one registry, one fault sequence and one set of counters.
+    """The route endpoints over one registry, one fault sequence, one predict gate, one parser
+    and one set of counters.
 
-    Parsing and predicting run in worker threads (``run_in_threadpool``), off the event loop,
-    so ``/healthz`` keeps answering while requests are in flight.
+    Parsing (in the parser's child processes, or threads) and predicting (in worker threads)
+    run off the event loop, at most ``gate.concurrency`` at once; ``/healthz`` waits for none
+    of them, so it keeps answering while requests are in flight.
     """
 
-    def __init__(self, registry: ModelRegistry, injector: FaultInjector, stats: Stats):
+    def __init__(self, registry: ModelRegistry, injector: FaultInjector, stats: Stats,
+                 gate: PredictGate, parser: Parser):
         self.registry, self.injector, self.stats = registry, injector, stats
+        self.gate, self.parser = gate, parser
 
     def preload(self) -> None:
         """Start loading every model found, in the background (TF Serving's start-up)."""
@@ -93,7 +109,8 @@ class Handlers:
         return {"status": "ok", "models": self.registry.names()}
 
     async def get_stats(self) -> dict[str, Any]:
-        return {**self.stats.as_dict(), "faults": vars(self.injector.faults)}
+        return {**self.stats.as_dict(), "faults": vars(self.injector.faults),
+                "admission": self.gate.as_dict()}
 
     async def status(self, name: str) -> dict:
         return await run_in_threadpool(model_status, name, self.registry)
@@ -104,34 +121,51 @@ class Handlers:
     async def metadata(self, name: str) -> dict:
         return await run_in_threadpool(model_metadata, name, self.registry)
 
-    async def predict_latest(self, name: str, request: Request) -> dict[str, list]:
+    async def predict_latest(self, name: str, request: Request) -> JSONResponse:
         return await self.predict(name, request)
 
-    async def predict_version(self, name: str, version: str,
-                              request: Request) -> dict[str, list]:
+    async def predict_version(self, name: str, version: str, request: Request) -> JSONResponse:
         return await self.predict(name, request, version)
 
     async def predict(self, name: str, request: Request,
-                      version: str | None = None) -> dict[str, list]:
-        """``POST .../NAME:predict``: read and parse the body, inject the faults drawn for this
-        request, run the model; ``predictions`` for the row form, ``outputs`` for columnar."""
+                      version: str | None = None) -> JSONResponse:
+        """``POST .../NAME:predict``: admitted (or 429), read and parse the body, inject the
+        faults drawn for this request, run the model; ``predictions`` for the row form,
+        ``outputs`` for columnar."""
         entry, spec = await run_in_threadpool(self.registry.usable, name)
         if version is not None and version != str(entry.version):
             raise ServingError(404, f"Servable not found for request: Specific({name}, "
                                     f"{version}). Version {entry.version} is served")
+        if not self.gate.try_admit():
+            self.stats.add(busy_refusals=1)
+            busy = self.gate.busy_error()
+            await drain_body(request, max_body_bytes(spec))
+            raise busy
+        try:
+            return await self._admitted_predict(name, spec, request)
+        finally:
+            self.gate.release()
+
+    async def _admitted_predict(self, name: str, spec: ModelSpec,
+                                request: Request) -> JSONResponse:
         try:
             body = await read_body(request, max_body_bytes(spec), _too_large(name, spec))
-            # Off the event loop: json, the checks and numpy run in a worker thread.
-            pixels, form = await run_in_threadpool(parse_predict_body, body, spec)
+            async with self.gate.turn():
+                # Off the event loop: json, the checks and numpy run in a child process
+                # (or a worker thread): lab_utils.serving.parsing says why.
+                pixels, form = await self.parser.parse(body, spec)
         except ServingError:
             self.stats.add(bad_requests=1)
             raise
+        del body  # the parsed array is all that is kept while the request waits again
         rows = len(pixels)
         self.stats.add(predict_requests=1, rows_received=rows)
-        await self._inject_faults(rows)
-        outputs = await run_in_threadpool(self._run_model, name, pixels)
+        await self._inject_faults(rows)  # an injected delay holds no slot: it is not work
+        key = "predictions" if form == "instances" else "outputs"
+        async with self.gate.turn():
+            answer = await run_in_threadpool(self._run_model, name, pixels, key)
         self.stats.add(rows_answered=rows)
-        return {"predictions": outputs} if form == "instances" else {"outputs": outputs}
+        return answer
 
     async def _inject_faults(self, rows: int) -> None:
         """Sleep and/or fail (503) as the fault sequence draws for this request."""
@@ -144,14 +178,15 @@ class Handlers:
             raise ServingError(503, "injected fault: the server is unavailable "
                                     f"(--fail-rate {self.injector.faults.fail_rate})")
 
-    def _run_model(self, name: str, pixels: np.ndarray) -> list:
-        """The model's probabilities for ``pixels``, one row per image (in a worker thread)."""
+    def _run_model(self, name: str, pixels: np.ndarray, key: str) -> JSONResponse:
+        """The answer ``{key: probabilities}``, one row per image, rendered to JSON here in the
+        worker thread, so the event loop only sends the bytes."""
         _entry, fn = self.registry.predictor(name)
         out = np.asarray(fn(pixels), dtype=np.float32)
         if out.shape[0] != len(pixels):
             raise ServingError(500, f"model {name!r} returned {out.shape[0]} rows for "
                                     f"{len(pixels)} images")
-        return out.tolist()
+        return JSONResponse({key: out.tolist()})
 
 
 def _too_large(name: str, spec: ModelSpec) -> str:

@@ -30,12 +30,18 @@ IMAGE_BYTES_INPUT = "image_bytes"
 
 
 class ServingError(LabError):
-    """An error answered to the client as TF Serving does: ``{"error": message}``."""
+    """An error answered to the client as TF Serving does: ``{"error": message}``, with the
+    HTTP ``status`` and any ``headers`` (``Retry-After`` on a 429)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
+
+    def __reduce__(self) -> tuple[type[ServingError], tuple[int, str, dict[str, str]]]:
+        # Raised in the parser's child processes, so it travels back pickled, whole.
+        return type(self), (self.status, self.message, self.headers)
 
 
 def input_name(spec: ModelSpec) -> str:

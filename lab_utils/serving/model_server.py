@@ -18,11 +18,14 @@ Errors are TF Serving's ``{"error": "..."}`` with 400 (bad payload: what is wron
 expected shape) or 404 (unknown model: the models this server serves); 413 for a body over the
 model's limit (:func:`~lab_utils.serving.inputs.max_body_bytes`, derived from its input shape
 and counted while the body arrives, chunked or not) or more images than
-:func:`~lab_utils.serving.inputs.max_batch`. Parsing and predicting run in worker threads, and
-the limits bound how long one request's JSON parse holds the GIL, so ``/healthz`` keeps
-answering while requests are in flight. Two lab extras, outside
-TF Serving's API: ``GET /healthz`` (the lab's health probe) and ``GET /stats`` (request and
-injected-fault counters, for tests and notebook 08).
+:func:`~lab_utils.serving.inputs.max_batch`. At most ``--concurrency`` predicts are parsed and
+run at once (the cores, by default) with ``--queue`` more waiting; beyond that ``429`` with
+``Retry-After`` (:mod:`lab_utils.serving.admission`). Bodies are parsed in child processes
+(``--parse-in processes``, :mod:`lab_utils.serving.parsing`) and the model runs in worker
+threads, so no request holds the event loop's GIL for long and ``/healthz`` answers within
+milliseconds while the largest requests are in flight. Two lab extras, outside
+TF Serving's API: ``GET /healthz`` (the lab's health probe) and ``GET /stats`` (request,
+refusal and injected-fault counters and the admission's state, for tests and notebook 08).
 
 Fault injection, **off unless asked for** (``--fail-rate``, ``--delay``/``--delay-rate``):
 a seeded random sequence decides, per predict request, whether to answer 503 and whether to
@@ -49,6 +52,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lab_utils.serving.admission import (
+    DEFAULT_QUEUE,
+    AdmissionSettingsError,
+    PredictGate,
+    default_concurrency,
+)
 from lab_utils.serving.faults import FaultInjector, Faults, FaultSettingsError, Stats
 from lab_utils.serving.registry import Loader, ModelRegistry, keras_loader
 
@@ -61,7 +70,9 @@ DEFAULT_PORT = 8501
 
 
 def create_app(models_dir: Path | str, *, faults: Faults | None = None,
-               loader: Loader = keras_loader, preload: bool = True) -> FastAPI:
+               loader: Loader = keras_loader, preload: bool = True,
+               concurrency: int | None = None, queue: int = DEFAULT_QUEUE,
+               parse_processes: bool = False) -> FastAPI:
     """The FastAPI application serving every model under ``models_dir``.
 
     Parameters
@@ -75,18 +86,29 @@ def create_app(models_dir: Path | str, *, faults: Faults | None = None,
     preload : bool
         Load every model found at start-up in the background (status ``LOADING`` meanwhile),
         as TF Serving does, so the first request does not pay for it.
+    concurrency : int, optional
+        Predicts parsed and run at once (default: the cores this process may use).
+    queue : int
+        Predicts admitted beyond those, waiting; more at once are answered 429 with
+        ``Retry-After`` (default 16).
+    parse_processes : bool
+        Parse predict bodies in ``concurrency`` child processes, so no parse holds this
+        process's GIL (:mod:`lab_utils.serving.parsing`; what the server runs), rather than in
+        threads (the default here, for tests: no process to start).
     """
     from fastapi import FastAPI
 
     from lab_utils.serving.handlers import Handlers
+    from lab_utils.serving.parsing import Parser
 
+    gate = PredictGate(concurrency, queue)
     handlers = Handlers(ModelRegistry(models_dir, loader), FaultInjector(faults or Faults()),
-                        Stats())
+                        Stats(), gate, Parser(gate.concurrency if parse_processes else 0))
     app = FastAPI(title="Spark DL Lab model server (TF Serving REST API)",
                   lifespan=_lifespan(handlers, preload),
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.registry, app.state.stats = handlers.registry, handlers.stats
-    app.state.faults = handlers.injector.faults
+    app.state.faults, app.state.gate = handlers.injector.faults, handlers.gate
     _add_error_handlers(app)
     _add_routes(app, handlers)
     return app
@@ -94,12 +116,17 @@ def create_app(models_dir: Path | str, *, faults: Faults | None = None,
 
 def _lifespan(handlers: Handlers,
               preload: bool) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
-    """The app's start-up: preload the models (or not), then serve until shut down."""
+    """The app's start-up: start the parser's processes, preload the models (or not), then
+    serve until shut down."""
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        handlers.parser.start()
         if preload:
             handlers.preload()
-        yield
+        try:
+            yield
+        finally:
+            handlers.parser.close()
 
     return lifespan
 
@@ -133,16 +160,20 @@ def _add_routes(app: FastAPI, handlers: Handlers) -> None:
 
 
 def serve(host: str, port: int, models_dir: Path | str, *, faults: Faults | None = None,
-          log_level: str = "warning") -> None:
+          log_level: str = "warning", concurrency: int | None = None,
+          queue: int = DEFAULT_QUEUE, parse_processes: bool = True) -> None:
     """Run the server in the foreground until SIGTERM/SIGINT."""
     import uvicorn
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     faults = faults or Faults()
-    print(f"model server on http://{host}:{port} serving {models_dir}"
-          + (f" with injected faults {faults}" if faults.enabled else ""), flush=True)
-    uvicorn.run(create_app(models_dir, faults=faults), host=host, port=port,
-                log_level=log_level, access_log=False)
+    app = create_app(models_dir, faults=faults, concurrency=concurrency, queue=queue,
+                     parse_processes=parse_processes)
+    print(f"model server on http://{host}:{port} serving {models_dir}, "
+          f"{app.state.gate.concurrency} predicts at once and {queue} waiting, parsed in "
+          + ("processes" if parse_processes else "threads")
+          + (f", with injected faults {faults}" if faults.enabled else ""), flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
 
 
 def _rate(text: str) -> float:
@@ -170,13 +201,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-rate", type=_rate, default=0.0,
                         help="fault injection: fraction of predict requests delayed (0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault sequence (0)")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="predicts parsed and run at once (default: the cores, here "
+                             f"{default_concurrency()})")
+    parser.add_argument("--queue", type=int, default=DEFAULT_QUEUE,
+                        help="predicts waiting beyond those; more at once get 429 with "
+                             f"Retry-After ({DEFAULT_QUEUE})")
+    parser.add_argument("--parse-in", choices=("processes", "threads"), default="processes",
+                        help="where predict bodies are parsed: child processes, so no parse "
+                             "holds the server's GIL and /healthz answers at once (default), "
+                             "or threads of the server's process")
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
     try:
         faults = Faults(args.fail_rate, args.delay, args.delay_rate, args.seed)
-    except FaultSettingsError as exc:
+        PredictGate(args.concurrency, args.queue)  # checked before anything starts
+    except (FaultSettingsError, AdmissionSettingsError) as exc:
         parser.error(str(exc))
-    serve(args.host, args.port, args.models_dir, faults=faults, log_level=args.log_level)
+    serve(args.host, args.port, args.models_dir, faults=faults, log_level=args.log_level,
+          concurrency=args.concurrency, queue=args.queue,
+          parse_processes=args.parse_in == "processes")
     return 0
 
 

@@ -88,7 +88,9 @@ class ServerProcess:
 
 def launch(models_dir: Path | str | None = None, *, port: int | None = None,
            host: str | None = None, advertise: str | None = None, faults: Faults | None = None,
-           log_file: Path | str | None = None, timeout: float = 90.0) -> ServerProcess:
+           log_file: Path | str | None = None, timeout: float = 90.0,
+           concurrency: int | None = None, queue: int | None = None,
+           parse_in: str | None = None) -> ServerProcess:
     """Start a model server in a child process and wait until it answers.
 
     Parameters
@@ -107,6 +109,11 @@ def launch(models_dir: Path | str | None = None, *, port: int | None = None,
         Faults to inject (default none).
     log_file : Path or str, optional
         Where the server's output goes (default: discarded).
+    concurrency, queue : int, optional
+        Predicts parsed and run at once, and waiting beyond those (the server's
+        ``--concurrency`` and ``--queue``; default: its own, the cores and 16).
+    parse_in : str, optional
+        The server's ``--parse-in``: ``processes`` (its default) or ``threads``.
     """
     from lab_utils import config as lab_config
 
@@ -120,6 +127,12 @@ def launch(models_dir: Path | str | None = None, *, port: int | None = None,
             "--models-dir", str(models_dir), "--fail-rate", str(faults.fail_rate),
             "--delay", str(faults.delay), "--delay-rate", str(faults.delay_rate),
             "--seed", str(faults.seed)]
+    if concurrency is not None:
+        argv += ["--concurrency", str(concurrency)]
+    if queue is not None:
+        argv += ["--queue", str(queue)]
+    if parse_in is not None:
+        argv += ["--parse-in", parse_in]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     return ServerProcess(argv, f"http://{where}:{port}", Path(log_file) if log_file else None,
                          env).start(timeout)

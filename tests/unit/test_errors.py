@@ -34,7 +34,7 @@ BUILTIN_BASE = {
     "NoInputFilesError": ValueError, "NoSparkUiError": RuntimeError,
     "ModelServerStartError": RuntimeError, "NoImagesError": FileNotFoundError,
     "TooFewImagesError": ValueError, "RunFilesMissingError": FileNotFoundError,
-    "NotHttpError": ConnectionError,
+    "NotHttpError": ConnectionError, "AdmissionSettingsError": ValueError,
 }
 
 #: Built-ins a raise may still name: control flow and "not written yet", not a refusal.
