@@ -86,10 +86,20 @@ class ModelRegistry:
                       and (p / MODEL_FILE).is_file()
                       and (p / METADATA_FILE).is_file())
 
+    def relative(self, text: str) -> str:
+        """``text`` with the models folder left out of every path in it: a message a client
+        reads names ``broken/metadata.json``, not where this server keeps its files."""
+        folder = self.models_dir
+        for base in sorted({str(folder), str(folder.absolute()), str(folder.resolve())},
+                           key=len, reverse=True):
+            text = text.replace(base + os.sep, "")
+        return text
+
     def _not_found(self, name: str) -> ServingError:
         served = self.names()
         listing = ", ".join(served) if served else (
-            f"none yet: {HOW_TO_CREATE} (models live in {self.models_dir}/<name>/)")
+            f"none yet: {HOW_TO_CREATE} (models live in the server's "
+            f"{self.models_dir.name}/<name>/ folders)")
         return ServingError(404, f"Servable not found for request: Latest({name}). "
                                  f"This server serves: {listing}")
 
@@ -108,27 +118,26 @@ class ModelRegistry:
             with self._lock:
                 current = self._entries.get(name)
                 if current is None or current.stamp != stamp:
-                    current = self._read(folder, stamp)
+                    current = self._read(name, stamp)
                     self._entries[name] = current
             return current
         except FileNotFoundError:  # swapped out between the listing and here: ask again
             raise self._not_found(name) from None
 
-    @staticmethod
-    def _read(folder: Path, stamp: tuple[int, int]) -> _Entry:
+    def _read(self, name: str, stamp: tuple[int, int]) -> _Entry:
         version = stamp[0] // 1_000_000_000  # model.keras's mtime in whole seconds
         try:
-            spec = load_spec(folder)
+            spec = load_spec(self.models_dir / name)
             input_dtype(spec)  # checked now: a bad one is the model's error state
             return _Entry(spec, version, stamp)
         except FileNotFoundError:
             raise
         except ModelError as exc:  # the message names the file and the fix
-            return _Entry(None, version, stamp, error=str(exc), error_code="INVALID_ARGUMENT")
+            return _Entry(None, version, stamp, error=self.relative(str(exc)),
+                          error_code="INVALID_ARGUMENT")
         except Exception as exc:  # noqa: BLE001 - any other failure is this model's, too
-            return _Entry(None, version, stamp, error=f"{folder} cannot be read "
-                                                      f"({type(exc).__name__}: {exc}): "
-                                                      f"{HOW_TO_CREATE}")
+            return _Entry(None, version, stamp, error=self.relative(
+                f"{name}/ cannot be read ({type(exc).__name__}: {exc}): {HOW_TO_CREATE}"))
 
     def usable(self, name: str) -> tuple[_Entry, ModelSpec]:
         """The entry and its spec, or a 500 saying why the model cannot be served (its files
@@ -150,10 +159,10 @@ class ModelRegistry:
                     predict(np.zeros((1, h, w, spec.channels), input_dtype(spec)))
                     entry.predict = predict
                 except Exception as exc:  # noqa: BLE001 - reported to every caller as a 500
-                    entry.error = f"{type(exc).__name__}: {exc}"
+                    entry.error = self.relative(f"{type(exc).__name__}: {exc}")
         if entry.predict is None:
             raise ServingError(500, f"model {name!r} failed to load: {entry.error}; fix the model "
-                                    f"in {spec.path} ({HOW_TO_CREATE})")
+                                    f"in {name}/ ({HOW_TO_CREATE})")
         return entry, entry.predict
 
     def state(self, name: str) -> tuple[_Entry, str]:

@@ -101,6 +101,25 @@ def test_a_broken_model_is_its_error_state_and_the_others_are_served(models_dir,
         assert fixed.status_code == 200 and fixed.json() == {"predictions": [[0.0, 1.0]]}
 
 
+def test_error_messages_name_files_relative_to_the_models_folder(models_dir):
+    broken = write_model(models_dir / "broken")
+    (broken / "metadata.json").write_text("{not json")
+
+    def failing(spec):
+        raise OSError(f"cannot open {spec.model_file.resolve()}")
+
+    app = create_app(models_dir, loader=failing, preload=False)
+    with TestClient(app) as client:
+        [bad_files] = client.get("/v1/models/broken").json()["model_version_status"]
+        error = bad_files["status"]["error_message"]
+        assert error.startswith("broken/metadata.json is not valid JSON"), error
+        failed = client.post("/v1/models/tiny:predict", json={"instances": [image(0)]}).json()
+        assert failed["error"].startswith("model 'tiny' failed to load: OSError: cannot open "
+                                          "tiny/model.keras; fix the model in tiny/ (")
+        for message in (error, failed["error"]):
+            assert str(models_dir.parent) not in message  # nothing of the server's disk
+
+
 def test_metadata_declares_the_image_input(models_dir):
     with client_for(models_dir) as client:
         meta = client.get("/v1/models/tiny/metadata").json()["metadata"]
