@@ -26,7 +26,8 @@ the data starts the Python workers and loads the model (each worker loads it onc
 style that needs it, and keeps it for the others), and is reported apart from the steady-state
 run; the Spark and TensorFlow settings in force are stored with every result.
 Output: ``share_storages/output/bench/<timestamp>/results.{csv,json}`` and PNG plots, plus a
-table on stdout.
+table on stdout. The default run starts with the ``server`` suite, without Spark: the lab's
+model server under load (:mod:`lab_utils.bench.server_load`).
 """
 
 from __future__ import annotations
@@ -218,9 +219,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="which peers with --peers (default: ray,daft)")
     parser.add_argument("--sweep", action="store_true",
                         help="instead: the CNN's iterator UDF at N=3000, one setting at a time")
-    parser.add_argument("--suites", default="inference,training",
-                        help="inference (UDF styles), training (one model per group; see "
-                        "lab_utils.bench.training_suite), or both")
+    parser.add_argument("--suites", default="server,inference,training",
+                        help="server (the model server under load, no Spark; see "
+                        "lab_utils.bench.server_load), inference (UDF styles), training (one "
+                        "model per group; see lab_utils.bench.training_suite), or several")
     parser.add_argument("--groups", type=int, default=1000,
                         help="groups for the training suite (default 1000)")
     args = parser.parse_args(argv)
@@ -235,9 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     suites = {s.strip() for s in args.suites.split(",") if s.strip()}
-    if suites - {"inference", "training"}:
-        parser.error(f"unknown suite(s) {sorted(suites - {'inference', 'training'})}: use "
-                     "inference and/or training")
+    if suites - {"server", "inference", "training"}:
+        parser.error(f"unknown suite(s) {sorted(suites - {'server', 'inference', 'training'})}: "
+                     "use server, inference and/or training")
     styles = tuple(s for s in args.styles.split(",") if s)
     unknown = set(styles) - set(STYLES) - set(EXTRA_STYLES)
     if unknown:  # before a session starts: a typo should not cost a JVM
@@ -252,6 +254,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown peer engines {sorted(set(peers) - set(PEERS))}: choose "
                          f"from {', '.join(PEERS)}")
         check_peers(peers)
+    if "server" in suites:  # first, and without Spark: nothing else on the cores
+        from lab_utils.bench import server_load
+
+        print(server_load.report(server_load.run(clients=8, seconds=30, probe_every=0.25,
+                                                 concurrency=None, queue=None)))
+        if not suites & {"inference", "training"}:
+            return 0
     spark = get_spark("benchmark: " + " + ".join(sorted(suites)))
     if "inference" in suites:
         which = args.models.split(",")
