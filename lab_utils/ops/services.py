@@ -16,6 +16,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lab_utils import config as lab_config
 from lab_utils.common.atomic import atomic_write_text
@@ -223,10 +224,12 @@ def service_command(service: Service, cfg: lab_config.LabConfig) -> list[str]:
                 "--port", str(cfg.model_server_port), "--models-dir",
                 str(cfg.share_dir / "models")]
     if service.role == "jupyter":
-        # The token comes from JUPYTER_TOKEN in the environment, never from the command line.
+        # The token comes from JUPYTER_TOKEN in the environment, never from the command line;
+        # and it is written to no file others may read (_load_jupyter_server_extension).
         argv = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ip={host}",
                 f"--port={cfg.jupyter_port}", f"--ServerApp.root_dir={cfg.notebooks_dir}",
-                "--ServerApp.port_retries=0"]
+                "--ServerApp.port_retries=0",
+                f"--ServerApp.jpserver_extensions={JUPYTER_EXTENSION}=True"]
         if host in {"0.0.0.0", "::"}:
             argv.append("--ServerApp.allow_remote_access=True")  # container: reached via Docker
         if os.geteuid() == 0:
@@ -234,6 +237,23 @@ def service_command(service: Service, cfg: lab_config.LabConfig) -> list[str]:
             argv.append("--allow-root")
         return argv
     raise LaunchError(f"unknown role {service.role!r}: expected one of {', '.join(ROLES)}")
+
+
+#: This module, loaded by JupyterLab as a server extension (:func:`service_command`).
+JUPYTER_EXTENSION = __name__
+
+
+def _load_jupyter_server_extension(serverapp: Any) -> None:
+    """Jupyter Server calls this at start-up (``--ServerApp.jpserver_extensions``): write no
+    ``jpserver-<pid>-open.html``.
+
+    That file, for a browser the server would open itself (``--no-browser`` opens none), holds
+    the URL with the token, written mode 0644 whatever the umask of the lab's other files; only
+    its 0700 runtime folder keeps other users out. ``no_browser_open_file`` is the server's own
+    switch for it, but not a configurable one, so it is set here. ``use_redirect_file=False``
+    only changes the URL given to that browser: the file is written all the same.
+    """
+    serverapp.no_browser_open_file = True
 
 
 def require_token(cfg: lab_config.LabConfig) -> None:

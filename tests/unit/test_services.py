@@ -118,6 +118,19 @@ def test_service_commands(tmp_path):
     assert f"--ServerApp.root_dir={tmp_path.resolve() / 'notebooks'}" in named["jupyter"]
 
 
+def test_jupyter_writes_no_browser_open_file_with_the_token(tmp_path):
+    from jupyter_server.serverapp import ServerApp
+
+    [jupyter] = [s for s in services.services(make_cfg(tmp_path)) if s.role == "jupyter"]
+    argv = services.service_command(jupyter, make_cfg(tmp_path))
+    assert "--ServerApp.jpserver_extensions=lab_utils.ops.services=True" in argv
+    # The switch the extension sets is the server's own (a rename would fail here, not silently).
+    assert "no_browser_open_file" in ServerApp.class_trait_names()
+    app = ServerApp()
+    services._load_jupyter_server_extension(app)
+    assert app.no_browser_open_file is True
+
+
 def test_service_env_shares_one_interpreter(tmp_path):
     cfg = make_cfg(tmp_path)
     env = services.service_env(cfg, "jupyter")
