@@ -46,3 +46,20 @@ def test_a_previous_output_is_replaced_and_a_failed_write_keeps_it(local_spark, 
     assert _contents(dest) == before  # the previous output, untouched
     assert [p.name for p in (tmp_path / "tf").iterdir()] == ["train"]  # no staging left
     assert tfrecords.load_schema(dest)[1]["records"] == 4
+
+
+@pytest.mark.filterwarnings("ignore:toPandas attempted Arrow optimization")  # the failed job
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_float_fails_the_write_naming_it_and_keeps_the_previous_output(
+        local_spark, tmp_path, bad):
+    dest = tmp_path / "train"
+    tfrecords.write_tfrecords(_frame(local_spark, 4), dest, SCHEMA, partitions=2)
+    before = _contents(dest)
+    rows = [(i, [float(i), bad if i == 3 else 0.5]) for i in range(6)]
+    with pytest.raises(Exception, match="feature 'x'.* non-finite") as info:
+        tfrecords.write_tfrecords(local_spark.createDataFrame(rows, "id long, x array<double>"),
+                                  dest, SCHEMA, partitions=2)
+    assert "TFRecordSchemaError" in str(info.value) or isinstance(info.value, TFRecordSchemaError)
+    assert str(bad) in str(info.value) and "allow_non_finite=True" in str(info.value)
+    assert _contents(dest) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["train"]

@@ -191,3 +191,72 @@ def test_the_classifiers_name_a_variable_length_input_they_cannot_take():
     assert _fixed_shape(schema, "mel", "ds") == (4, 8)
     with pytest.raises(TFRecordSchemaError, match="'v' in ds is variable-length"):
         _fixed_shape(schema, "v", "ds")
+
+
+# --------------------------------------------------------------------------- non-finite floats
+
+WINDOW = TFRecordSchema((
+    Feature("customer_id", "string"),
+    Feature("features", "float32", (2, 2)),
+    Feature("baseline_calls", "float32"),
+))
+
+
+@pytest.mark.parametrize("value, shown", [
+    (np.array([[1.0, np.nan], [0.0, 2.0]]), "nan"),
+    (np.array([[1.0, 2.0], [np.inf, 2.0]]), "inf"),
+    (np.array([[-np.inf, 2.0], [0.0, 2.0]]), "-inf"),
+    (np.array([[1.0, 2.0], [0.0, 1e39]]), "1e+39"),  # finite in float64, inf in float32
+])
+def test_a_non_finite_float_is_refused_naming_feature_value_and_fix(value, shown):
+    with pytest.raises(TFRecordSchemaError, match="non-finite") as info:
+        tfrecords.check_value(WINDOW["features"], value)
+    message = str(info.value)
+    assert "'features'" in message and shown in message
+    assert "allow_non_finite=True" in message  # the fix, or the opt-in
+
+
+def test_nan_features_and_an_inf_baseline_fail_the_write_and_keep_the_previous_output(
+        tmp_path):
+    good = pd.DataFrame({"customer_id": ["C1", "C2", "C3"],
+                         "features": [np.ones(4)] * 3, "baseline_calls": [0.5, 1.0, 2.0]})
+    tfrecords.write_tfrecords_local(good, tmp_path / "ds", WINDOW)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ds").iterdir()}
+    nan_features = good.assign(features=[np.ones(4), np.array([1.0, np.nan, 1.0, 1.0]),
+                                         np.ones(4)])
+    with pytest.raises(TFRecordSchemaError, match=r"row 1: feature 'features'.* nan"):
+        tfrecords.write_tfrecords_local(nan_features, tmp_path / "ds", WINDOW)
+    inf_baseline = good.assign(baseline_calls=[0.5, 1.0, np.inf])
+    with pytest.raises(TFRecordSchemaError, match=r"row 2: feature 'baseline_calls'.* inf"):
+        tfrecords.write_tfrecords_local(inf_baseline, tmp_path / "ds", WINDOW)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ds").iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+
+
+def test_a_schema_may_allow_non_finite_floats_explicitly(tmp_path):
+    schema = TFRecordSchema((Feature("x", "float32", (3,), allow_non_finite=True),
+                             Feature("y", "float32")))
+    data = pd.DataFrame({"x": [np.array([np.nan, np.inf, -np.inf]), np.zeros(3)],
+                         "y": [1.0, 2.0]})
+    tfrecords.write_tfrecords_local(data, tmp_path / "ds", schema)
+    loaded, raw = tfrecords.load_schema(tmp_path / "ds")
+    assert loaded == schema and loaded["x"].allow_non_finite and not loaded["y"].allow_non_finite
+    assert [f.get("allow_non_finite") for f in raw["features"]] == [True, False]
+    x = [row["x"] for row in tfrecords.read_tfrecords(tmp_path / "ds").as_numpy_iterator()]
+    assert np.isnan(x[0][0]) and x[0][1:].tolist() == [np.inf, -np.inf]
+    with pytest.raises(TFRecordSchemaError, match="'y'.*non-finite"):  # only where it is allowed
+        tfrecords.write_tfrecords_local(data.assign(y=[1.0, np.nan]), tmp_path / "ds", schema)
+    with pytest.raises(TFRecordSchemaError, match="float32"):
+        Feature("n", "int64", allow_non_finite=True)
+
+
+def test_an_old_schema_json_without_the_flag_loads_as_not_allowed(tmp_path):
+    tfrecords.write_tfrecords_local(frame(2), tmp_path / "ds", SCHEMA)
+    path = tmp_path / "ds" / tfrecords.SCHEMA_FILE
+    data = json.loads(path.read_text())
+    for feature in data["features"]:  # as written before the flag existed
+        feature.pop("allow_non_finite", None)
+    path.write_text(json.dumps(data))
+    loaded, _ = tfrecords.load_schema(tmp_path / "ds")
+    assert loaded == SCHEMA and not loaded["sequence"].allow_non_finite
+    assert len(list(tfrecords.read_tfrecords(tmp_path / "ds").as_numpy_iterator())) == 2

@@ -30,7 +30,8 @@ _SUFFIX = {None: ".tfrecord", "GZIP": ".tfrecord.gz", "ZLIB": ".tfrecord.zz"}
 
 
 class TFRecordSchemaError(LabError, ValueError):
-    """A value does not match its feature's declared dtype or shape; the message names both."""
+    """A value does not match its feature's declared dtype or shape, or is a non-finite float
+    the feature does not allow; the message names the feature, the value and the fix."""
 
 
 class TFRecordDestinationError(LabError, FileExistsError):
@@ -71,17 +72,26 @@ class Feature:
         variable-length 1-D list.
     description : str
         What it means, for the humans reading ``schema.json``.
+    allow_non_finite : bool
+        ``float32`` only: let NaN and +-inf through. Off by default, because a non-finite
+        input poisons training without an error (one NaN makes the loss NaN): opt in only
+        where such a value means something to the reader (a masked step, say). A
+        ``schema.json`` written before the flag existed loads as not allowed.
     """
 
     name: str
     dtype: str
     shape: tuple[int, ...] | None = ()
     description: str = ""
+    allow_non_finite: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise TFRecordSchemaError(f"feature {self.name!r}: dtype {self.dtype!r} is not one "
                                       f"of {', '.join(DTYPES)}")
+        if self.allow_non_finite and self.dtype != "float32":
+            raise TFRecordSchemaError(f"feature {self.name!r}: allow_non_finite is for float32 "
+                                      f"features; a {self.dtype} value cannot be NaN or inf")
         if self.shape is not None:
             shape = tuple(int(d) for d in self.shape)
             if any(d < 1 for d in shape):
@@ -129,7 +139,11 @@ class TFRecordSchema:
             "compression": self.compression,
             "features": [{"name": f.name, "dtype": f.dtype,
                           "shape": None if f.shape is None else list(f.shape),
-                          "description": f.description} for f in self.features],
+                          "description": f.description,
+                          # float32 only: says to the reader whether NaN/inf may be inside.
+                          **({"allow_non_finite": f.allow_non_finite}
+                             if f.dtype == "float32" else {})}
+                         for f in self.features],
             "metadata": dict(self.metadata),
         }
 
@@ -137,7 +151,8 @@ class TFRecordSchema:
     def from_dict(cls, data: Mapping[str, Any]) -> TFRecordSchema:
         features = tuple(Feature(f["name"], f["dtype"],
                                  None if f.get("shape") is None else tuple(f["shape"]),
-                                 f.get("description", ""))
+                                 f.get("description", ""),
+                                 bool(f.get("allow_non_finite", False)))  # absent in old files
                          for f in data["features"])
         return cls(features, data.get("compression"), dict(data.get("metadata", {})))
 
@@ -221,11 +236,49 @@ def check_value(feature: Feature, value: Any) -> np.ndarray | list[bytes]:
         return array.astype(np.int64).ravel()
     if array.dtype.kind not in "iubf":
         raise TFRecordSchemaError(f"feature {feature.name!r}: expected numbers, got {array.dtype}")
-    return array.astype(np.float32).ravel()
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range is refused just below
+        stored = array.astype(np.float32).ravel()
+    if not feature.allow_non_finite:
+        _check_finite(feature, array.ravel(), stored)
+    return stored
 
 
-def encode_records(frame: pd.DataFrame, schema: TFRecordSchema) -> Iterator[bytes]:
+def _check_finite(feature: Feature, given: np.ndarray, stored: np.ndarray) -> None:
+    """Refuse NaN and +-inf in ``stored`` (float32), naming the first one as it was given."""
+    bad = np.flatnonzero(~np.isfinite(stored))
+    if not len(bad):
+        return
+    first = int(bad[0])
+    where = "" if feature.shape == () else f" at flat index {first}"
+    value = float(given[first])
+    what = (f"{value!r} overflows float32 to {float(stored[first])!r}"
+            if math.isfinite(value) else repr(value))
+    more = f" ({len(bad)} non-finite values in all)" if len(bad) > 1 else ""
+    raise TFRecordSchemaError(
+        f"feature {feature.name!r}: non-finite value {what}{where}{more}; drop or repair the "
+        "row before writing (a NaN or inf trains a model on garbage without an error), or "
+        "declare the feature with allow_non_finite=True if such values are meant to be there")
+
+
+def _row_key(schema: TFRecordSchema, columns: list[np.ndarray], row: int) -> str:
+    """The row's scalar int64 and string features (at most three), to find it by in a message."""
+    shown: list[str] = []
+    for feature, column in zip(schema.features, columns, strict=True):
+        if feature.shape == () and feature.dtype in {"int64", "string"} and len(shown) < 3:
+            value = column[row]
+            value = value.item() if isinstance(value, np.generic) else value
+            shown.append(f"{feature.name}={value!r:.40}")
+    return f" (the row's {', '.join(shown)})" if shown else ""
+
+
+def encode_records(frame: pd.DataFrame, schema: TFRecordSchema, *, first_row: int = 0,
+                   ) -> Iterator[bytes]:
     """Serialized ``tf.train.Example`` bytes for every row of ``frame`` (imports TensorFlow).
+
+    A row that does not fit the schema raises :class:`TFRecordSchemaError` naming the row
+    (counted from ``first_row``: :func:`write_tfrecords` passes the row's place in its file,
+    :func:`write_tfrecords_local` its place in the frame) with its scalar int64 and string
+    features, the feature and the value.
 
     Examples
     --------
@@ -239,6 +292,12 @@ def encode_records(frame: pd.DataFrame, schema: TFRecordSchema) -> Iterator[byte
     >>> list(encode_records(pd.DataFrame({"id": [3], "x": [[1.0]]}), schema))
     Traceback (most recent call last):
     lab_utils.data.tfrecords.schema.TFRecordSchemaError: row 0: feature 'x': expected shape (2,)...
+
+    A NaN or an inf float is refused unless the feature allows it (``allow_non_finite=True``):
+
+    >>> list(encode_records(pd.DataFrame({"id": [4], "x": [[1.0, float("nan")]]}), schema))
+    Traceback (most recent call last):
+    lab_utils.data.tfrecords.schema.TFRecordSchemaError: row 0: feature 'x': non-finite value nan...
     """
     import tensorflow as tf
 
@@ -253,7 +312,8 @@ def encode_records(frame: pd.DataFrame, schema: TFRecordSchema) -> Iterator[byte
             try:
                 values = check_value(feature, column[row])
             except TFRecordSchemaError as exc:
-                raise TFRecordSchemaError(f"row {row}: {exc}") from None
+                raise TFRecordSchemaError(f"row {first_row + row}: {exc}"
+                                          f"{_row_key(schema, columns, row)}") from None
             if feature.dtype == "int64":
                 features[feature.name] = tf.train.Feature(
                     int64_list=tf.train.Int64List(value=values))

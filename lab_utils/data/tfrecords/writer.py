@@ -33,6 +33,7 @@ from lab_utils.data.tfrecords.schema import (
     TFRecordDestinationError,
     TFRecordLocationError,
     TFRecordSchema,
+    TFRecordSchemaError,
     TFRecordWriteError,
     encode_records,
     write_file,
@@ -102,9 +103,17 @@ def _partition_writer(dest: str, schema: TFRecordSchema):
         partition = partition_id(default=0)
         name = f"{PART_PREFIX}{partition:05d}{_SUFFIX[schema.compression]}"
         path = Path(dest) / name
-        count = write_file(path, (record for frame in frames
-                                  for record in encode_records(frame, schema)),
-                           schema.compression)
+
+        def records() -> Iterator[bytes]:
+            first = 0  # row numbers in errors count through the file, not one Arrow batch
+            for frame in frames:
+                try:
+                    yield from encode_records(frame, schema, first_row=first)
+                except TFRecordSchemaError as exc:  # the task fails: the job, then the write
+                    raise TFRecordSchemaError(f"{name}: {exc}") from None
+                first += len(frame)
+
+        count = write_file(path, records(), schema.compression)
         yield pd.DataFrame({"partition": [partition], "file": [name], "records": [count],
                             "bytes": [path.stat().st_size]})
 
@@ -149,8 +158,13 @@ def write_tfrecords(
     Raises
     ------
     TFRecordSchemaError
-        A row does not match the schema (the message names the feature, the expected and the
-        actual shape or dtype). ``dest`` is left as it was, and the staging folder removed.
+        A row does not match the schema: the message names the file, the row (its place in
+        the file and its scalar int64 and string features), the feature and what is wrong (the
+        expected and actual shape or dtype, or a NaN or inf in a feature that does not allow
+        them). The task fails, so the job does (Spark wraps the error in its own exception,
+        whose message holds this one); ``dest`` is left as it was, the staging folder removed.
+        There is no per-row error channel here: a TFRecord file is training data, and a
+        silently skipped row would be a data set other than the one asked for.
     TFRecordDestinationError
         ``dest`` holds something that is not a previous output (nothing is written or deleted).
 
@@ -211,7 +225,8 @@ def write_tfrecords_local(
         rows = []
         for index, chunk in enumerate(np.array_split(np.arange(len(frame)), max(files, 1))):
             name = f"{PART_PREFIX}{index:05d}{_SUFFIX[schema.compression]}"
-            count = write_file(folder / name, encode_records(frame.iloc[chunk], schema),
+            count = write_file(folder / name, encode_records(
+                frame.iloc[chunk], schema, first_row=int(chunk[0]) if len(chunk) else 0),
                                schema.compression)
             rows.append((index, name, count, (folder / name).stat().st_size))
         summary = _finish(folder, schema, pd.DataFrame(
