@@ -15,18 +15,22 @@ events into training examples.
    How many of each were injected is recorded (``customers.injected_*`` and
    :func:`expected_defects`) so a test can check that cleaning finds exactly those.
 2. :func:`clean_events` (Spark SQL): every invalid row is kept in a rejected table with its
-   reason, exact duplicates are dropped and counted.
+   reason (non-finite and implausibly large values included: above ``MAX_EVENT_VALUE``), exact
+   duplicates are dropped and counted.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd  # at module level: mapInPandas functions are resolved with it
+
+from lab_utils.errors import LabError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -37,6 +41,17 @@ EVENTS_DDL = "customer_id string, ts timestamp, event_type string, value double"
 CUSTOMERS_DDL = ("customer_id string, signup_date date, plan int, churn_date date, "
                  "injected_duplicates int, injected_invalid int")
 EPOCH = dt.date(1970, 1, 1)
+#: The largest event value :func:`clean_events` keeps by default. The generator's values stay
+#: below about 100 (call minutes ~ exponential with a mean of 3-5, top-ups up to 60, plans 1-3),
+#: and a real feed's minutes or currency amounts stay far below it too: a value above it is an
+#: ingestion error (a unit slip, a sentinel such as 1e308), not behaviour. The margin is wide
+#: (seven orders of magnitude) and still leaves a day's sum of thousands of values far inside
+#: float32 (3.4e38), the dtype of the window features.
+MAX_EVENT_VALUE = 1e9
+
+
+class EventBoundError(LabError, ValueError):
+    """``clean_events``' ``max_value`` is not a positive finite number."""
 
 
 @dataclass(frozen=True)
@@ -286,20 +301,32 @@ CASE
   WHEN event_type IS NULL OR event_type NOT IN ({types}) THEN 'unknown event_type'
   WHEN ts IS NULL OR ts < TIMESTAMP '{start}' OR ts >= TIMESTAMP '{end}'
     THEN 'timestamp outside the observation period'
-  WHEN value IS NULL OR isnan(value) OR value < 0 THEN 'missing or negative value'
+  WHEN isnan(value) OR abs(value) = CAST('Infinity' AS DOUBLE) THEN 'non-finite value'
+  WHEN value IS NULL OR value < 0 THEN 'missing or negative value'
+  WHEN value > CAST('{max_value}' AS DOUBLE) THEN 'value above {max_name} ({max_shown})'
   WHEN event_type = 'plan_change' AND value NOT IN ({plans}) THEN 'unknown plan'
 END
 """
 
 
-def clean_events(events: DataFrame, customers: DataFrame, start: dt.date, end: dt.date,
-                 ) -> tuple[DataFrame, DataFrame]:
+def _shown(value: float) -> str:
+    """``1e9`` for 1e9, ``1440`` for 1440.0: a bound as a person writes it."""
+    return f"{value:g}".replace("e+0", "e").replace("e+", "e")
+
+
+def clean_events(events: DataFrame, customers: DataFrame, start: dt.date, end: dt.date, *,
+                 max_value: float = MAX_EVENT_VALUE) -> tuple[DataFrame, DataFrame]:
     """Valid, de-duplicated events and the rejected rows with their ``reject_reason``.
 
     Nothing is lost: every input row is either in the clean output, a counted exact duplicate
     of a clean row, or in the rejected output. Events of customers missing from ``customers``
     are rejected as ``unknown customer``. Ordering happens per customer, where it is needed
     (in :func:`customer_windows`): a global sort would shuffle every row for nothing.
+
+    The value checks keep the window features finite: NaN and +-inf are ``non-finite value``;
+    NULL and negative values ``missing or negative value``; values above ``max_value`` (kept
+    when equal) ``value above MAX_EVENT_VALUE (1e9)``, or ``value above max_value (...)`` for
+    another bound. ``max_value`` must be a positive finite number.
 
     Examples
     --------
@@ -320,12 +347,29 @@ def clean_events(events: DataFrame, customers: DataFrame, start: dt.date, end: d
     >>> duplicates = customers.agg({"injected_duplicates": "sum"}).first()[0]
     >>> events.count() == clean.count() + rejected.count() + duplicates
     True
+
+    Values that would poison the features are rejected too, each with its reason:
+
+    >>> hostile = spark.createDataFrame(
+    ...     [("C000000000", dt.datetime(2025, 1, 2), "call", v) for v in
+    ...      (float("inf"), float("nan"), 1e308, -1.0, 1e9, 3.5)], EVENTS_DDL)
+    >>> clean, rejected = clean_events(hostile, customers, spec.start, spec.end)
+    >>> [(r.value, r.reject_reason) for r in rejected.orderBy("value").collect()]
+    [(-1.0, 'missing or negative value'), (1e+308, 'value above MAX_EVENT_VALUE (1e9)'),
+     (inf, 'non-finite value'), (nan, 'non-finite value')]
+    >>> sorted(r.value for r in clean.collect())
+    [3.5, 1000000000.0]
     """
     from pyspark.sql import functions as F
 
+    if not (math.isfinite(max_value) and max_value > 0):
+        raise EventBoundError(f"max_value={max_value!r}: pass a positive finite bound "
+                              f"(default MAX_EVENT_VALUE = {_shown(MAX_EVENT_VALUE)})")
     reason = F.expr(REJECT_REASON_SQL.format(
         types=", ".join(f"'{t}'" for t in EVENT_TYPES), start=start.isoformat(),
-        end=end.isoformat(), plans=", ".join(map(str, PLANS))))
+        end=end.isoformat(), plans=", ".join(map(str, PLANS)), max_value=repr(float(max_value)),
+        max_name="MAX_EVENT_VALUE" if max_value == MAX_EVENT_VALUE else "max_value",
+        max_shown=_shown(max_value)))
     known = customers.select("customer_id", F.lit(True).alias("_known"))
     checked = (events.withColumn("reject_reason", reason)
                .join(known, "customer_id", "left")  # AQE broadcasts it when small

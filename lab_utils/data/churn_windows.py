@@ -5,7 +5,9 @@ windows of ``window_days`` days every ``stride_days`` days, daily features per w
 label "churns within ``horizon_days`` after the window ends". Windows whose label cannot be
 known yet (the horizon runs past the end of the data) are left out, not labelled 0. The
 per-customer function is :func:`customer_windows`, a pure pandas function tested without
-Spark; a customer it cannot process gets one row with an ``error``, the job goes on.
+Spark; a customer it cannot process gets one row with an ``error``, and a window whose features
+are not all finite (a NaN or inf event value, a day's sum beyond float32) one error row naming
+the customer and the day; the job goes on.
 
 Customers with no events are not dropped: they are customers too (dormant ones churn), and
 get all-zero activity windows over their tenure. The events come from
@@ -40,6 +42,12 @@ class WindowSpecError(LabError, ValueError):
 
 class CustomerRecordError(LabError, ValueError):
     """A customer's record contradicts itself (no signup date, churn before signup)."""
+
+
+class NonFiniteWindowError(LabError, ValueError):
+    """A window's features are not all finite. Not raised: :func:`customer_windows` makes the
+    window an error row (``"NonFiniteWindowError: ..."``, as a raised error would read) and
+    keeps the customer's other windows."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,12 @@ def customer_windows(
     ``churn_date``) on every row plus that customer's events (``ts``, ``event_type``,
     ``value``; null on the single row of a customer without events), in any order.
 
+    A window whose features or baseline are not all finite (an inf or NaN event value, or a
+    day whose values sum beyond float32) comes back with its ``window_start``/``window_end``,
+    null features, baseline and label, and an ``error`` naming the customer, the day and the
+    feature (:class:`NonFiniteWindowError`); :func:`lab_utils.data.churn.clean_events` rejects
+    such events first, so this guards any other source of events.
+
     Raises
     ------
     CustomerRecordError
@@ -177,19 +191,57 @@ def customer_windows(
     history = offsets - lo
     baseline = np.where(history > 0, (calls[offsets] - calls[lo]) / np.maximum(history, 1),
                         (calls[offsets + w] - calls[offsets]) / w)  # no history: its own mean
-    flat = daily.astype(np.float32)
+    with np.errstate(over="ignore"):  # a day beyond float32's range is inf: an error row below
+        flat, baseline = daily.astype(np.float32), baseline.astype(np.float32)
     n = len(offsets)
     features = np.empty(n, dtype=object)
     features[:] = [flat[o:o + w].ravel() for o in offsets]
-    return pd.DataFrame({  # whole arrays, no broadcasting: this runs once per customer
+    out = pd.DataFrame({  # whole arrays, no broadcasting: this runs once per customer
         "customer_id": np.full(n, cid, dtype=object),
         "window_start": first_day + offsets,
         "window_end": window_end,
         "features": features,
-        "baseline_calls": baseline.astype(np.float32),
+        "baseline_calls": baseline,
         "label": churned.astype(np.int32),
         "error": np.full(n, None, dtype=object),
     })
+    if np.isfinite(flat).all() and np.isfinite(baseline).all():
+        return out
+    errors = [_non_finite(cid, flat[o:o + w], b, int(first_day + o))
+              for o, b in zip(offsets, baseline, strict=True)]
+    bad = np.array([e is not None for e in errors], dtype=bool)
+    out = out.astype({"baseline_calls": object, "label": object})
+    out.loc[bad, ["features", "baseline_calls", "label"]] = None
+    out.loc[bad, "error"] = [e for e in errors if e is not None]
+    return out
+
+
+def _non_finite(cid: Any, days: np.ndarray, baseline: float, first_day: int) -> str | None:
+    """The error of a window whose ``days`` (days x FEATURES) or baseline are not all finite."""
+    bad_day, bad_feature = np.nonzero(~np.isfinite(days))
+    if not len(bad_day) and np.isfinite(baseline):
+        return None
+
+    def date(day: int) -> str:
+        return (EPOCH + dt.timedelta(days=int(day))).isoformat()
+
+    span = f"window {date(first_day)} to {date(first_day + len(days) - 1)}"
+    what = f"baseline_calls is {baseline}"
+    if len(bad_day):
+        day, feature = int(bad_day[0]), int(bad_feature[0])
+        what = f"{FEATURES[feature]} is {days[day, feature]} on {date(first_day + day)}"
+        if len(bad_day) > 1:
+            what += f" ({len(bad_day) - 1} more non-finite values in the window)"
+    exc = NonFiniteWindowError(
+        f"customer {cid}, {span}: {what}: an event value is NaN or inf, or a day's values sum "
+        "beyond float32; reject such events first (lab_utils.data.churn.clean_events rejects "
+        "non-finite values and values above MAX_EVENT_VALUE)")
+    return _error_text(exc)
+
+
+def _error_text(exc: Exception) -> str:
+    """An error row's ``error``: the class, then the message."""
+    return f"{type(exc).__name__}: {exc}"
 
 
 def windows_udf_fn(spec: WindowSpec):
@@ -202,7 +254,7 @@ def windows_udf_fn(spec: WindowSpec):
             return pd.DataFrame({"customer_id": [customer["customer_id"].iloc[0]],
                                  "window_start": [None], "window_end": [None],
                                  "features": [None], "baseline_calls": [None], "label": [None],
-                                 "error": [f"{type(exc).__name__}: {exc}"]})
+                                 "error": [_error_text(exc)]})
 
     return windows
 

@@ -3,6 +3,10 @@ Spark windows equal the pure per-customer function's."""
 
 from __future__ import annotations
 
+import datetime as dt
+import math
+
+import numpy as np
 import pandas as pd
 from pyspark.sql import functions as F
 
@@ -60,3 +64,51 @@ def test_spark_windows_equal_the_per_customer_function(local_spark):
     pd.testing.assert_frame_equal(got[key + ["window_end", "label"]],
                                   want[key + ["window_end", "label"]], check_dtype=False)
     assert all((a == b).all() for a, b in zip(got["features"], want["features"], strict=True))
+
+
+def test_non_finite_and_implausibly_large_values_are_rejected_with_their_reasons(local_spark):
+    _, _, customers_df, _ = _tables(local_spark)
+    ts = dt.datetime.combine(SPEC.start, dt.time()) + dt.timedelta(days=3)
+    values = [float("inf"), float("-inf"), float("nan"), 1e308, 2e9, -1.0, None, 1e9, 3.5]
+    # From tuples: a pandas NaN would arrive as NULL.
+    events = local_spark.createDataFrame([("C000000001", ts, "call", v) for v in values],
+                                         churn.EVENTS_DDL)
+    clean, rejected = churn.clean_events(events, customers_df, SPEC.start, SPEC.end)
+    reasons = {"nan" if r["value"] is not None and math.isnan(r["value"]) else r["value"]:
+               r["reject_reason"] for r in rejected.collect()}
+    non_finite, large = "non-finite value", "value above MAX_EVENT_VALUE (1e9)"
+    assert reasons == {float("inf"): non_finite, float("-inf"): non_finite, "nan": non_finite,
+                       1e308: large, 2e9: large, -1.0: "missing or negative value",
+                       None: "missing or negative value"}
+    assert sorted(r["value"] for r in clean.collect()) == [3.5, 1e9]  # the bound is inclusive
+    assert clean.count() + rejected.count() == len(values)  # nothing lost
+    # The bound is a keyword: a feed of minutes might cap at a day's worth.
+    clean, rejected = churn.clean_events(events, customers_df, SPEC.start, SPEC.end,
+                                         max_value=1440)
+    assert [r["value"] for r in clean.collect()] == [3.5]
+    assert rejected.where("reject_reason = 'value above max_value (1440)'").count() == 3
+
+
+def test_no_window_holds_a_non_finite_feature_after_cleaning(local_spark):
+    customers, events, customers_df, _ = _tables(local_spark)
+    steady = customers["churn_date"].isna() & (customers["signup_date"] == SPEC.start)
+    cid = customers["customer_id"][steady].iloc[0]  # windows start on days 0, 7, 14, ...
+    ts = dt.datetime.combine(SPEC.start, dt.time(9)) + dt.timedelta(days=40)
+    hostile = local_spark.createDataFrame(  # from tuples: a pandas NaN would arrive as NULL
+        [(cid, ts, "call", v) for v in (1e308, 1e308, float("inf"), float("nan"), 1e39)],
+        churn.EVENTS_DDL)
+    events_df = local_spark.createDataFrame(events, churn.EVENTS_DDL).unionByName(hostile)
+    clean, _ = churn.clean_events(events_df, customers_df, SPEC.start, SPEC.end)
+    windows = churn_windows.build_windows(clean, customers_df,
+                                          churn_windows.WindowSpec(SPEC.start, SPEC.days))
+    rows = windows.where(F.col("error").isNull()).select("features", "baseline_calls").toPandas()
+    assert len(rows) > 100
+    assert all(np.isfinite(f).all() for f in rows["features"])
+    assert np.isfinite(rows["baseline_calls"]).all()
+    # Without the cleaning, the windows holding that day are error rows naming customer and day.
+    raw = churn_windows.build_windows(events_df.where(F.col("customer_id") == cid),
+                                      customers_df.where(F.col("customer_id") == cid),
+                                      churn_windows.WindowSpec(SPEC.start, SPEC.days))
+    errors = [r["error"] for r in raw.where(F.col("error").isNotNull()).collect()]
+    day = (SPEC.start + dt.timedelta(days=40)).isoformat()
+    assert len(errors) == 2 and all(cid in e and day in e for e in errors), errors

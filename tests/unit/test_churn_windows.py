@@ -134,6 +134,33 @@ def test_inconsistent_customer_is_one_error_row():
     assert "fix the customer record" in out["error"].iloc[0] and out["features"].iloc[0] is None
 
 
+@pytest.mark.parametrize("values", [
+    [1e308, 1e308],  # each finite, their sum overflows float64
+    [1e39],  # finite in float64, inf in the float32 features
+    [np.inf],
+    [np.nan],
+], ids=["sum-overflows", "float32-overflows", "inf", "nan"])
+def test_a_window_with_non_finite_features_is_an_error_row_naming_customer_and_day(values):
+    hostile = EVENTS + [("2025-01-20 12:00", "call", v) for v in values]  # day 19
+    clean = churn_windows.customer_windows(customer(EVENTS), WSPEC)
+    out = churn_windows.windows_udf_fn(WSPEC)(customer(hostile))
+    start = (dt.date(2025, 1, 1) - churn.EPOCH).days
+    # Nothing lost: the same windows; those holding day 19 (offsets 7 and 14) are error rows.
+    assert (out["window_start"] - start).tolist() == [0, 7, 14, 21, 28, 35, 42]
+    bad = out["error"].notna().to_numpy()
+    assert (out["window_start"][bad] - start).tolist() == [7, 14]
+    for error in out["error"][bad]:
+        assert error.startswith("NonFiniteWindowError: customer C1")
+        assert "call_minutes" in error and "2025-01-20" in error
+    assert out["features"][bad].isna().all() and out["label"][bad].isna().all()
+    assert out["baseline_calls"][bad].isna().all()
+    good = out[~bad]
+    assert all(np.isfinite(f).all() for f in good["features"])
+    assert all((a == b).all() for a, b in zip(good["features"], clean["features"][~bad],
+                                              strict=True))
+    assert good["label"].tolist() == clean["label"][~bad].tolist()
+
+
 def test_window_spec_checks_its_sizes():
     with pytest.raises(ValueError, match="at least 1"):
         churn_windows.WindowSpec(dt.date(2025, 1, 1), 180, stride_days=0)
@@ -147,3 +174,9 @@ def test_holdout_split_is_by_customer_and_about_a_fifth():
     assert 0.15 < share < 0.25
     first = [churn_windows.is_holdout_customer(i) for i in ids[:50]]
     assert first == [churn_windows.is_holdout_customer(i) for i in ids[:50]]
+
+
+@pytest.mark.parametrize("bound", [0.0, -5.0, float("nan"), float("inf")])
+def test_clean_events_refuses_a_bound_that_is_no_bound(bound):
+    with pytest.raises(churn.EventBoundError, match="positive finite bound"):
+        churn.clean_events(None, None, SPEC.start, SPEC.end, max_value=bound)

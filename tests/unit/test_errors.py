@@ -28,6 +28,7 @@ BUILTIN_BASE = {
     "ResultsNotFoundError": FileNotFoundError, "CacheSizeError": ValueError,
     "NoJvmError": RuntimeError, "EspeakError": RuntimeError,
     "WindowSpecError": ValueError, "CustomerRecordError": ValueError,
+    "NonFiniteWindowError": ValueError, "EventBoundError": ValueError,  # issue 29, data prep
     "TFRecordLocationError": ValueError, "TFRecordWriteError": RuntimeError,
     "TFRecordMissingError": FileNotFoundError, "TFRecordFeatureError": KeyError,
     "NonLocalPathError": ValueError, "UnplaceableFileError": OSError,
