@@ -15,7 +15,7 @@ from lab_utils.common import atomic, process
 from lab_utils.data import images
 from lab_utils.data.tfrecords import reader as tfrecords_reader
 from lab_utils.data.tfrecords import schema as tfrecords_schema
-from lab_utils.inference import scoring
+from lab_utils.inference import checks, scoring
 from lab_utils.training.groups import fit
 from tests.utils.doctests import run_examples
 
@@ -23,6 +23,7 @@ MODULES: list[ModuleType] = [
     atomic,
     process,
     scoring,
+    checks,
     images,
     tfrecords_schema,
     tfrecords_reader,
