@@ -16,9 +16,9 @@ from tests.utils.labs import lab_env
 
 def test_start_over_stale_pids_then_stop_leaves_nothing(tmp_path):
     cfg = lab_config.load(lab_env(tmp_path, workers=1))
-    pids = cfg.state_dir / "pids"
-    pids.mkdir(parents=True)
-    (pids / "master.pid").write_text("999999 1\n")  # left by a crashed earlier run
+    folder = cfg.state_dir / "pids"
+    folder.mkdir(parents=True)
+    (folder / "master.pid").write_text("999999 1\n")  # left by a crashed earlier run
     try:
         native.start(cfg, jupyter=False, out=lambda *_: None)
         assert services.alive_workers(cfg) == 1
@@ -28,7 +28,7 @@ def test_start_over_stale_pids_then_stop_leaves_nothing(tmp_path):
         stopped = native.stop(cfg, out=lambda *_: None)
     assert stopped == ["model-server", "history", "worker-1", "master"]
     assert pids.lab_processes(cfg) == []
-    assert list(pids.iterdir()) == []
+    assert list(folder.iterdir()) == []
     assert all(net.port_free("127.0.0.1", p) for p in (cfg.master_port, cfg.master_ui_port,
                                                        cfg.model_server_port))
 
