@@ -15,8 +15,8 @@ client's upload) but are not parsed: the memory they hold is at most ``concurren
 bodies of the model's limit (:func:`~lab_utils.serving.inputs.max_body_bytes`). A refused
 request's body is read and dropped before the 429 is sent (a lingering close, as HTTP/1.1 asks
 of a server that answers early), so a client that sends its whole body before reading gets the
-answer, not a reset connection. TF Serving's clients and the lab's REST client retry a 429 and
-honour ``Retry-After`` (:mod:`lab_utils.inference.rest_client`).
+answer, not a reset connection. The lab's REST client retries a 429, waiting what ``Retry-After``
+says up to its ``backoff_max`` (:mod:`lab_utils.inference.rest_client`).
 """
 
 from __future__ import annotations

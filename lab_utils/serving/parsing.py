@@ -2,12 +2,13 @@
 of child processes (what ``python -m lab_utils.serving`` runs).
 
 Why processes: :func:`~lab_utils.serving.payloads.parse_predict_body` is ``json.loads`` and the
-payload checks, C loops that hold the GIL from start to end, some 0.3-0.9 s for the largest body
-allowed on the lab's 2 cores. In a thread, the event loop that answers ``/healthz`` waits for the
+payload checks, C loops that hold the GIL from start to end: for the largest body allowed (9 MB
+of JSON), ``json.loads`` alone takes 0.5 s on the lab's 2 cores (0.9 s when they are busy), the
+whole parse 0.65 s. In a thread, the event loop that answers ``/healthz`` waits for the
 GIL behind every such loop in flight, several times per answer: a second and more with one large
 request, past the lab's 3 s probe with several. In a child process the parse holds that child's
 GIL only; the server's process sends the body down a pipe and gets the array back (a copy of some
-11 MB and 2 MB, milliseconds), and two parses really run at once on two cores. A child that dies
+9 MB and 2 MB, milliseconds), and two parses really run at once on two cores. A child that dies
 (killed, out of memory) costs its requests a ``503`` (which clients retry), and the next request
 gets a new pool; a child whose server died (``kill -9``) exits within a second.
 """
