@@ -4,8 +4,6 @@ loopback (fake model), the payload chosen from the model's metadata."""
 from __future__ import annotations
 
 import io
-import socket
-import threading
 
 import pytest
 import requests
@@ -131,28 +129,8 @@ def test_driver_check_says_what_answered_instead(odd_server, name, message):
 
 @pytest.fixture
 def garbled_server():
-    """Answers every connection with a line that is not HTTP; yields its URL."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(8)
-        listener.settimeout(0.2)
-        stop = threading.Event()
-
-        def answer() -> None:
-            while not stop.is_set():
-                try:
-                    conn, _ = listener.accept()
-                except TimeoutError:
-                    continue
-                with conn:
-                    conn.recv(4096)
-                    conn.sendall(b"garbage\r\n\r\n")
-
-        thread = threading.Thread(target=answer, daemon=True)
-        thread.start()
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-        stop.set()
-        thread.join(5)
+    with servers.garbled_server() as url:
+        yield url
 
 
 def test_a_garbled_answer_is_no_answer(garbled_server):

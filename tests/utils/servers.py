@@ -89,6 +89,7 @@ def fake_model_server(tmp_path: Path) -> Iterator[str]:
     with in_thread(create_app(tmp_path / "models", loader=brightness_loader)) as url:
         yield url
 
+
 def closed_port_url() -> str:
     """The URL of a port nothing listens on: every connection is refused."""
     return f"http://127.0.0.1:{net.free_port()}"
@@ -138,23 +139,17 @@ def scripted_model_server(
 
 
 @contextlib.contextmanager
-def dripping_server(body: bytes, interval: float) -> Iterator[str]:
-    """Answers every request 200 at once, ``Content-Length`` announced, then sends ``body`` one
-    byte every ``interval`` seconds: each socket read gets a byte long before any per-read
-    timeout, so only a deadline on the whole answer cuts it. Yields its URL."""
+def socket_server(handle: Callable[[socket.socket, threading.Event], None]) -> Iterator[str]:
+    """A raw TCP server on loopback: each connection is handed to ``handle(conn, stop)`` in a
+    thread of its own (``stop`` is set when the block ends); for answers no HTTP server would
+    send. Yields its ``http://`` URL."""
     stop = threading.Event()
 
-    def drip(conn: socket.socket) -> None:
+    def serve(conn: socket.socket) -> None:
         with conn:
             try:
-                conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: %d\r\n\r\n" % len(body))
-                for byte in body:
-                    if stop.wait(interval):
-                        return
-                    conn.sendall(bytes([byte]))
-            except OSError:  # the client hung up: what a deadline does
+                handle(conn, stop)
+            except OSError:  # the client hung up (what a deadline does)
                 return
 
     with socket.socket() as listener:
@@ -168,7 +163,7 @@ def dripping_server(body: bytes, interval: float) -> Iterator[str]:
                     conn, _ = listener.accept()
                 except TimeoutError:
                     continue
-                threading.Thread(target=drip, args=(conn,), daemon=True).start()
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
         thread = threading.Thread(target=accept, daemon=True)
         thread.start()
@@ -177,3 +172,28 @@ def dripping_server(body: bytes, interval: float) -> Iterator[str]:
         finally:
             stop.set()
             thread.join(5)
+
+
+def garbled_server() -> contextlib.AbstractContextManager[str]:
+    """Answers every request with a line that is not HTTP; yields its URL."""
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
+        conn.recv(4096)
+        conn.sendall(b"garbage\r\n\r\n")
+
+    return socket_server(answer)
+
+
+def dripping_server(body: bytes, interval: float) -> contextlib.AbstractContextManager[str]:
+    """Answers every request 200 at once, ``Content-Length`` announced, then sends ``body`` one
+    byte every ``interval`` seconds: each socket read gets a byte long before any per-read
+    timeout, so only a deadline on the whole answer cuts it. Yields its URL."""
+    def drip(conn: socket.socket, stop: threading.Event) -> None:
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))
+        for byte in body:
+            if stop.wait(interval):
+                return
+            conn.sendall(bytes([byte]))
+
+    return socket_server(drip)
