@@ -31,6 +31,19 @@ VARIABLES: dict[str, str] = {
     "SPARK_AUTH_SECRET": "shared secret for spark.authenticate (generated into .env)",
     "SPARK_AUTH_SECRET_FILE": "file holding that secret, read when SPARK_AUTH_SECRET is unset "
     "(containers: a compose secret, so `docker inspect` never shows it)",
+    "SPARK_CONNECT_AUTHENTICATE_TOKEN": "token of the lab's Spark Connect server (generated into "
+    ".env; Spark's own variable, so a plain PySpark client in a lab kernel finds it too)",
+    "SPARK_CONNECT_AUTHENTICATE_TOKEN_FILE": "file holding that token, read when "
+    "SPARK_CONNECT_AUTHENTICATE_TOKEN is unset (containers)",
+    "LAB_SPARK_API": "'classic' (default: a driver JVM in the notebook's process) or 'connect' "
+    "(get_spark returns a Spark Connect session on the lab's Connect server, or LAB_SPARK_REMOTE)",
+    "LAB_SPARK_REMOTE": "Spark Connect endpoint (sc://host:port) for get_spark in connect mode "
+    "(default: the lab's server, sc://localhost:LAB_CONNECT_PORT); its token from "
+    "SPARK_CONNECT_AUTHENTICATE_TOKEN",
+    "LAB_CONNECT_PORT": "the lab's Spark Connect server's gRPC port (15002)",
+    "LAB_CONNECT_UI_PORT": "the Spark UI port of the Connect server's application (4050)",
+    "LAB_CONNECT_IDLE_TIMEOUT": "seconds the Connect server's application keeps an idle executor "
+    "(dynamic allocation; 120): it frees the cores for classic sessions between queries",
     "JUPYTER_TOKEN": "JupyterLab token (generated into .env)",
     "JUPYTER_TOKEN_FILE": "file holding the token, read when JUPYTER_TOKEN is unset (containers)",
     "LAB_UID": "uid the Docker lab's services run as (`make env`: the checkout's owner, or 1000 "
@@ -106,6 +119,10 @@ VARIABLES: dict[str, str] = {
     "worker (default: the task's cores, spark.task.cpus); 'tf' leaves TensorFlow's own "
     "machine-sized pools (the oversubscribed setup the benchmark compares against)",
 }
+
+
+#: The two ways a notebook talks to Spark (LAB_SPARK_API).
+SPARK_APIS = ("classic", "connect")
 
 
 class ConfigError(LabError, ValueError):
@@ -206,6 +223,23 @@ class LabConfig:
     public_master_ui_url_override: str | None = None
     public_history_url_override: str | None = None
     public_model_server_url_override: str | None = None
+    connect_token: str | None = None
+    connect_token_file: Path | None = None
+    spark_api: str = "classic"
+    spark_remote: str | None = None
+    connect_port: int = 15002
+    connect_ui_port: int = 4050
+    connect_idle_timeout: int = 120
+
+    @property
+    def connect_url(self) -> str:
+        """The Spark Connect endpoint a client of this lab uses (its token not included).
+
+        The lab's own server is reached as ``localhost``: with a token, PySpark's client asks
+        for TLS unless the host is spelled exactly ``localhost`` (then it uses gRPC's local
+        credentials), and the lab's server, on loopback, has no TLS.
+        """
+        return self.spark_remote or f"sc://localhost:{self.connect_port}"
 
     @property
     def events_dir(self) -> Path:
@@ -282,6 +316,15 @@ def load(env: Mapping[str, str] | None = None) -> LabConfig:
                           "environment")
     secret, secret_file = _secret(env, "SPARK_AUTH_SECRET")
     token, token_file = _secret(env, "JUPYTER_TOKEN")
+    connect_token, connect_token_file = _secret(env, "SPARK_CONNECT_AUTHENTICATE_TOKEN")
+    api = (env.get("LAB_SPARK_API") or "classic").strip().lower()
+    if api not in SPARK_APIS:
+        raise ConfigError(f"LAB_SPARK_API={api!r} is not one of {', '.join(SPARK_APIS)}: fix it "
+                          "in .env or the environment (unset means classic)")
+    remote = env.get("LAB_SPARK_REMOTE") or None
+    if remote and not remote.startswith("sc://"):
+        raise ConfigError(f"LAB_SPARK_REMOTE={remote!r} is not a Spark Connect URL: write it as "
+                          "sc://host:port (the token goes in SPARK_CONNECT_AUTHENTICATE_TOKEN)")
     return LabConfig(
         root=root,
         share_dir=share,
@@ -322,6 +365,13 @@ def load(env: Mapping[str, str] | None = None) -> LabConfig:
         public_master_ui_url_override=env.get("LAB_PUBLIC_MASTER_UI_URL") or None,
         public_history_url_override=env.get("LAB_PUBLIC_HISTORY_URL") or None,
         public_model_server_url_override=env.get("LAB_PUBLIC_MODEL_SERVER_URL") or None,
+        connect_token=connect_token,
+        connect_token_file=connect_token_file,
+        spark_api=api,
+        spark_remote=remote,
+        connect_port=_int(env, "LAB_CONNECT_PORT", 15002),
+        connect_ui_port=_int(env, "LAB_CONNECT_UI_PORT", 4050),
+        connect_idle_timeout=_int(env, "LAB_CONNECT_IDLE_TIMEOUT", 120),
     )
 
 
@@ -343,6 +393,13 @@ def to_env(cfg: LabConfig) -> dict[str, str]:
         "SPARK_AUTH_SECRET_FILE": cfg.auth_secret_file,
         "JUPYTER_TOKEN": None if cfg.jupyter_token_file else cfg.jupyter_token,
         "JUPYTER_TOKEN_FILE": cfg.jupyter_token_file,
+        "SPARK_CONNECT_AUTHENTICATE_TOKEN": None if cfg.connect_token_file else cfg.connect_token,
+        "SPARK_CONNECT_AUTHENTICATE_TOKEN_FILE": cfg.connect_token_file,
+        "LAB_SPARK_API": cfg.spark_api,
+        "LAB_SPARK_REMOTE": cfg.spark_remote,
+        "LAB_CONNECT_PORT": cfg.connect_port,
+        "LAB_CONNECT_UI_PORT": cfg.connect_ui_port,
+        "LAB_CONNECT_IDLE_TIMEOUT": cfg.connect_idle_timeout,
         "LAB_HOST": cfg.host,
         "LAB_MASTER_PORT": cfg.master_port,
         "LAB_MASTER_UI_PORT": cfg.master_ui_port,

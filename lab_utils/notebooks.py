@@ -25,9 +25,14 @@ class ResultsNotFoundError(LabError, FileNotFoundError):
     """A notebook's recorded figures are not there: the notebook has not run (to its end)."""
 
 
-def results_path(notebook: str, cfg: lab_config.LabConfig | None = None) -> Path:
+def results_path(notebook: str, cfg: lab_config.LabConfig | None = None,
+                 api: str | None = None) -> Path:
+    """Where a notebook's figures go: one file per notebook and Spark API (``LAB_SPARK_API``),
+    so a classic run and a Connect run of the same notebook never overwrite each other."""
     cfg = cfg or lab_config.load()
-    return cfg.share_dir / "output" / "notebooks" / f"{notebook}.json"
+    api = api or cfg.spark_api
+    suffix = "" if api == "classic" else f".{api}"
+    return cfg.share_dir / "output" / "notebooks" / f"{notebook}{suffix}.json"
 
 
 def record_results(notebook: str, results: dict[str, Any]) -> dict[str, Any]:
@@ -38,8 +43,9 @@ def record_results(notebook: str, results: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
-def load_results(notebook: str, cfg: lab_config.LabConfig | None = None) -> dict[str, Any]:
-    path = results_path(notebook, cfg)
+def load_results(notebook: str, cfg: lab_config.LabConfig | None = None,
+                 api: str | None = None) -> dict[str, Any]:
+    path = results_path(notebook, cfg, api)
     if not path.is_file():
         raise ResultsNotFoundError(f"{path} not found: run notebook {notebook} first")
     return json.loads(path.read_text())
@@ -53,8 +59,17 @@ PYTHON_OPERATORS = ("BatchEvalPython", "ArrowEvalPython", "MapInPandas", "MapInA
 
 def python_operators(df: DataFrame) -> list[str]:
     """The Python operators in ``df``'s physical plan, top to bottom, as ``df.explain()`` shows
-    them: what a notebook records so its test can assert which plan a UDF style produced."""
-    plan = df._jdf.queryExecution().executedPlan().toString()
+    them: what a notebook records so its test can assert which plan a UDF style produced.
+
+    Works in both modes: a Connect DataFrame asks the server for the physical plan
+    (``explain()``'s text), a classic one asks its JVM.
+    """
+    from lab_utils.common.connect import is_connect
+
+    if is_connect(df):
+        plan = df._explain_string(mode="simple")  # type: ignore[operator]  # explain()'s text
+    else:
+        plan = df._jdf.queryExecution().executedPlan().toString()
     found = re.findall(r"\b(" + "|".join(PYTHON_OPERATORS) + r")\b", plan)
     return list(dict.fromkeys(found))
 

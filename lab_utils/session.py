@@ -11,6 +11,13 @@ Where the session runs, in order:
 The session always gets the Arrow batch size, event logs in ``share_storages/spark-events`` (so
 the history server lists it), the cluster's authentication secret, a per-application core cap,
 and, inside Jupyter, sparkmonitor's live job progress.
+
+With ``LAB_SPARK_API=connect`` (or ``remote="sc://..."``) the session is a Spark Connect client
+instead: no JVM in this process, the driver is the lab's Connect server (``make lab`` starts it
+on ``sc://localhost:15002``) or the endpoint in ``LAB_SPARK_REMOTE``, with the token from
+``SPARK_CONNECT_AUTHENTICATE_TOKEN``. The lab's settings that a session may change (the Arrow
+batch size, the time zone) are set on it; the others belong to the server's application, and
+one asked for in ``conf=`` is named in a printed warning rather than silently dropped.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from urllib.parse import urlparse
 
 from lab_utils import config as lab_config
 from lab_utils import envfile
+from lab_utils.common.connect import is_connect
+from lab_utils.common.spark_conf import is_loopback, session_conf
 from lab_utils.errors import LabError
 
 if TYPE_CHECKING:
@@ -109,59 +118,88 @@ def sparkmonitor_conf(shell: Any) -> dict[str, str]:
     }
 
 
-def session_conf(cfg: lab_config.LabConfig, master: str) -> dict[str, str]:
-    """The Spark settings the lab applies to every session (pure: no side effects)."""
-    conf = {
-        "spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.arrow_batch),
-        "spark.sql.execution.arrow.pyspark.enabled": "true",
-        "spark.eventLog.enabled": "true",
-        "spark.eventLog.dir": cfg.events_dir.as_uri(),
-        "spark.cores.max": str(cfg.app_cores_max),
-        "spark.executor.memory": cfg.executor_memory,
-        "spark.sql.session.timeZone": "UTC",
-        # Local files without Hadoop's checksum layer: it builds a ".<name>.crc" path for every
-        # file read, and a ':' in a file name makes that path invalid and kills the whole job.
-        # Names with spaces, unicode, '%', '#', '?', ':' all read; no .crc files litter the
-        # shared folder.
-        "spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
-        # The UI has no login and its CSRF token is on the same page: with kill on, any local
-        # process could stop this application's jobs. LAB_UI_KILL=1 turns it back on.
-        "spark.ui.killEnabled": "true" if cfg.ui_kill else "false",
-        # One pool of Python workers per executor for SQL UDFs and RDD functions. Spark keys its
-        # worker pools by the environment, and SQL UDFs add SPARK_SIMPLIFIED_TRACEBACK=1
-        # (spark.sql.execution.pyspark.udf.simplifiedTraceback.enabled): without it here, a
-        # partition predictor after a pandas UDF starts fresh workers that import TensorFlow
-        # and load the model again, and each executor holds two sets of models in memory.
-        "spark.executorEnv.SPARK_SIMPLIFIED_TRACEBACK": "1",
-    }
-    if cfg.driver_ui_port:
-        conf["spark.ui.port"] = str(cfg.driver_ui_port)
-    if cfg.driver_java_options:
-        conf["spark.driver.extraJavaOptions"] = cfg.driver_java_options
-    if master.startswith("spark://") and cfg.auth_secret:
-        conf["spark.authenticate"] = "true"
-        conf["spark.authenticate.secret"] = cfg.auth_secret
-    if cfg.driver_host:  # containers: executors reach the driver by its service name
-        conf["spark.driver.host"] = cfg.driver_host
-        conf["spark.driver.bindAddress"] = "0.0.0.0"
-    elif _is_loopback(master):
-        # The driver's UI and RPC ports would otherwise listen on every interface.
-        conf["spark.driver.host"] = "127.0.0.1"
-        conf["spark.driver.bindAddress"] = "127.0.0.1"
-    return conf
+class ConnectUrlError(LabError, ValueError):
+    """A Spark Connect URL the client would mishandle; the message says how to write it."""
 
 
-def _is_loopback(master: str) -> bool:
-    if master.startswith("local"):
-        return True
-    host = urlparse(master.split(",")[0]).hostname or ""
-    return host in {"localhost", "::1"} or host.startswith("127.")
+def check_connect_url(url: str, token: str | None) -> None:
+    """Refuse, before any connection, a URL PySpark's client would hang on.
+
+    With a token and no ``use_ssl``, the client asks for TLS unless the host is spelled
+    ``localhost`` (``pyspark/sql/connect/client/core.py``); a server without TLS on 127.0.0.1
+    then never completes a handshake and the first query waits for ever.
+
+    Examples
+    --------
+    >>> check_connect_url("sc://localhost:15002", token="t")
+    >>> check_connect_url("sc://127.0.0.1:15002", token="t")
+    Traceback (most recent call last):
+    lab_utils.session.ConnectUrlError: sc://127.0.0.1:15002 with a token: PySpark's Connect ...
+    """
+    parsed = urlparse(url.split("/;", 1)[0].replace("sc://", "http://", 1))
+    if not url.startswith("sc://") or not parsed.hostname:
+        raise ConnectUrlError(f"{url!r} is not a Spark Connect URL: write sc://host:port")
+    loopback = parsed.hostname in {"::1", "ip6-localhost"} or parsed.hostname.startswith("127.")
+    with_token = token or ";token=" in url
+    if with_token and loopback and "use_ssl=true" not in url.lower():
+        raise ConnectUrlError(
+            f"{url.split('/;', 1)[0]} with a token: PySpark's Connect client uses TLS for a "
+            "token unless the host is spelled 'localhost', and this server has no TLS, so the "
+            f"session would hang. Write sc://localhost:{parsed.port or 15002} instead.")
+
+
+def _connect_reachable(url: str, timeout: float = 3.0) -> None:
+    parsed = urlparse(url.split("/;", 1)[0].replace("sc://", "http://", 1))
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 15002), timeout=timeout):
+            return
+    except OSError:
+        pass
+    raise ClusterUnavailableError(
+        f"No Spark Connect server answers at {url.split('/;', 1)[0]}. The lab's starts with "
+        "`make lab` (check it with `make status`); another cluster's URL goes in "
+        "LAB_SPARK_REMOTE. Or unset LAB_SPARK_API for a classic session.")
+
+
+#: The lab's settings a Connect session sets on itself (runtime SQL settings); the rest of
+#: :func:`session_conf` is the server application's, written into its properties file.
+CONNECT_SESSION_KEYS = ("spark.sql.execution.arrow.maxRecordsPerBatch",
+                        "spark.sql.execution.arrow.pyspark.enabled",
+                        "spark.sql.session.timeZone")
+
+
+def _connect_session(cfg: lab_config.LabConfig, url: str, conf: Mapping[str, str]) -> tuple[
+        SparkSession, list[str]]:
+    """A Spark Connect session on ``url`` with the lab's session settings and ``conf``;
+    returns it and a line for each setting of ``conf`` a Connect client cannot set."""
+    if cfg.connect_token:
+        # PySpark's client reads the token from here; it stays out of the URL (and so out of
+        # every message that prints one).
+        os.environ.setdefault("SPARK_CONNECT_AUTHENTICATE_TOKEN", cfg.connect_token)
+    check_connect_url(url, os.environ.get("SPARK_CONNECT_AUTHENTICATE_TOKEN"))
+    _connect_reachable(url)
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.remote(url).getOrCreate()
+    lab = session_conf(cfg, "sc://")
+    wanted = {key: lab[key] for key in CONNECT_SESSION_KEYS} | dict(conf)
+    refused = []
+    for key, value in wanted.items():
+        if spark.conf.isModifiable(key):
+            spark.conf.set(key, value)
+            continue
+        current = spark.conf.get(key, None)
+        if key in conf and current != value:
+            refused.append(f"{key}={value} (the server's application has "
+                           f"{'no value' if current is None else current})")
+    return spark, refused
 
 
 def get_spark(
     app_name: str = "spark-dl-lab",
     *,
     master: str | None = None,
+    remote: str | None = None,
     conf: Mapping[str, str] | None = None,
     env: Mapping[str, str] | None = None,
     quiet: bool = False,
@@ -174,6 +212,9 @@ def get_spark(
         Name shown in the master UI and the history server.
     master : str, optional
         Override the master URL (``spark://host:7077``, ``local[2]``...).
+    remote : str, optional
+        A Spark Connect URL (``sc://localhost:15002``): return a Connect session on it, whatever
+        ``LAB_SPARK_API`` says. Its token comes from ``SPARK_CONNECT_AUTHENTICATE_TOKEN``.
     conf : Mapping[str, str], optional
         Extra Spark settings; they win over the lab's defaults.
     env : Mapping[str, str], optional
@@ -184,16 +225,33 @@ def get_spark(
     Returns
     -------
     pyspark.sql.SparkSession
+        A classic session, or with ``LAB_SPARK_API=connect`` or ``remote=`` a Spark Connect one
+        (``pyspark.sql.connect.session.SparkSession``: no ``sparkContext``, no RDDs).
 
     Raises
     ------
     ClusterUnavailableError
-        The chosen ``spark://`` master does not accept connections.
+        The chosen ``spark://`` master, or Connect server, does not accept connections.
+    ConnectUrlError
+        A Connect URL PySpark's client would hang on (a token to ``127.0.0.1``).
     """
     if env is None:
         # A script run outside `make lab` still finds the native lab's secret in .env.
         env = {**envfile.read(lab_config.load().root / ".env"), **os.environ}
     cfg = lab_config.load(env)
+    if remote or cfg.spark_api == "connect":
+        url = remote or cfg.connect_url
+        why = ("as requested" if remote else "LAB_SPARK_REMOTE" if cfg.spark_remote
+               else "LAB_SPARK_API=connect: the lab's Connect server")
+        spark, refused = _connect_session(cfg, url, conf or {})
+        if refused:
+            print("warning: a Spark Connect session cannot set these; they belong to the "
+                  "server's application and are fixed when it starts (the lab's server takes "
+                  "them from .env, another cluster's from its admin):\n  "
+                  + "\n  ".join(refused), file=sys.stderr)
+        if not quiet:
+            print(describe(spark, why, cfg=cfg))
+        return spark
     url, why = resolve_master(cfg, master)
     check_master_reachable(url)
     if url.startswith("spark://") and not cfg.auth_secret:
@@ -203,7 +261,7 @@ def get_spark(
     # Executors must run this very interpreter (same Python, same libraries).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    if _is_loopback(url) and not cfg.driver_host:
+    if is_loopback(url) and not cfg.driver_host:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # keep the driver on loopback
     cfg.events_dir.mkdir(parents=True, exist_ok=True)
 
@@ -219,14 +277,25 @@ def get_spark(
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     if not quiet:
-        print(describe(spark, why))
+        print(describe(spark, why, cfg=cfg))
     return spark
 
 
-def describe(spark: SparkSession, why: str = "") -> str:
-    """One line saying where ``spark`` runs, with its UI address."""
+def describe(spark: SparkSession, why: str = "", *,
+             cfg: lab_config.LabConfig | None = None) -> str:
+    """One line saying where ``spark`` runs, in which mode, with its UI address."""
+    cfg = cfg or lab_config.load()
+    if is_connect(spark):
+        app_id = spark.conf.get("spark.app.id", None) or "?"
+        url = cfg.connect_url.split("/;", 1)[0]
+        lab_server = not cfg.spark_remote
+        server_ui = (cfg.links(f"http://{cfg.host}:{cfg.connect_ui_port}")["Spark UI"]
+                     if lab_server else "the server's own Spark UI")
+        return (f"Spark {spark.version} · Spark Connect session on {url}"
+                + (f" ({why})" if why else "")
+                + f" · server application {app_id} · UI {server_ui}")
     sc = spark.sparkContext
     where = f"{sc.master}" + (f" ({why})" if why else "")  # Optional in PySpark's types, set here
-    ui = lab_config.load().links(sc.uiWebUrl).get("Spark UI", sc.uiWebUrl)  # host's address
-    return (f"Spark {spark.version} · app '{sc.appName}' ({sc.applicationId}) on {where} · "
-            f"UI {ui}")
+    ui = cfg.links(sc.uiWebUrl).get("Spark UI", sc.uiWebUrl)  # host's address
+    return (f"Spark {spark.version} · classic · app '{sc.appName}' ({sc.applicationId}) on "
+            f"{where} · UI {ui}")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lab_utils.errors import LabError
 
@@ -45,8 +46,57 @@ def read_binary_files(spark: SparkSession, folder: Path | str, *, glob: str | No
     return df.repartition(partitions) if partitions else df
 
 
+def _local_folder(folder: str) -> str | None:
+    """``/a/b`` or ``file:/a/b`` -> ``/a/b``; None for another file system (``s3a://``)."""
+    if folder.startswith("file://"):
+        return folder[len("file://"):]
+    if folder.startswith("file:"):
+        return folder[len("file:"):]
+    return None if "://" in folder else folder
+
+
+def _empty_files_on_executor(batches: Iterator[Any], folder: str) -> Iterator[Any]:
+    """``mapInPandas`` body: walk ``folder`` where the task runs; one row per empty file."""
+    import os
+
+    import pandas as pd
+
+    for _ in batches:  # one input row: walk once
+        found = []
+        for root, _dirs, names in os.walk(folder):
+            for name in names:
+                full = os.path.join(root, name)
+                if (not name.startswith(HIDDEN_PREFIXES) and os.path.isfile(full)
+                        and os.path.getsize(full) == 0):
+                    found.append("file:" + os.path.abspath(full))
+        yield pd.DataFrame({"path": sorted(found)}, dtype=object)
+
+
+def _empty_files_connect(spark: SparkSession, folder: str) -> list[str]:
+    """Under Spark Connect there is no JVM here: an executor walks the folder, as it sees it
+    (the very folder its tasks read the files from)."""
+    import functools
+
+    local = _local_folder(folder)
+    if local is None:
+        from lab_utils.common.connect import ClassicOnlyError
+
+        raise ClassicOnlyError(
+            f"listing the empty files of {folder} needs Hadoop's FileSystem, which only a "
+            "classic session reaches from Python: under Spark Connect, folders must be local or "
+            "on a shared mount (file:/...); or use a classic session")
+    walk = functools.partial(_empty_files_on_executor, folder=local)
+    rows = spark.range(1, numPartitions=1).mapInPandas(walk, "path string").collect()
+    return [row.path for row in rows]
+
+
 def empty_files(spark: SparkSession, folder: str) -> list[str]:
-    """Zero-byte visible files under ``folder``, listed through Hadoop's FileSystem like Spark."""
+    """Zero-byte visible files under ``folder``, listed through Hadoop's FileSystem like Spark
+    (classic), or by an executor walking the folder (Spark Connect: no JVM in this process)."""
+    from lab_utils.common.connect import is_connect
+
+    if is_connect(spark):
+        return _empty_files_connect(spark, folder)
     jvm = spark.sparkContext._jvm
     if jvm is None:  # a SparkContext always has one once started; None means it never did
         raise NoJvmError("empty_files needs a started classic SparkSession (with a JVM): "

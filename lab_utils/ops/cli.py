@@ -25,6 +25,8 @@ def _print_urls(found: dict[str, str]) -> None:
     print(f"  Spark master    {found['master']}  (UI {found['master_ui']})")
     print(f"  History server  {found['history']}")
     print(f"  Model server    {found['model_server']}  (TF Serving REST: /v1/models/NAME)")
+    print(f"  Spark Connect   {found['connect']}  (UI {found['connect_ui']}; token: "
+          "SPARK_CONNECT_AUTHENTICATE_TOKEN in .env; notebooks: LAB_SPARK_API=connect)")
     print("Stop it with `make stop`; logs are in .lab/logs/.")
 
 

@@ -74,6 +74,8 @@ def missing_tool_warnings() -> list[str]:
 #: What each service's readiness is called in messages, for those that start at once.
 _READY = {"history": "healthy", "model-server": "answering on /healthz",
           "jupyter": "answering on /api"}
+#: Services that wait for the master before they start, and how their readiness is called.
+_AFTER_MASTER = {"connect": "accepting sessions"}
 
 
 class Launch:
@@ -168,7 +170,8 @@ class Launch:
         cfg, host, master = self.cfg, self.host, self.wanted[0]
         where = {"history": f"the Spark History Server on {host}:{cfg.history_port}",
                  "model-server": f"the model server on {host}:{cfg.model_server_port}",
-                 "jupyter": f"JupyterLab on {host}:{cfg.jupyter_port}"}
+                 "jupyter": f"JupyterLab on {host}:{cfg.jupyter_port}",
+                 "connect": f"the Spark Connect server on {host}:{cfg.connect_port}"}
         if master in self.missing:
             self.out(f"Starting the Spark master on {host}:{cfg.master_port} ...")
             self.spawn(master)
@@ -178,13 +181,19 @@ class Launch:
             self.spawn(service)
         if master in self.missing:
             self.await_ready(master, lambda: healthy(master, cfg), "healthy")
+        # The Connect server is an application of the master: it starts once the master
+        # answers, and its JVM's start overlaps the workers'.
+        dependent = [s for s in self.missing if s.role in _AFTER_MASTER]
+        for service in dependent:
+            self.out(f"Starting {where[service.role]} ...")
+            self.spawn(service)
         self.start_workers()
-        for service in independent:
+        for service in independent + dependent:
             self.await_ready(service, functools.partial(healthy, service, cfg),
-                             _READY[service.role])
+                             {**_READY, **_AFTER_MASTER}[service.role])
 
 
-def start(cfg: lab_config.LabConfig, *, jupyter: bool = True,
+def start(cfg: lab_config.LabConfig, *, jupyter: bool = True, connect: bool = True,
           out: Callable[[str], object] = print) -> dict[str, str]:
     """Start the native lab, or the services of it that are missing, and wait until healthy.
 
@@ -205,7 +214,8 @@ def start(cfg: lab_config.LabConfig, *, jupyter: bool = True,
         require_token(cfg)
     for warning in missing_tool_warnings():
         out(warning)
-    wanted = [s for s in services(cfg) if jupyter or s.role != "jupyter"]
+    left_out = {role for role, wanted in (("jupyter", jupyter), ("connect", connect)) if not wanted}
+    wanted = [s for s in services(cfg) if s.role not in left_out]
     alive = [s.name for s in wanted if pids.running_pid(cfg, s.name)]
     if alive and len(alive) == len(wanted):
         out("The lab is already running.")
@@ -219,7 +229,7 @@ def start(cfg: lab_config.LabConfig, *, jupyter: bool = True,
         out(f"The lab is partly running: starting {', '.join(s.name for s in launch.missing)} "
             f"(running: {', '.join(alive)}) ...")
     launch.check_ports()
-    prepare(cfg)
+    prepare(cfg, connect=connect)
     launch.run()
     found = urls(cfg)
     atomic_write_text(cfg.state_dir / "lab.json",
@@ -235,6 +245,9 @@ def urls(cfg: lab_config.LabConfig) -> dict[str, str]:
         "master_ui": f"http://{host}:{cfg.master_ui_port}",
         "history": f"http://{host}:{cfg.history_port}",
         "model_server": f"http://{host}:{cfg.model_server_port}",
+        "connect": f"sc://localhost:{cfg.connect_port}" if host.startswith("127.")
+        else f"sc://{host}:{cfg.connect_port}",
+        "connect_ui": f"http://{host}:{cfg.connect_ui_port}",
     }
 
 
@@ -301,7 +314,7 @@ def run(role: str, cfg: lab_config.LabConfig) -> None:
         require_token(cfg)
     elif role in SPARK_ROLES:
         java_version()
-    prepare(cfg, spark=role in SPARK_ROLES)
+    prepare(cfg, spark=role in SPARK_ROLES, connect=role == "connect")
     # `lab health` (the image's HEALTHCHECK) reads which role this container runs.
     (cfg.state_dir / "role").write_text(role)
     service = Service(role, role, index=1)
