@@ -36,7 +36,12 @@ def results_path(notebook: str, cfg: lab_config.LabConfig | None = None,
 
 
 def record_results(notebook: str, results: dict[str, Any]) -> dict[str, Any]:
-    """Write ``results`` (JSON-serialisable figures) for the notebook's test and return them."""
+    """Write ``results`` (JSON-serialisable figures) for the notebook's test and return them.
+
+    ``spark_api`` (classic or connect, from ``LAB_SPARK_API``) is added: a check may ask for a
+    figure only one mode can compute (an RDD's partitions, a broadcast's size).
+    """
+    results = {**results, "spark_api": lab_config.load().spark_api}
     path = results_path(notebook)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(results, indent=2, sort_keys=True, default=str))

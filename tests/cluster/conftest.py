@@ -28,7 +28,8 @@ def spark(lab_cluster):
 
 @pytest.fixture(scope="package")
 def private_lab(tmp_path_factory) -> Iterator[lab_config.LabConfig]:
-    """A second native lab (2 workers x 2 cores, no JupyterLab) that tests may fill or break.
+    """A second native lab (2 workers x 2 cores, no JupyterLab, no Connect server) that tests
+    may fill or break.
 
     The session's lab cannot serve these tests: the ``spark`` fixture's application holds 2 of
     its 4 cores while the cluster tests run, and a worker killed there would disturb every
@@ -39,7 +40,7 @@ def private_lab(tmp_path_factory) -> Iterator[lab_config.LabConfig]:
     """
     cfg = lab_config.load(lab_env(tmp_path_factory.mktemp("private-lab"), workers=2))
     try:
-        native.start(cfg, jupyter=False, out=lambda *_: None)
+        native.start(cfg, jupyter=False, connect=False, out=lambda *_: None)
         yield cfg
     finally:
         native.stop(cfg, out=lambda *_: None)

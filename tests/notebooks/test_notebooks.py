@@ -6,9 +6,13 @@ below assert them. A notebook without a check fails: running is not passing.
 Notebook 01 is executed once per test run, in a real browser by tests/browser/test_browser.py,
 which asserts its check below on the figures that run recorded; it is not executed here again.
 
-The others run in two lanes at once (:data:`LANES`), each notebook its own kernel and its own
-Spark application, as two users of the lab would: the test cluster offers 4 cores and each
-application may hold 2 (``LAB_APP_CORES_MAX``), so two applications run side by side. Much of a
+Every notebook also runs under Spark Connect (``LAB_SPARK_API=connect``: a thin client of the
+lab's Connect server), 01 included, and its figures pass the same check.
+
+The runs go in two lanes at once (:data:`LANES`), each notebook its own kernel, as two users of
+the lab would. A classic run is its own Spark application; the Connect runs are sessions of the
+Connect server's one application. The test cluster offers 4 cores and each application may hold
+2 (``LAB_APP_CORES_MAX``), so two applications run side by side. Much of a
 notebook's time is spent starting JVMs, Python workers and TensorFlow, or waiting on them, and
 the lanes overlap those waits. A lane runs its notebooks in order; notebooks that write the same
 files (02 and 03 both build the ResNet-50 folder) share a lane. No check asserts a timing ratio
@@ -44,36 +48,50 @@ def test_every_notebook_has_a_check():
     assert {nb.stem for nb in NOTEBOOKS} == set(CHECKS), "one check per notebook, no stale ones"
 
 
-#: Notebooks executed one after the other in each lane; the lanes run at the same time. Balanced
-#: by their measured smoke times (about 8 and 10 minutes alone, on 2 cores).
+APIS = ("classic", "connect")
+
+#: (notebook, Spark API) runs executed one after the other in each lane; the lanes run at the
+#: same time. Each lane runs its classic notebooks first: while one lane is still classic and
+#: the other on Connect, the two applications hold the cluster's 4 cores between them.
+#: Balanced by their measured smoke times on 2 cores.
 LANES = (
-    ("00_getting_started", "02_benchmark_udf_styles", "03_resnet50_batch_inference",
-     "08_external_api_scoring"),
-    ("05_parallel_training", "06_timeseries_windows_tfrecord", "04_partition_predictor",
-     "07_audio_features"),
+    (("00_getting_started", "classic"), ("02_benchmark_udf_styles", "classic"),
+     ("03_resnet50_batch_inference", "classic"), ("08_external_api_scoring", "classic"),
+     ("00_getting_started", "connect"), ("01_udf_inference_keras", "connect"),
+     ("02_benchmark_udf_styles", "connect"), ("03_resnet50_batch_inference", "connect")),
+    (("05_parallel_training", "classic"), ("06_timeseries_windows_tfrecord", "classic"),
+     ("04_partition_predictor", "classic"), ("07_audio_features", "classic"),
+     ("05_parallel_training", "connect"), ("06_timeseries_windows_tfrecord", "connect"),
+     ("04_partition_predictor", "connect"), ("07_audio_features", "connect"),
+     ("08_external_api_scoring", "connect")),
 )
 
 
 def test_every_notebook_runs_in_exactly_one_lane_or_elsewhere():
-    laned = [stem for lane in LANES for stem in lane]
+    laned = [run for lane in LANES for run in lane]
     assert len(laned) == len(set(laned))
-    assert set(laned) | set(RUN_ELSEWHERE) == {nb.stem for nb in NOTEBOOKS}
-    assert not set(laned) & set(RUN_ELSEWHERE)
+    everything = {(nb.stem, api) for nb in NOTEBOOKS for api in APIS}
+    elsewhere = {(stem, "classic") for stem in RUN_ELSEWHERE}
+    assert set(laned) | elsewhere == everything
+    assert not set(laned) & elsewhere
 
 
-def _execute(path: Path, cfg) -> dict:
-    """Run ``path`` top to bottom in a fresh kernel; return the figures it recorded."""
-    notebooks.results_path(path.stem, cfg).unlink(missing_ok=True)
+def _execute(path: Path, cfg, api: str) -> dict:
+    """Run ``path`` top to bottom in a fresh kernel with ``LAB_SPARK_API=api``; return the
+    figures it recorded."""
+    notebooks.results_path(path.stem, cfg, api).unlink(missing_ok=True)
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=900, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     try:
-        client.execute()  # raises CellExecutionError, with the failing cell, if any cell fails
-    finally:
+        # The kernel's environment: the lab's (as JupyterLab gives its kernels) and the API.
+        client.execute(env={**os.environ, "LAB_SPARK_API": api})
+    finally:  # execute() raised CellExecutionError, with the failing cell, if a cell failed
         out = cfg.share_dir / "output" / "executed"
         out.mkdir(parents=True, exist_ok=True)
-        nbformat.write(nb, out / path.name)  # kept for a human to read when a check fails
-    return notebooks.load_results(path.stem, cfg)
+        name = path.name if api == "classic" else f"{path.stem}.{api}.ipynb"
+        nbformat.write(nb, out / name)  # kept for a human to read when a check fails
+    return notebooks.load_results(path.stem, cfg, api)
 
 
 @pytest.fixture(scope="module")
@@ -86,22 +104,24 @@ def executed(request, lab_cluster):
     # The digits model must exist before two lanes could both find it missing and train it.
     ensure_model(lab_cluster.cfg)
     by_stem = {nb.stem: nb for nb in NOTEBOOKS}
-    selected = {item.callspec.params["path"].stem for item in request.session.items
+    selected = {(item.callspec.params["path"].stem, item.callspec.params["api"])
+                for item in request.session.items
                 if getattr(item, "originalname", "") == "test_notebook_runs_on_the_cluster"}
-    lanes = [[stem for stem in lane if stem in selected] for lane in LANES]
-    futures: dict[str, Future] = {stem: Future() for lane in lanes for stem in lane}
+    lanes = [[run for run in lane if run in selected] for lane in LANES]
+    futures: dict[tuple[str, str], Future] = {run: Future() for lane in lanes for run in lane}
     stop = threading.Event()
 
     def run_lane(lane):
-        for stem in lane:
+        for run in lane:
             if stop.is_set():
-                futures[stem].cancel()
+                futures[run].cancel()
                 continue
-            futures[stem].set_running_or_notify_cancel()
+            futures[run].set_running_or_notify_cancel()
+            stem, api = run
             try:
-                futures[stem].set_result(_execute(by_stem[stem], lab_cluster.cfg))
+                futures[run].set_result(_execute(by_stem[stem], lab_cluster.cfg, api))
             except BaseException as exc:  # noqa: BLE001 - handed to that notebook's test
-                futures[stem].set_exception(exc)
+                futures[run].set_exception(exc)
 
     pool = ThreadPoolExecutor(max_workers=len(LANES), thread_name_prefix="notebook-lane")
     running = [pool.submit(run_lane, lane) for lane in lanes if lane]
@@ -128,10 +148,11 @@ def test_notebooks_are_stripped():
         assert not dirty, f"{path.name} has outputs: run `make strip-notebooks`"
 
 
-@pytest.mark.parametrize("path", [
-    pytest.param(p, marks=pytest.mark.skip(reason=RUN_ELSEWHERE[p.stem][1]))
-    if p.stem in RUN_ELSEWHERE else p for p in NOTEBOOKS], ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_on_the_cluster(path, executed):
-    CHECKS[path.stem](executed[path.stem].result())
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_on_the_cluster(path, api, executed):
+    if api == "classic" and path.stem in RUN_ELSEWHERE:
+        pytest.skip(RUN_ELSEWHERE[path.stem][1])
+    CHECKS[path.stem](executed[path.stem, api].result())
 
 

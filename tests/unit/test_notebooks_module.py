@@ -11,9 +11,21 @@ from lab_utils.ops import cluster
 
 def test_record_and_load_results(tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_SHARE_DIR", str(tmp_path))
+    monkeypatch.delenv("LAB_SPARK_API", raising=False)
     notebooks.record_results("nb", {"accuracy": 0.93, "rows": 10})
-    assert notebooks.load_results("nb") == {"accuracy": 0.93, "rows": 10}
+    assert notebooks.load_results("nb") == {"accuracy": 0.93, "rows": 10, "spark_api": "classic"}
     assert (tmp_path / "output" / "notebooks" / "nb.json").is_file()
+
+
+def test_a_connect_run_keeps_its_own_results(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAB_SHARE_DIR", str(tmp_path))
+    monkeypatch.setenv("LAB_SPARK_API", "connect")
+    notebooks.record_results("nb", {"rows": 3})
+    monkeypatch.setenv("LAB_SPARK_API", "classic")
+    notebooks.record_results("nb", {"rows": 4})
+    assert notebooks.load_results("nb", api="connect") == {"rows": 3, "spark_api": "connect"}
+    assert notebooks.load_results("nb") == {"rows": 4, "spark_api": "classic"}
+    assert (tmp_path / "output" / "notebooks" / "nb.connect.json").is_file()
 
 
 def test_strip_removes_outputs(tmp_path):

@@ -31,10 +31,12 @@ def lab_env(tmp: Path, workers: int = 2, **extra: str) -> dict[str, str]:
     news = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     news.parent.mkdir(parents=True, exist_ok=True)
     news.write_text('{"fetchNews": "false"}\n')
-    ports = free_ports(5 + workers)
+    ports = free_ports(7 + workers)
     env = {k: v for k, v in os.environ.items()
            if not (k.startswith("LAB_") or k in {"SPARK_MASTER_URL", "SPARK_AUTH_SECRET",
-                                                 "JUPYTER_TOKEN", "SPARK_LOCAL_IP"})}
+                                                 "JUPYTER_TOKEN", "SPARK_LOCAL_IP",
+                                                 "SPARK_CONNECT_AUTHENTICATE_TOKEN",
+                                                 "SPARK_REMOTE"})}
     env.update(
         LAB_ROOT=str(ROOT),
         LAB_STATE_DIR=str(tmp / "state"),
@@ -50,7 +52,12 @@ def lab_env(tmp: Path, workers: int = 2, **extra: str) -> dict[str, str]:
         LAB_HISTORY_PORT=str(ports[2]),
         LAB_JUPYTER_PORT=str(ports[3]),
         LAB_MODEL_SERVER_PORT=str(ports[4]),
-        LAB_WORKER_UI_PORT=str(ports[5]),
+        LAB_CONNECT_PORT=str(ports[5]),
+        LAB_CONNECT_UI_PORT=str(ports[6]),
+        LAB_WORKER_UI_PORT=str(ports[7]),
+        # The Connect server gives idle executors back after a minute (two by default): the
+        # classic applications of the next test or notebook get their cores sooner.
+        LAB_CONNECT_IDLE_TIMEOUT="60",
         LAB_WORKERS=str(workers),
         LAB_WORKER_MEMORY="2g",
         LAB_START_TIMEOUT="120",
@@ -62,6 +69,7 @@ def lab_env(tmp: Path, workers: int = 2, **extra: str) -> dict[str, str]:
         LAB_DRIVER_JAVA_OPTIONS="-XX:TieredStopAtLevel=1",
         SPARK_AUTH_SECRET=secrets.token_urlsafe(24),
         JUPYTER_TOKEN=secrets.token_urlsafe(24),
+        SPARK_CONNECT_AUTHENTICATE_TOKEN=secrets.token_urlsafe(24),
     )
     env.update(extra)
     if workers > 1:
