@@ -1,6 +1,13 @@
-"""The partition predictor: scoring with ``mapPartitionsWithIndex``, one model per Python worker,
-a pluggable model loader, row pre/post-processors, a batch size and GPU placement (by the task's
-scheduled GPU when Spark assigns one, else partition index modulo the visible GPUs)."""
+"""The partition predictor: scoring whole partitions, one model per Python worker, a pluggable
+model loader, row pre/post-processors, a batch size and GPU placement (by the task's scheduled GPU
+when Spark assigns one, else partition index modulo the visible GPUs).
+
+Two forms run the same partition function: ``df.rdd.mapPartitionsWithIndex`` (the seed's, classic
+sessions only: Spark Connect has no RDDs) and ``df.mapInPandas`` (both modes; the partition's
+index from ``TaskContext.partitionId()``, its rows rebuilt as ``Row`` objects). They give the same
+rows; :meth:`PartitionPredictor.transform` picks the RDD form in classic mode and ``mapInPandas``
+under Connect unless told which.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lab_utils.common.connect import is_connect, require_classic
 from lab_utils.common.saved_model import ModelSpec, load_spec
 from lab_utils.common.task import task_gpu_addresses
 from lab_utils.common.tensorflow import (
@@ -24,12 +32,15 @@ from lab_utils.common.tensorflow import (
 from lab_utils.data import images
 
 if TYPE_CHECKING:
+    import pandas as pd
     from pyspark.sql import DataFrame
 from lab_utils.inference import checks
 from lab_utils.inference.scoring import DEFAULT_BATCH_SIZE, RESULT_DDL, cached_predict_fn
 
 _LOG = logging.getLogger(__name__)
 _WARNED_OTHER_GPU = False
+#: The forms :meth:`PartitionPredictor.transform` can run.
+FORMS = ("rdd", "map_in_pandas")
 
 
 def select_device(partition_index: int, gpu_count: int | None = None) -> str:
@@ -77,9 +88,66 @@ def select_device(partition_index: int, gpu_count: int | None = None) -> str:
     return "/CPU:0"
 
 
+def partition_index() -> int:
+    """The partition a task of ``mapInPandas`` (or any DataFrame function) is running: what
+    ``mapPartitionsWithIndex`` passes as its first argument. ``0`` outside a task.
+
+    Examples
+    --------
+    >>> partition_index()  # on the driver
+    0
+    """
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    return 0 if context is None else context.partitionId()
+
+
+def frames_to_rows(frames: Iterable[pd.DataFrame]) -> Iterator[Any]:
+    """``mapInPandas``'s pandas batches as the ``Row`` objects ``mapPartitionsWithIndex`` would
+    give, one at a time: the same ``row["field"]`` for a row function written for either form.
+    A null is ``None`` in both (pandas would give ``NaN`` for a number column).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> list(frames_to_rows([pd.DataFrame({"x": [1.0, None], "name": ["a", None]})]))
+    [Row(x=1.0, name='a'), Row(x=None, name=None)]
+    """
+    from pyspark.sql import Row
+
+    for frame in frames:
+        columns = list(frame.columns)
+        clean = frame.astype(object).where(frame.notna(), None)
+        for values in clean.itertuples(index=False, name=None):
+            yield Row(**dict(zip(columns, values, strict=True)))
+
+
+def ddl_fields(schema: str) -> list[str]:
+    """The field names of a DDL schema string, in order (top-level fields only).
+
+    Examples
+    --------
+    >>> ddl_fields("path string, top array<string>, scores map<string, float>, error string")
+    ['path', 'top', 'scores', 'error']
+    """
+    fields, depth, start = [], 0, 0
+    for i, char in enumerate(schema + ","):
+        if char in "<(":
+            depth += 1
+        elif char in ">)":
+            depth -= 1
+        elif char == "," and depth == 0:
+            fields.append(schema[start:i].strip().split(" ")[0].split(":")[0])
+            start = i + 1
+    return fields
+
+
 class PartitionPredictor:
-    """A partition-level predictor on ``mapPartitionsWithIndex``: one model per Python worker and
-    device, rows pre-processed, batched, predicted and post-processed by functions you give it.
+    """A partition-level predictor: one model per Python worker and device, rows pre-processed,
+    batched, predicted and post-processed by functions you give it. It runs on
+    ``mapPartitionsWithIndex`` (classic sessions) or ``mapInPandas`` (either mode):
+    :meth:`transform`.
 
     Parameters
     ----------
@@ -122,6 +190,12 @@ class PartitionPredictor:
     |  4| 2.0|                NULL|
     |  9| 3.0|                NULL|
     +---+----+--------------------+
+
+    The same rows through ``mapInPandas``, the form a Spark Connect session runs:
+
+    >>> (predictor.transform(df, form="map_in_pandas").orderBy("x").collect()
+    ...  == predictor.transform(df, form="rdd").orderBy("x").collect())
+    True
     """
 
     def __init__(self, model_loader: Callable[[str], PredictFn],
@@ -147,7 +221,7 @@ class PartitionPredictor:
         device = select_device(index, self.gpu_count)
         predict = cached_predict_fn((*self._cache_key, device),
                                     lambda: self.model_loader(device))
-        fields = [f.strip().split(" ")[0] for f in self.schema.split(",")]
+        fields = ddl_fields(self.schema)
         # Rows leave in the order they came: a bad row waits in the batch with its error.
         pending: list[tuple[Any, str | None]] = []
         inputs: list[np.ndarray] = []
@@ -171,8 +245,38 @@ class PartitionPredictor:
                 yield from flush()
         yield from flush()
 
-    def transform(self, df: DataFrame) -> DataFrame:
-        """Score every row of ``df``; the result has ``schema``."""
+    def _predict_frames(self, frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        """The ``mapInPandas`` form: the same partition function, its rows from pandas batches
+        and its output rows sent back as pandas frames of at most ``batch_size`` rows."""
+        import pandas as pd
+
+        fields = ddl_fields(self.schema)
+        out: list[tuple] = []
+        for record in self._predict_partition(partition_index(), frames_to_rows(frames)):
+            out.append(record)
+            if len(out) >= self.batch_size:
+                yield pd.DataFrame.from_records(out, columns=fields)
+                out = []
+        if out:
+            yield pd.DataFrame.from_records(out, columns=fields)
+
+    def transform(self, df: DataFrame, form: str | None = None) -> DataFrame:
+        """Score every row of ``df``; the result has ``schema``.
+
+        ``form``: ``"rdd"`` (``df.rdd.mapPartitionsWithIndex``, classic sessions only) or
+        ``"map_in_pandas"`` (``df.mapInPandas``, classic or Spark Connect). Default: the RDD form
+        in a classic session, ``mapInPandas`` under Connect. Both give the same rows; the RDD
+        form moves rows as pickled ``Row`` objects and its plan shows only ``Scan ExistingRDD``,
+        ``mapInPandas`` moves Arrow batches and shows ``MapInPandas``.
+        """
+        if form is None:
+            form = "map_in_pandas" if is_connect(df) else "rdd"
+        if form == "map_in_pandas":
+            return df.mapInPandas(self._predict_frames, self.schema)
+        if form != "rdd":
+            raise ValueError(f"form must be one of {FORMS}, not {form!r}")
+        require_classic(df, "PartitionPredictor.transform(df, form='rdd') (df.rdd)",
+                        "use form='map_in_pandas' (the default under Connect)")
         rdd = df.rdd.mapPartitionsWithIndex(self._predict_partition)
         return df.sparkSession.createDataFrame(rdd, self.schema)
 
