@@ -15,7 +15,7 @@ What it prepares, and why:
   root (CI, a root shell) gets uid 1000, and ``share_storages/`` is handed to it.
 * **The secret files** (``.lab/secrets/``, mode 0600, owned by ``LAB_UID``): compose mounts them
   as secrets under ``/run/secrets/``; they hold the same values as ``.env``, so the native lab and
-  the Docker lab share one Jupyter token and one Spark secret.
+  the Docker lab share one Jupyter token, one Spark secret and one Spark Connect token.
 * **Extra CA certificates** (``--extra-ca DIR``): ``*.crt`` files copied into
   ``docker/ca-certificates/``, trusted by apt, pip and uv during the build (company proxies).
 """
@@ -41,7 +41,9 @@ from lab_utils.ops.services import SHARE_SUBDIRS
 
 #: The uid a root-owned checkout's containers run as (they never run as root).
 FALLBACK_ID = 1000
-SECRET_FILES = {"spark_auth_secret": "SPARK_AUTH_SECRET", "jupyter_token": "JUPYTER_TOKEN"}
+#: Compose secret name -> the ``.env`` key whose value its file holds.
+SECRET_FILES = {"spark_auth_secret": "SPARK_AUTH_SECRET", "jupyter_token": "JUPYTER_TOKEN",
+                "spark_connect_token": "SPARK_CONNECT_AUTHENTICATE_TOKEN"}
 CA_FOLDER = Path("docker") / "ca-certificates"
 #: Services in build order: the JupyterLab image is built FROM the Spark image.
 BUILD_ORDER = ("spark-master", "jupyterlab")
@@ -120,13 +122,14 @@ def _own(path: Path, uid: int, gid: int) -> None:
 
 def write_secrets(project: Project, values: Mapping[str, str]) -> Path:
     """Write each secret to its own 0600 file for compose to mount (see the module doc)."""
+    missing = [key for key in SECRET_FILES.values() if not values.get(key)]
+    if missing:  # before any file is written: all of them or none
+        raise DockerError(f"{', '.join(missing)} missing from .env: run `make env`")
     uid, gid = int(project.env["LAB_UID"]), int(project.env["LAB_GID"])
     folder = project.secrets_dir
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     _own(folder, uid, gid)
     for name, key in SECRET_FILES.items():
-        if not values.get(key):
-            raise DockerError(f"{key} is missing from .env: run `make env`")
         path = atomic_write_text(folder / name, values[key], mode=0o600)
         _own(path, uid, gid)
     return folder
@@ -241,7 +244,8 @@ def health(project: Project) -> dict[str, str]:
 
 
 def expected_containers(project: Project) -> int:
-    return 4 + project.workers  # master, history, model server, JupyterLab and the workers
+    # master, history, model server, JupyterLab, the Connect server and the workers
+    return 5 + project.workers
 
 
 def wait_healthy(project: Project, timeout: float) -> dict[str, str]:
@@ -283,6 +287,11 @@ def urls(project: Project) -> dict[str, str]:
         "Model server": f"http://127.0.0.1:{project.port('LAB_MODEL_SERVER_PORT', 8501)}",
         "Spark UI": f"http://127.0.0.1:{first_ui} (to {last_ui}: one per running notebook "
                     "session)",
+        # `localhost`, not 127.0.0.1: with a token, PySpark's client uses TLS for any other host.
+        "Spark Connect": f"sc://localhost:{project.port('LAB_CONNECT_PORT', 15002)} (token: "
+                         "SPARK_CONNECT_AUTHENTICATE_TOKEN in .env; notebooks: "
+                         "LAB_SPARK_API=connect)",
+        "Connect UI": f"http://127.0.0.1:{project.port('LAB_CONNECT_UI_PORT', 4050)}",
     }
 
 

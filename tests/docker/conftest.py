@@ -63,7 +63,9 @@ def docker_lab(engine) -> Iterator[DockerLab]:
     shutil.rmtree(work, ignore_errors=True)  # the last run's, kept for reading until now
     work.mkdir(parents=True)
     uid, gid = docker.host_ids(ROOT)
-    ports = free_ports(6)
+    ports = free_ports(8)
+    # Connect's two ports, outside the block of driver UIs (only its first port was checked).
+    connect_port, connect_ui_port = [p for p in ports[5:] if not 0 <= p - ports[4] <= 3][:2]
     env = {
         "COMPOSE_PROJECT_NAME": f"labtest{uuid.uuid4().hex[:8]}",
         "LAB_UID": str(uid), "LAB_GID": str(gid), "LAB_WORKERS": "2",
@@ -73,9 +75,14 @@ def docker_lab(engine) -> Iterator[DockerLab]:
         "LAB_MODEL_SERVER_PORT": str(ports[2]), "LAB_JUPYTER_PORT": str(ports[3]),
         # A block of four driver UI ports, published as they are.
         "LAB_DRIVER_UI_PORT": str(ports[4]), "LAB_DRIVER_UI_PORT_LAST": str(ports[4] + 3),
+        "LAB_CONNECT_PORT": str(connect_port), "LAB_CONNECT_UI_PORT": str(connect_ui_port),
+        # The Connect server's idle executors go back soon, so the classic notebooks after its
+        # run get their cores at once.
+        "LAB_CONNECT_IDLE_TIMEOUT": "15",
         # Fresh secrets: the test never reads or writes the user's .env.
         "JUPYTER_TOKEN": secrets.token_urlsafe(32),
         "SPARK_AUTH_SECRET": secrets.token_urlsafe(32),
+        "SPARK_CONNECT_AUTHENTICATE_TOKEN": secrets.token_urlsafe(32),
     }
     project = docker.Project(root=ROOT, env={**os.environ, **env})
     lab = DockerLab(project, timings)

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -18,15 +19,20 @@ from pathlib import Path
 import pytest
 
 from lab_utils.common.net import http_json
+from lab_utils.common.spark_conf import CONNECT_SERVER_APP
 from lab_utils.ops import docker
 from tests.utils.docker_lab import run
 from tests.utils.notebook_checks import CHECKS
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = {"spark-master", "spark-worker", "spark-history", "model-server", "jupyterlab"}
-#: Notebooks executed inside the JupyterLab container, with the native layer's checks. 01 and 05
-#: run side by side, as two users would (each application may hold 2 of the 4 worker cores).
-NOTEBOOKS = ("00_getting_started", "01_udf_inference_keras", "05_parallel_training")
+SERVICES = {"spark-master", "spark-worker", "spark-history", "model-server", "jupyterlab",
+            "spark-connect"}
+#: Notebook runs inside the JupyterLab container (notebook, LAB_SPARK_API), with the native
+#: layer's checks, in two rounds of two side by side, as two users would (each application may
+#: hold 2 of the 4 worker cores): 00 classic and 00 through the Connect server, then 01 and 05.
+ROUNDS = ((("00_getting_started", "classic"), ("00_getting_started", "connect")),
+          (("01_udf_inference_keras", "classic"), ("05_parallel_training", "classic")))
+RUNS = tuple(run for pair in ROUNDS for run in pair)
 
 
 def _service(item: dict) -> str:
@@ -70,7 +76,9 @@ def test_only_loopback_ports_are_published(docker_lab):
                 assert binding["HostIp"] == "127.0.0.1", (item["Name"], target, binding)
                 published.append(int(target.split("/")[0]))
     assert 7077 not in published and 6066 not in published
-    assert {8080, 18080, 8501, 8888} <= set(published)
+    env = docker_lab.project.env
+    connect = {int(env["LAB_CONNECT_PORT"]), int(env["LAB_CONNECT_UI_PORT"])}
+    assert {8080, 18080, 8501, 8888} | connect <= set(published)
 
 
 def test_no_secret_in_inspect_or_config(docker_lab):
@@ -83,18 +91,26 @@ def test_no_secret_in_inspect_or_config(docker_lab):
 def test_each_role_gets_only_its_secrets(docker_lab):
     expected = {"spark-master": {"spark_auth_secret"}, "spark-worker": {"spark_auth_secret"},
                 "spark-history": {"spark_auth_secret"}, "model-server": set(),
-                "jupyterlab": {"spark_auth_secret", "jupyter_token"}}
-    token = docker_lab.project.env["JUPYTER_TOKEN"]
+                "jupyterlab": {"spark_auth_secret", "jupyter_token", "spark_connect_token"},
+                "spark-connect": {"spark_auth_secret", "spark_connect_token"}}
+    env = docker_lab.project.env
     for item in docker_lab.containers():
         name, service = item["Name"].lstrip("/"), _service(item)
         listed = run("docker", "exec", name, "sh", "-c", "ls /run/secrets 2>/dev/null || true")
         assert set(listed.stdout.split()) == expected[service], name
-        # No process's environment holds a secret's value (compose hands files, not values).
+        # No process's environment holds a secret's value (compose hands files, not values):
+        # the Connect server reads its token and the Spark secret from its 0600 properties file.
         environ = run("docker", "exec", name, "sh", "-c",
                       "cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' || true").stdout
-        assert token not in environ, name
+        assert env["JUPYTER_TOKEN"] not in environ, name
+        assert env["SPARK_CONNECT_AUTHENTICATE_TOKEN"] not in environ, name
         if service != "spark-worker":  # a worker hands the Spark secret to its executors
-            assert docker_lab.project.env["SPARK_AUTH_SECRET"] not in environ, name
+            assert env["SPARK_AUTH_SECRET"] not in environ, name
+        # Nor any command line (the Connect server's executors included).
+        argv = run("docker", "exec", name, "sh", "-c",
+                   "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' ' || true").stdout
+        for value in docker_lab.secret_values:
+            assert value not in argv, name
 
 
 def test_printed_urls_open_from_the_host(docker_lab):
@@ -152,6 +168,63 @@ def test_a_notebook_session_prints_the_hosts_addresses(docker_lab):
         proc.wait(timeout=120)
 
 
+#: A Spark Connect client (the host's PySpark, no JVM): one query per URL, or why it failed.
+CONNECT_CLIENT = """
+import sys
+from pyspark.sql import SparkSession
+for url in sys.argv[1:]:
+    try:
+        spark = SparkSession.builder.remote(url).create()
+        print("ROWS", spark.sql("SELECT 41 + 1 AS x").collect()[0].x, flush=True)
+        spark.stop()
+    except Exception as exc:
+        print("FAILED", type(exc).__name__, str(exc).replace(chr(10), " ")[:300], flush=True)
+"""
+
+
+def test_connect_server_refuses_a_client_without_the_token(docker_lab):
+    """From the host, through the published port: no token and a wrong one are refused, the
+    lab's token works. `localhost`: with a token, PySpark's client uses TLS for any other host."""
+    env = docker_lab.project.env
+    url = docker.urls(docker_lab.project)["Spark Connect"].split()[0]
+    assert url == f"sc://localhost:{env['LAB_CONNECT_PORT']}"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SPARK_", "LAB_"))}
+    done = run(sys.executable, "-c", CONNECT_CLIENT, url, f"{url}/;token=not-the-token",
+               f"{url}/;token={env['SPARK_CONNECT_AUTHENTICATE_TOKEN']}", env=clean, timeout=180)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("ROWS", "FAILED"))]
+    assert len(lines) == 3, done.stdout + done.stderr
+    for refused in lines[:2]:
+        assert refused.startswith("FAILED") and "UNAUTHENTICATED" in refused, refused
+    assert lines[2] == "ROWS 42", lines[2]
+
+
+def test_a_connect_session_in_the_jupyterlab_container(docker_lab):
+    """A kernel's get_spark in Connect mode: the token from its secret file, the server on
+    sc://localhost in the same network namespace, tasks on the worker containers (whose
+    executors reach the server's driver by JupyterLab's name), the host's addresses printed."""
+    script = (
+        "import json, socket\n"
+        "from pyspark.sql import functions as F\n"
+        "from lab_utils.session import get_spark\n"
+        "spark = get_spark('docker-connect-check')\n"
+        "host = F.udf(lambda _: socket.gethostname(), 'string')\n"
+        "rows = spark.range(0, 8, 1, 4).select(host('id').alias('h')).distinct().collect()\n"
+        "print('EXECUTOR_HOSTS', json.dumps(sorted(r.h for r in rows)), flush=True)\n")
+    done = docker_lab.exec("jupyterlab", "python", "-c", script,
+                           env={"LAB_SPARK_API": "connect"}, timeout=300)
+    env = docker_lab.project.env
+    assert f"Spark Connect session on sc://localhost:{env['LAB_CONNECT_PORT']}" in done.stdout
+    assert f"UI http://127.0.0.1:{env['LAB_CONNECT_UI_PORT']}" in done.stdout, done.stdout
+    assert env["SPARK_CONNECT_AUTHENTICATE_TOKEN"] not in done.stdout + done.stderr
+    found = json.loads(done.stdout.split("EXECUTOR_HOSTS", 1)[1].splitlines()[0])
+    hosts = {item["Config"]["Hostname"]: _service(item) for item in docker_lab.containers()}
+    assert found and {hosts.get(h) for h in found} == {"spark-worker"}, (found, hosts)
+    # The server's application is on the master, its UI published on the host.
+    ui = docker.urls(docker_lab.project)["Connect UI"]
+    apps = http_json(f"{ui}/api/v1/applications", timeout=10)
+    assert [a["name"] for a in apps] == [CONNECT_SERVER_APP]
+
+
 def test_files_written_by_the_containers_belong_to_the_host_user(docker_lab):
     share = docker_lab.project.share_dir
     uid = int(docker_lab.project.env["LAB_UID"])
@@ -161,41 +234,40 @@ def test_files_written_by_the_containers_belong_to_the_host_user(docker_lab):
 
 
 @pytest.fixture(scope="module")
-def executed(docker_lab) -> dict[str, dict]:
-    """Notebooks 00, then 01 and 05 side by side, each in a fresh kernel in the container."""
-    def execute(stem: str) -> None:
-        docker_lab.exec("jupyterlab", "python", "-m", "lab_utils.notebooks", "run",
-                        f"/lab/notebooks/{stem}.ipynb", env={"LAB_SMOKE": "1"}, timeout=1200)
+def executed(docker_lab) -> dict[tuple[str, str], dict | BaseException]:
+    """Each round's two runs side by side, each in a fresh kernel in the container."""
+    found: dict[tuple[str, str], dict | BaseException] = {}
 
-    execute(NOTEBOOKS[0])
-    errors: dict[str, BaseException] = {}
-
-    def lane(stem: str) -> None:
+    def lane(stem: str, api: str) -> None:
         try:
-            execute(stem)
-        except BaseException as exc:  # noqa: BLE001 - reported by that notebook's test
-            errors[stem] = exc
+            docker_lab.exec("jupyterlab", "python", "-m", "lab_utils.notebooks", "run",
+                            f"/lab/notebooks/{stem}.ipynb",
+                            env={"LAB_SMOKE": "1", "LAB_SPARK_API": api}, timeout=1200)
+            suffix = "" if api == "classic" else f".{api}"  # lab_utils.notebooks.results_path
+            path = docker_lab.project.share_dir / "output" / "notebooks" / f"{stem}{suffix}.json"
+            found[stem, api] = json.loads(path.read_text())
+        except BaseException as exc:  # noqa: BLE001 - reported by that run's test
+            found[stem, api] = exc
 
-    threads = [threading.Thread(target=lane, args=(stem,)) for stem in NOTEBOOKS[1:]]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    found = {}
-    for stem in NOTEBOOKS:
-        path = docker_lab.project.share_dir / "output" / "notebooks" / f"{stem}.json"
-        found[stem] = errors.get(stem) or json.loads(path.read_text())
+    for pair in ROUNDS:
+        threads = [threading.Thread(target=lane, args=run) for run in pair]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     return found
 
 
-@pytest.mark.parametrize("stem", NOTEBOOKS)
-def test_notebook_runs_in_the_jupyterlab_container(docker_lab, executed, stem):
-    result = executed[stem]
+@pytest.mark.parametrize(("stem", "api"), RUNS, ids=[f"{s}-{a}" for s, a in RUNS])
+def test_notebook_runs_in_the_jupyterlab_container(docker_lab, executed, stem, api):
+    result = executed[stem, api]
     if isinstance(result, BaseException):
         raise result
     if stem == "00_getting_started":
+        assert result["spark_api"] == api
         CHECKS[stem](result, master="spark://spark-master:7077")
-        # The tasks ran in the worker containers, not in the driver's.
+        # The tasks ran in the worker containers, not in the kernel's (classic: the driver;
+        # Connect: the client, the driver being the Connect server in its network namespace).
         hosts = {item["Config"]["Hostname"]: _service(item) for item in docker_lab.containers()}
         assert {hosts[h] for h in result["executor_hosts"]} == {"spark-worker"}
         assert len(result["executor_hosts"]) == 2

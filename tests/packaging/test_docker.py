@@ -15,7 +15,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = [ROOT / "spark" / "Dockerfile", ROOT / "jupyterlab" / "Dockerfile"]
-SECRETS = {"SPARK_AUTH_SECRET": "test-secret-value-1", "JUPYTER_TOKEN": "test-token-value-1"}
+SECRETS = {"SPARK_AUTH_SECRET": "test-secret-value-1", "JUPYTER_TOKEN": "test-token-value-1",
+           "SPARK_CONNECT_AUTHENTICATE_TOKEN": "test-connect-token-1"}
+SERVICES = {"spark-master", "spark-worker", "spark-history", "model-server", "jupyterlab",
+            "spark-connect"}
 
 
 def compose(project: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -53,9 +56,10 @@ def test_secrets_reach_containers_as_files_only(project, config_text, resolved):
     for value in SECRETS.values():
         assert value not in config_text
     text = (ROOT / "docker-compose.yaml").read_text()
-    assert "${SPARK_AUTH_SECRET" not in text and "${JUPYTER_TOKEN" not in text
+    for key in SECRETS:
+        assert "${" + key not in text, key
     declared = resolved["secrets"]
-    assert set(declared) == {"spark_auth_secret", "jupyter_token"}
+    assert set(declared) == {"spark_auth_secret", "jupyter_token", "spark_connect_token"}
     for item in declared.values():
         assert item["file"].startswith(str(project)) and "/.lab/secrets/" in item["file"]
 
@@ -66,15 +70,22 @@ def test_each_service_gets_only_the_secrets_its_role_needs(resolved):
 
     services = resolved["services"]
     assert names(services["model-server"]) == set()
-    assert names(services["jupyterlab"]) == {"spark_auth_secret", "jupyter_token"}
+    assert names(services["jupyterlab"]) == {"spark_auth_secret", "jupyter_token",
+                                             "spark_connect_token"}
+    # The Connect server and its clients (the kernels) hold its token; nobody else does.
+    assert names(services["spark-connect"]) == {"spark_auth_secret", "spark_connect_token"}
     for name in ("spark-master", "spark-worker", "spark-history"):
         assert names(services[name]) == {"spark_auth_secret"}, name
+    for name in ("spark-master", "spark-worker", "spark-history", "spark-connect", "jupyterlab"):
         assert services[name]["environment"]["SPARK_AUTH_SECRET_FILE"] == \
             "/run/secrets/spark_auth_secret"
     assert services["jupyterlab"]["environment"]["JUPYTER_TOKEN_FILE"] == \
         "/run/secrets/jupyter_token"
+    for name in ("spark-connect", "jupyterlab"):
+        assert services[name]["environment"]["SPARK_CONNECT_AUTHENTICATE_TOKEN_FILE"] == \
+            "/run/secrets/spark_connect_token", name
     for service in services.values():
-        assert not {"SPARK_AUTH_SECRET", "JUPYTER_TOKEN"} & set(service["environment"])
+        assert not set(SECRETS) & set(service["environment"])
 
 
 def test_containers_are_hardened(resolved):
@@ -88,42 +99,49 @@ def test_containers_are_hardened(resolved):
         assert set(resolved["services"][name]["build"]["args"]) >= {"lab_uid", "lab_gid"}
 
 
-def test_compose_has_the_five_services(resolved):
+def test_compose_has_the_six_services(resolved):
     services = resolved["services"]
-    assert set(services) == {"spark-master", "spark-worker", "spark-history", "model-server",
-                             "jupyterlab"}
+    assert set(services) == SERVICES
     assert services["spark-worker"]["deploy"]["replicas"] == 2
     for name, service in services.items():
         assert "container_name" not in service, f"{name}: container_name blocks --scale"
         assert service["healthcheck"]["test"][:3] == ["CMD", "lab", "health"], name
         assert service["command"][:2] == ["lab", "run"], name
-        for dependency in service.get("depends_on", {}).values():
+        for other, dependency in service.get("depends_on", {}).items():
+            # Only the service whose network namespace it joins needs no more than started.
+            if service.get("network_mode") == f"service:{other}":
+                continue
             assert dependency["condition"] == "service_healthy", name
 
 
 def test_one_spark_image_for_every_role(resolved):
     services = resolved["services"]
     spark = {services[n]["image"] for n in ("spark-master", "spark-worker", "spark-history",
-                                             "model-server")}
+                                             "model-server", "spark-connect")}
     assert spark == {"spark-dl-lab/spark:latest"}
     assert services["jupyterlab"]["build"]["args"]["spark_image"] == "spark-dl-lab/spark:latest"
     roles = {n: services[n]["command"][2] for n in services}
     assert roles == {"spark-master": "master", "spark-worker": "worker",
                      "spark-history": "history", "model-server": "model-server",
-                     "jupyterlab": "jupyter"}
+                     "jupyterlab": "jupyter", "spark-connect": "connect"}
+
+
+def _ports(service: dict) -> list[str]:
+    """``host_ip:published:target`` of each published port, in either compose's config form."""
+    return [(port if isinstance(port, str) else
+             f"{port['host_ip']}:{port['published']}:{port['target']}").removesuffix("/tcp")
+            for port in service.get("ports", [])]
 
 
 def test_ports_bound_to_loopback_and_rpc_not_published(resolved):
     published = []
     for name, service in resolved["services"].items():
-        for port in service.get("ports", []):
-            text = port if isinstance(port, str) else f"{port['host_ip']}:{port['published']}:" \
-                                                      f"{port['target']}"
+        for text in _ports(service):
             assert text.startswith("127.0.0.1:"), f"{name} publishes {text} beyond loopback"
             published.append(int(text.split(":")[2].split("/")[0]))
     # The driver UIs are published as they are (4040-4043), so the port a kernel reports is
-    # the port the host's browser opens.
-    assert sorted(published) == [4040, 4041, 4042, 4043, 8080, 8501, 8888, 18080]
+    # the port the host's browser opens; so are Spark Connect's gRPC port and its UI.
+    assert sorted(published) == [4040, 4041, 4042, 4043, 4050, 8080, 8501, 8888, 15002, 18080]
     assert 7077 not in published and 6066 not in published
 
 
@@ -191,3 +209,27 @@ def test_model_server_service(resolved):
     assert jupyter["environment"]["LAB_MODEL_SERVER_URL"] == "http://model-server:8501"
     assert jupyter["depends_on"]["model-server"]["condition"] == "service_healthy"
     assert "8501" in (ROOT / "spark" / "Dockerfile").read_text().split("EXPOSE", 1)[1]
+
+
+def test_connect_service(resolved):
+    """The Connect server shares JupyterLab's network namespace: kernels reach it as
+    sc://localhost:PORT (with a token PySpark's client uses TLS for any other host spelling, and
+    the server has no TLS), and its ports are published on jupyterlab, on loopback only."""
+    services = resolved["services"]
+    server, jupyter = services["spark-connect"], services["jupyterlab"]
+    assert server["command"] == ["lab", "run", "connect"]
+    assert server["healthcheck"]["test"] == ["CMD", "lab", "health", "connect"]
+    assert server["network_mode"] == "service:jupyterlab"
+    assert "ports" not in server  # a service in another's network namespace publishes none
+    assert server["depends_on"]["spark-master"]["condition"] == "service_healthy"
+    env = server["environment"]
+    assert env["SPARK_MASTER_URL"] == "spark://spark-master:7077"
+    # Executors reach its driver by JupyterLab's name, whose address it shares.
+    assert env["LAB_DRIVER_HOST"] == "jupyterlab" == jupyter["environment"]["LAB_DRIVER_HOST"]
+    assert env["LAB_HOST"] == "0.0.0.0"
+    # Both services agree on the ports, and each is published as it is.
+    jenv = jupyter["environment"]
+    for key, port in (("LAB_CONNECT_PORT", "15002"), ("LAB_CONNECT_UI_PORT", "4050")):
+        assert str(env[key]) == str(jenv[key]) == port, key
+        assert f"127.0.0.1:{port}:{port}" in _ports(jupyter), (key, _ports(jupyter))
+    assert jenv["LAB_SPARK_API"] == "classic"  # the default; LAB_SPARK_API=connect in .env

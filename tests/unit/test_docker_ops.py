@@ -78,3 +78,35 @@ def test_a_first_build_removes_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(docker.subprocess, "run", engine.run)
     docker.build(_project(tmp_path))
     assert engine.removed == []
+
+
+SECRETS = {"SPARK_AUTH_SECRET": "s" * 20, "JUPYTER_TOKEN": "j" * 20,
+           "SPARK_CONNECT_AUTHENTICATE_TOKEN": "c" * 20}
+
+
+def test_each_secret_gets_its_own_0600_file_the_connect_token_included(tmp_path):
+    project = _project(tmp_path, LAB_UID=str(os.getuid()), LAB_GID=str(os.getgid()))
+    folder = docker.write_secrets(project, SECRETS)
+    assert folder == tmp_path / ".lab" / "secrets"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(docker.SECRET_FILES)
+    for name, key in docker.SECRET_FILES.items():
+        path = folder / name
+        assert path.read_text() == SECRETS[key]
+        assert path.stat().st_mode & 0o777 == 0o600, name
+    assert (folder / "spark_connect_token").read_text() == "c" * 20
+
+
+def test_no_secret_file_without_the_connect_token(tmp_path):
+    project = _project(tmp_path, LAB_UID=str(os.getuid()), LAB_GID=str(os.getgid()))
+    values = {k: v for k, v in SECRETS.items() if k != "SPARK_CONNECT_AUTHENTICATE_TOKEN"}
+    with pytest.raises(docker.DockerError, match="SPARK_CONNECT_AUTHENTICATE_TOKEN.*make env"):
+        docker.write_secrets(project, values)
+    assert not (tmp_path / ".lab" / "secrets").exists()  # none written: all or nothing
+
+
+def test_urls_name_the_connect_endpoint_as_localhost(tmp_path):
+    """With a token, PySpark's client uses TLS unless the host is spelled `localhost`."""
+    found = docker.urls(_project(tmp_path, LAB_CONNECT_PORT="25002"))
+    assert found["Spark Connect"].startswith("sc://localhost:25002 ")
+    assert found["Connect UI"] == "http://127.0.0.1:4050"
+    assert docker.expected_containers(_project(tmp_path, LAB_WORKERS="3")) == 8
