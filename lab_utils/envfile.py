@@ -17,6 +17,7 @@ from lab_utils.errors import LabError
 #: Secrets generated on first run; values are URL-safe so they fit in a token URL and a conf file.
 GENERATED = ("JUPYTER_TOKEN", "SPARK_AUTH_SECRET", "SPARK_CONNECT_AUTHENTICATE_TOKEN")
 
+
 class EnvFileError(LabError, ValueError):
     """A line of ``.env`` is not ``KEY=VALUE``; the message gives its number, never its text."""
 

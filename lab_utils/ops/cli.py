@@ -55,7 +55,8 @@ def _env(args: argparse.Namespace, cfg: lab_config.LabConfig) -> int:
 
     project = docker.project_for(cfg.root)  # adds LAB_UID/LAB_GID, the Docker lab's ids
     folder = docker.write_secrets(project, project.env)
-    print(f"{cfg.root / '.env'} holds the Jupyter token and the Spark secret (mode 0600); "
+    print(f"{cfg.root / '.env'} holds the Jupyter token, the Spark secret and the Spark "
+          "Connect token (mode 0600); "
           f"{folder}/ holds them as the files the Docker lab mounts. Services in Docker run as "
           f"uid {project.env['LAB_UID']}, gid {project.env['LAB_GID']}.")
     return 0
@@ -98,8 +99,9 @@ COMMANDS: dict[str, Command] = {
                      "until it is healthy", _start, env="ensure"),
     "stop": Command("stop the native lab, leaving no process behind", _stop),
     "status": Command("show each service's pid and health", _status),
-    "env": Command("create .env with a Jupyter token, a Spark secret and the Docker lab's ids "
-                   "if missing, and the secret files the Docker lab mounts", _env,
+    "env": Command("create .env with a Jupyter token, a Spark secret, a Spark Connect token "
+                   "and the Docker lab's ids if missing, and the secret files the Docker lab "
+                   "mounts", _env,
                    env="ensure"),
     "run": Command("run one service in the foreground (containers)", _run, arguments=_role),
     "health": Command("exit 0 if a service is healthy (healthchecks)", _health,

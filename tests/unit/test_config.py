@@ -48,9 +48,55 @@ def test_bad_integer_names_the_variable(tmp_path):
         config.load({"LAB_ROOT": str(tmp_path), "LAB_MASTER_PORT": "http"})
 
 
+def test_spark_api_and_connect_settings(tmp_path):
+    cfg = config.load({"LAB_ROOT": str(tmp_path)})
+    assert (cfg.spark_api, cfg.spark_remote, cfg.connect_token) == ("classic", None, None)
+    assert (cfg.connect_port, cfg.connect_ui_port, cfg.connect_idle_timeout) == (15002, 4050, 120)
+    # The lab's own server is spelled localhost: a token to 127.0.0.1 would ask for TLS.
+    assert cfg.connect_url == "sc://localhost:15002"
+    cfg = config.load({"LAB_ROOT": str(tmp_path), "LAB_SPARK_API": " Connect ",
+                       "LAB_CONNECT_PORT": "16002"})
+    assert cfg.spark_api == "connect" and cfg.connect_url == "sc://localhost:16002"
+    cfg = config.load({"LAB_ROOT": str(tmp_path), "LAB_SPARK_API": "connect",
+                       "LAB_SPARK_REMOTE": "sc://big-cluster:443/;use_ssl=true"})
+    assert cfg.connect_url == cfg.spark_remote == "sc://big-cluster:443/;use_ssl=true"
+    assert config.load({"LAB_ROOT": str(tmp_path), "LAB_SPARK_API": ""}).spark_api == "classic"
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("LAB_SPARK_API", "grpc", "LAB_SPARK_API='grpc' is not one of classic, connect"),
+    ("LAB_SPARK_REMOTE", "spark://127.0.0.1:7077",
+     "LAB_SPARK_REMOTE='spark://127.0.0.1:7077' is not a Spark Connect URL: write it as "
+     "sc://host:port"),
+    ("LAB_SPARK_REMOTE", "localhost:15002", "LAB_SPARK_REMOTE='localhost:15002' is not a Spark"),
+    ("LAB_CONNECT_PORT", "grpc", "LAB_CONNECT_PORT='grpc' is not an integer"),
+    ("LAB_CONNECT_IDLE_TIMEOUT", "2m", "LAB_CONNECT_IDLE_TIMEOUT='2m' is not an integer"),
+])
+def test_bad_connect_settings_name_the_variable(tmp_path, name, value, message):
+    with pytest.raises(config.ConfigError, match=re.escape(message)):
+        config.load({"LAB_ROOT": str(tmp_path), name: value})
+
+
+def test_connect_token_from_a_file(tmp_path):
+    (tmp_path / "token").write_text("from-a-file\n")
+    cfg = config.load({"LAB_ROOT": str(tmp_path),
+                       "SPARK_CONNECT_AUTHENTICATE_TOKEN_FILE": str(tmp_path / "token")})
+    assert cfg.connect_token == "from-a-file"
+    env = config.to_env(cfg)  # handed on as the file's name, never its value
+    assert "SPARK_CONNECT_AUTHENTICATE_TOKEN" not in env
+    assert "from-a-file" not in " ".join(env.values())
+    assert config.load(env) == cfg
+    with pytest.raises(config.ConfigError, match="SPARK_CONNECT_AUTHENTICATE_TOKEN_FILE=.* is "
+                                                 "empty: run `make env`"):
+        (tmp_path / "token").write_text("\n")
+        config.load(env)
+
+
 def test_to_env_round_trips(tmp_path):
     cfg = config.load({"LAB_ROOT": str(tmp_path), "SPARK_AUTH_SECRET": "s", "LAB_SMOKE": "yes",
-                       "LAB_WORKERS": "5", "LAB_DRIVER_HOST": "jupyterlab", "LAB_QUICK": "1"})
+                       "LAB_WORKERS": "5", "LAB_DRIVER_HOST": "jupyterlab", "LAB_QUICK": "1",
+                       "SPARK_CONNECT_AUTHENTICATE_TOKEN": "t", "LAB_SPARK_API": "connect",
+                       "LAB_SPARK_REMOTE": "sc://elsewhere:15002", "LAB_CONNECT_UI_PORT": "4051"})
     assert cfg.quick and config.load(config.to_env(cfg)) == cfg
 
 

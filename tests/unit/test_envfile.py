@@ -8,9 +8,9 @@ from lab_utils import envfile
 def test_generates_private_secrets_once(tmp_path):
     path = tmp_path / ".env"
     first = envfile.ensure(path)
-    assert set(first) == {"JUPYTER_TOKEN", "SPARK_AUTH_SECRET"}
+    assert set(first) == {"JUPYTER_TOKEN", "SPARK_AUTH_SECRET", "SPARK_CONNECT_AUTHENTICATE_TOKEN"}
     assert all(len(value) >= 40 for value in first.values())
-    assert first["JUPYTER_TOKEN"] != first["SPARK_AUTH_SECRET"]
+    assert len(set(first.values())) == 3  # three independent secrets
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert envfile.ensure(path) == first  # stable across runs
 
@@ -22,6 +22,8 @@ def test_keeps_user_values_and_fills_missing(tmp_path):
     assert values["JUPYTER_TOKEN"] == "chosen-token"
     assert values["LAB_WORKERS"] == "3"
     assert len(values["SPARK_AUTH_SECRET"]) >= 40
+    # A .env from before the Connect server gets its token on the next start.
+    assert len(values["SPARK_CONNECT_AUTHENTICATE_TOKEN"]) >= 40
     assert envfile.read(path) == values
 
 

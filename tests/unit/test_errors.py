@@ -36,6 +36,9 @@ BUILTIN_BASE = {
     "ModelServerStartError": RuntimeError, "NoImagesError": FileNotFoundError,
     "TooFewImagesError": ValueError, "RunFilesMissingError": FileNotFoundError,
     "NotHttpError": ConnectionError, "AdmissionSettingsError": ValueError,
+    # Issue 30, Spark Connect: a classic-only call under Connect, a URL the client would hang on.
+    "ClassicOnlyError": RuntimeError, "ConnectUrlError": ValueError,
+    "StorageNotSharedError": OSError,  # a path the workers do not see as the client does
 }
 
 #: Built-ins a raise may still name: control flow and "not written yet", not a refusal.

@@ -17,7 +17,8 @@ from lab_utils.ops.services import LaunchError
 
 
 def make_cfg(tmp_path, **extra):
-    env = {"LAB_ROOT": str(tmp_path), "SPARK_AUTH_SECRET": "top-secret", "JUPYTER_TOKEN": "tok"}
+    env = {"LAB_ROOT": str(tmp_path), "SPARK_AUTH_SECRET": "top-secret", "JUPYTER_TOKEN": "tok",
+           "SPARK_CONNECT_AUTHENTICATE_TOKEN": "connect-token"}
     env.update(extra)
     return config.load(env)
 
@@ -69,14 +70,37 @@ def test_restart_checks_only_the_missing_services(tmp_path, stand_in):
         # worker-2's UI port is the one taken; the master's port is taken too, by the "master".
         cfg = make_cfg(tmp_path, LAB_WORKERS="2", LAB_WORKER_UI_PORT=str(port - 1),
                        LAB_MASTER_PORT=str(port))
-        pretend_running(cfg, stand_in, "master", "worker-1", "history", "model-server")
+        pretend_running(cfg, stand_in, "master", "worker-1", "history", "connect",
+                        "model-server")
         lines = []
         with pytest.raises(LaunchError, match=f"port {port} on 127.0.0.1 \\(worker-2\\) is "
                                                "already in use"):
             native.start(cfg, jupyter=False, out=lines.append)
     assert any("partly running: starting worker-2 (running: master, worker-1, history, "
-               "model-server)" in line for line in lines), lines
+               "connect, model-server)" in line for line in lines), lines
     assert pids.running_pid(cfg, "master") == stand_in  # the running lab was left alone
+
+
+def test_a_lost_connect_server_is_started_again_like_a_lost_worker(tmp_path, stand_in):
+    """The Connect server is one of the services `make lab` repairs; without it wanted
+    (connect=False) it is neither started nor checked."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = make_cfg(tmp_path, LAB_CONNECT_PORT=str(port))
+        pretend_running(cfg, stand_in, "master", "worker-1", "worker-2", "history",
+                        "model-server")
+        lines = []
+        with pytest.raises(LaunchError, match=f"port {port} on 127.0.0.1 \\(connect\\) is "
+                                               "already in use.*LAB_CONNECT_PORT"):
+            native.start(cfg, jupyter=False, out=lines.append)
+        assert any("partly running: starting connect (running: master, worker-1, worker-2, "
+                   "history, model-server)" in line for line in lines), lines
+        lines.clear()
+        assert native.start(cfg, jupyter=False, connect=False, out=lines.append)
+        assert lines[-1] == "The lab is already running.", lines  # no connect wanted: none missing
+    assert pids.running_pid(cfg, "master") == stand_in
 
 
 def test_missing_espeak_is_a_warning_with_the_install_command(monkeypatch):
@@ -192,7 +216,9 @@ def test_independent_services_start_before_the_master_is_healthy_and_workers_aft
 
     monkeypatch.setattr(native, "java_version", lambda: None)
     monkeypatch.setattr(native, "port_free", lambda *_: True)
-    monkeypatch.setattr(native, "prepare", lambda c: c.state_dir.mkdir(parents=True))
+    prepared = []
+    monkeypatch.setattr(native, "prepare", lambda c, connect: prepared.append(connect)
+                        or c.state_dir.mkdir(parents=True))
     monkeypatch.setattr(native.Launch, "spawn", spawn)
     monkeypatch.setattr(native, "healthy", healthy)
     monkeypatch.setattr(native, "alive_workers",
@@ -205,3 +231,16 @@ def test_independent_services_start_before_the_master_is_healthy_and_workers_aft
     for name in ("worker-1", "worker-2"):
         assert events.index(f"spawn {name}") > master_up, events
     assert events[0] == "spawn master"
+    # The Connect server is an application of the master: spawned once the master is healthy,
+    # before the workers (its JVM's start overlaps theirs), and awaited like the others.
+    assert master_up < events.index("spawn connect") < events.index("spawn worker-1"), events
+    assert "connect healthy" in events, events
+    assert prepared == [True]  # its properties file is written
+
+
+def test_urls_name_the_connect_server_by_localhost(tmp_path):
+    # A token over a loopback address would make PySpark's client ask for TLS (session.py).
+    found = native.urls(make_cfg(tmp_path, LAB_CONNECT_PORT="16002", LAB_CONNECT_UI_PORT="4051"))
+    assert found["connect"] == "sc://localhost:16002"
+    assert found["connect_ui"] == "http://127.0.0.1:4051"
+    assert "connect-token" not in " ".join(found.values())

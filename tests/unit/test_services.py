@@ -20,7 +20,8 @@ def fake_java(tmp_path, version_line: str) -> str:
 
 
 def make_cfg(tmp_path, **extra):
-    env = {"LAB_ROOT": str(tmp_path), "SPARK_AUTH_SECRET": "top-secret", "JUPYTER_TOKEN": "tok"}
+    env = {"LAB_ROOT": str(tmp_path), "SPARK_AUTH_SECRET": "top-secret", "JUPYTER_TOKEN": "tok",
+           "SPARK_CONNECT_AUTHENTICATE_TOKEN": "connect-token"}
     env.update(extra)
     return config.load(env)
 
@@ -81,12 +82,22 @@ def test_daemon_uis_offer_no_kill_unless_asked_for(tmp_path):
     # The master's and workers' UIs have no login: with kill on, any local process could post
     # /app/kill/. The daemons read this file (--properties-file) for their UI settings.
     assert _props(services.write_spark_conf(make_cfg(tmp_path)))["spark.ui.killEnabled"] == "false"
+    # The Connect server's application UI (its driver's) has no login either.
+    assert _props(services.write_connect_conf(make_cfg(tmp_path)))["spark.ui.killEnabled"] == (
+        "false")
     conf = services.write_spark_conf(make_cfg(tmp_path, LAB_UI_KILL="1"))
     assert _props(conf)["spark.ui.killEnabled"] == "true"
+    connect_conf = services.write_connect_conf(make_cfg(tmp_path, LAB_UI_KILL="1"))
+    assert _props(connect_conf)["spark.ui.killEnabled"] == "true"
+    roles = set()
     for service in services.services(make_cfg(tmp_path)):
         if service.role in services.SPARK_ROLES:
+            roles.add(service.role)
             argv = services.service_command(service, make_cfg(tmp_path))
-            assert argv[argv.index("--properties-file") + 1] == str(conf)
+            # The daemons read the lab's file; the Connect server, a Spark application, its own.
+            wanted = connect_conf if service.role == "connect" else conf
+            assert argv[argv.index("--properties-file") + 1] == str(wanted)
+    assert roles == {"master", "worker", "history", "connect"}
 
 
 def test_secret_never_on_a_command_line(tmp_path):
@@ -94,13 +105,14 @@ def test_secret_never_on_a_command_line(tmp_path):
     for service in services.services(cfg):
         argv = " ".join(services.service_command(service, cfg))
         assert "top-secret" not in argv and "tok" not in argv.split("=")[-1]
+        assert "connect-token" not in argv, service.name
 
 
 def test_service_commands(tmp_path):
     cfg = make_cfg(tmp_path, LAB_WORKERS="3", LAB_WORKER_CORES="2", LAB_WORKER_UI_PORT="9001")
     named = {s.name: services.service_command(s, cfg) for s in services.services(cfg)}
     assert list(named) == ["master", "worker-1", "worker-2", "worker-3", "history",
-                           "model-server", "jupyter"]
+                           "connect", "model-server", "jupyter"]
     master = named["master"]
     assert master[1] == "org.apache.spark.deploy.master.Master"
     assert master[master.index("--host") + 1] == "127.0.0.1"
@@ -116,6 +128,60 @@ def test_service_commands(tmp_path):
     assert server[server.index("--models-dir") + 1] == str(cfg.share_dir / "models")
     assert "--fail-rate" not in server  # fault injection only when asked for
     assert f"--ServerApp.root_dir={tmp_path.resolve() / 'notebooks'}" in named["jupyter"]
+    # The Connect server: spark-submit in the foreground, every setting from its own file.
+    connect = named["connect"]
+    assert connect == [str(services.spark_home() / "bin" / "spark-submit"),
+                       "--class", "org.apache.spark.sql.connect.service.SparkConnectServer",
+                       "--name", "Spark Connect server",
+                       "--properties-file", str(services.connect_conf_path(cfg))]
+
+
+def test_connect_conf_is_private_and_holds_the_token_and_the_secret(tmp_path):
+    cfg = make_cfg(tmp_path, LAB_CONNECT_PORT="16002", LAB_CONNECT_UI_PORT="4051",
+                   LAB_APP_CORES_MAX="3")
+    path = services.write_connect_conf(cfg)
+    assert path == services.connect_conf_path(cfg) == cfg.state_dir / "conf" / "spark-connect.conf"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    props = _props(path)
+    assert props["spark.connect.authenticate.token"] == "connect-token"
+    assert props["spark.authenticate"] == "true"
+    assert props["spark.authenticate.secret"] == "top-secret"
+    assert props["spark.master"] == "spark://127.0.0.1:7077"
+    assert props["spark.connect.grpc.binding.address"] == "127.0.0.1"
+    assert props["spark.connect.grpc.binding.port"] == "16002"
+    assert props["spark.ui.port"] == "4051"
+    assert props["spark.driver.host"] == props["spark.driver.bindAddress"] == "127.0.0.1"
+    assert props["spark.dynamicAllocation.enabled"] == "true"
+    assert props["spark.dynamicAllocation.maxExecutors"] == "3"
+    # Like any lab application: event logs for the history server, the Arrow batch size.
+    assert props["spark.eventLog.dir"] == cfg.events_dir.as_uri()
+    assert props["spark.sql.execution.arrow.maxRecordsPerBatch"] == str(cfg.arrow_batch)
+    # Stale copies readable by others are replaced by a private file, never written through.
+    path.chmod(0o644)
+    services.write_connect_conf(cfg)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_connect_conf_in_a_container_listens_everywhere_and_names_its_driver(tmp_path):
+    cfg = make_cfg(tmp_path, LAB_HOST="0.0.0.0", SPARK_MASTER_URL="spark://spark-master:7077",
+                   LAB_DRIVER_HOST="spark-connect")
+    props = _props(services.write_connect_conf(cfg))
+    assert props["spark.master"] == "spark://spark-master:7077"
+    assert props["spark.connect.grpc.binding.address"] == "0.0.0.0"
+    assert props["spark.driver.host"] == "spark-connect"  # executors reach it by that name
+
+
+def test_connect_server_never_runs_without_a_token(tmp_path):
+    cfg = config.load({"LAB_ROOT": str(tmp_path), "SPARK_AUTH_SECRET": "s"})
+    with pytest.raises(LaunchError, match="SPARK_CONNECT_AUTHENTICATE_TOKEN is not set: run "
+                                          "`make env`"):
+        services.write_connect_conf(cfg)
+    with pytest.raises(LaunchError, match="SPARK_CONNECT_AUTHENTICATE_TOKEN is not set"):
+        services.prepare(cfg, connect=True)
+    assert not services.connect_conf_path(cfg).exists()
+    services.prepare(cfg)  # the other Spark roles do not need it
+    assert services.spark_conf_path(cfg).is_file()
+    assert not services.connect_conf_path(cfg).exists()
 
 
 def test_jupyter_writes_no_browser_open_file_with_the_token(tmp_path):
@@ -146,7 +212,8 @@ def test_daemon_java_options_reach_the_spark_daemons_only(tmp_path, monkeypatch)
     monkeypatch.setenv("SPARK_DAEMON_JAVA_OPTS", "-Dmine=1")
     cfg = make_cfg(tmp_path)
     assert cfg.daemon_java_options == config.DEFAULT_DAEMON_JAVA_OPTIONS
-    for role in ("master", "worker", "history"):
+    # Spark's launcher gives them to the Connect server too (spark-submit of its main class).
+    for role in ("master", "worker", "history", "connect"):
         # The user's own options stay, first; the lab's come after them.
         assert services.service_env(cfg, role)["SPARK_DAEMON_JAVA_OPTS"] == (
             "-Dmine=1 -XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
@@ -194,34 +261,48 @@ def test_each_role_gets_only_its_secrets(tmp_path, as_files):
     if as_files:  # the containers' form: file names, never values, in the environment
         (tmp_path / "secret").write_text("top-secret\n")
         (tmp_path / "token").write_text("tok-value\n")
+        (tmp_path / "connect").write_text("connect-value\n")
         cfg = config.load({"LAB_ROOT": str(tmp_path), "SPARK_AUTH_SECRET_FILE":
-                           str(tmp_path / "secret"), "JUPYTER_TOKEN_FILE": str(tmp_path / "token")})
+                           str(tmp_path / "secret"), "JUPYTER_TOKEN_FILE": str(tmp_path / "token"),
+                           "SPARK_CONNECT_AUTHENTICATE_TOKEN_FILE": str(tmp_path / "connect")})
     else:
-        cfg = make_cfg(tmp_path, JUPYTER_TOKEN="tok-value")
-    names = ("SPARK_AUTH_SECRET", "SPARK_AUTH_SECRET_FILE", "JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE")
+        cfg = make_cfg(tmp_path, JUPYTER_TOKEN="tok-value",
+                       SPARK_CONNECT_AUTHENTICATE_TOKEN="connect-value")
+    names = ("SPARK_AUTH_SECRET", "SPARK_AUTH_SECRET_FILE", "JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE",
+             "SPARK_CONNECT_AUTHENTICATE_TOKEN", "SPARK_CONNECT_AUTHENTICATE_TOKEN_FILE")
     found = {}
     for role in services.ROLES:
         env = services.service_env(cfg, role)
         found[role] = sorted(name for name in names if name in env)
         # Nor under another name: no value of a secret anywhere in a role that lacks it.
         values = " ".join(env.values())
-        for value in ("tok-value", "top-secret"):
+        for value in ("tok-value", "top-secret", "connect-value"):
             assert (value in values) == (role == "jupyter" and not as_files), (role, value)
-    given = ["SPARK_AUTH_SECRET_FILE", "JUPYTER_TOKEN_FILE"] if as_files else [
-        "JUPYTER_TOKEN", "SPARK_AUTH_SECRET"]
+    given = ["SPARK_AUTH_SECRET_FILE", "JUPYTER_TOKEN_FILE",
+             "SPARK_CONNECT_AUTHENTICATE_TOKEN_FILE"] if as_files else [
+        "JUPYTER_TOKEN", "SPARK_AUTH_SECRET", "SPARK_CONNECT_AUTHENTICATE_TOKEN"]
     # Spark daemons read the secret from their 0600 properties file; workers pass it to their
-    # executors themselves, which inherit the rest of a worker's environment.
-    assert found == {"master": [], "worker": [], "history": [], "model-server": [],
+    # executors themselves, which inherit the rest of a worker's environment. The Connect server
+    # reads the secret and its token from its own 0600 file: Python it runs on its driver sees
+    # neither. Kernels, its clients, get its token.
+    assert found == {"master": [], "worker": [], "history": [], "connect": [], "model-server": [],
                      "jupyter": sorted(given)}
+    assert services.ROLE_SECRETS["connect"] == ()
+    assert "SPARK_CONNECT_AUTHENTICATE_TOKEN" in services.ROLE_SECRETS["jupyter"]
 
 
 def test_no_secret_from_the_callers_environment_reaches_a_role(tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_TOKEN", "stale-token")
     monkeypatch.setenv("JUPYTER_TOKEN_FILE", "/stale/file")
+    monkeypatch.setenv("SPARK_CONNECT_AUTHENTICATE_TOKEN", "stale-connect-token")
+    monkeypatch.setenv("SPARK_CONNECT_AUTHENTICATE_TOKEN_FILE", "/stale/connect")
     cfg = make_cfg(tmp_path)
-    for role in ("master", "worker", "history", "model-server"):
+    for role in ("master", "worker", "history", "connect", "model-server"):
         env = services.service_env(cfg, role)
-        assert not {"JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE", "SPARK_AUTH_SECRET"} & env.keys()
-    assert services.service_env(cfg, "jupyter")["JUPYTER_TOKEN"] == "tok"
+        assert not set(services.SECRETS) & env.keys(), role
+        assert not {f"{name}_FILE" for name in services.SECRETS} & env.keys(), role
+    jupyter = services.service_env(cfg, "jupyter")
+    assert jupyter["JUPYTER_TOKEN"] == "tok"
+    assert jupyter["SPARK_CONNECT_AUTHENTICATE_TOKEN"] == "connect-token"  # the lab's, not stale
     with pytest.raises(LaunchError, match="unknown role 'driver'"):
         services.service_env(cfg, "driver")
