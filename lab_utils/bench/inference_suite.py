@@ -69,6 +69,7 @@ from lab_utils.bench.styles import (
     run_style,
     spark_settings,
 )
+from lab_utils.common.connect import is_connect, task_slots
 
 # --------------------------------------------------------------------------- the run
 
@@ -150,9 +151,10 @@ def run(
     row_cap = {"cnn": 3000, "resnet50": 200, **(row_style_max_n or {})}
     out_dir = out_dir or cfg.share_dir / "output" / "bench" / time.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
-    sc = spark.sparkContext
-    cores = int(spark.conf.get("spark.cores.max", None) or sc.defaultParallelism)
-    partitions = max(cores, sc.defaultParallelism)
+    # Task slots in either mode (spark.cores.max, else the executors' cores in classic mode):
+    # a Spark Connect session has no sparkContext.
+    cores = task_slots(spark)
+    partitions = cores if is_connect(spark) else max(cores, spark.sparkContext.defaultParallelism)
     fixed = {"partitions": partitions, "spark_cores": cores,
              "tf_threads_per_task": "task cpus (1)", **spark_settings(spark),
              "cpu_count": os.cpu_count(), "platform": platform.platform(),

@@ -15,6 +15,7 @@ import pandas as pd
 from lab_utils import inference
 from lab_utils.bench.cases import REST_BATCH, REST_STYLES, BenchModel
 from lab_utils.common import tensorflow as tf_setup
+from lab_utils.common.connect import is_connect
 
 
 def _rss_mb() -> float:
@@ -83,7 +84,8 @@ def style_builder(style: str, model: BenchModel, make, batch: int,
     if style == "partition_predictor":
         # The model the UDF styles loaded (same maker, same key): the RDD functions run in the
         # same Python workers. The CPU here; on a GPU machine the predictor's own loader
-        # places the model.
+        # places the model. Its form follows the session: the RDD in classic mode, mapInPandas
+        # under Spark Connect (no RDDs there).
         key = inference.udf_cache_key(spec, make)
         predictor = inference.image_partition_predictor(
             spec, lambda device: inference.cached_predict_fn(key, make), batch_size=batch)
@@ -100,18 +102,36 @@ def style_builder(style: str, model: BenchModel, make, batch: int,
     return lambda df: df.select(udf("path", "content").alias("r"))
 
 
+#: Why a Spark Connect session records no driver JVM memory.
+NO_DRIVER_JVM = ("Spark Connect: the driver JVM is the Connect server's, in another process "
+                 "(its memory is in the server's UI, Executors tab, driver row)")
+
+
 def spark_settings(spark) -> dict[str, str]:
+    """The settings in force, as recorded with every result: the session's conf, then (classic
+    only) the application's ``SparkConf``; ``"default"`` for a key neither sets. A Spark Connect
+    session reads them all through ``spark.conf.get`` (it has no ``sparkContext``) and gets the
+    server application's values for the static ones."""
     keys = ["spark.master", "spark.cores.max", "spark.executor.cores", "spark.task.cpus",
             "spark.executor.memory", "spark.python.worker.reuse",
             "spark.sql.execution.arrow.maxRecordsPerBatch",
             "spark.sql.execution.pythonUDF.arrow.enabled", "spark.sql.shuffle.partitions"]
+    if is_connect(spark):
+        return {k: spark.conf.get(k, None) or "default" for k in keys}
     conf = spark.sparkContext.getConf()
     return {k: spark.conf.get(k, None) or conf.get(k, "default") for k in keys}
 
 
-def driver_rss_mb(spark) -> dict[str, float | None]:
-    """Peak RSS of this Python process and of the driver JVM (from /proc)."""
+def driver_rss_mb(spark) -> dict[str, float | str | None]:
+    """Peak RSS of this Python process and of the driver JVM (from /proc).
+
+    The JVM's is ``None`` when this process did not start it, with the reason in
+    ``driver_jvm_note``: under Spark Connect the driver is the server's (:data:`NO_DRIVER_JVM`).
+    """
     python = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if is_connect(spark):
+        return {"driver_python_peak_rss_mb": round(python, 1), "driver_jvm_peak_rss_mb": None,
+                "driver_jvm_note": NO_DRIVER_JVM}
     jvm = None
     proc = getattr(spark.sparkContext._gateway, "proc", None)
     if proc is not None:
@@ -122,7 +142,9 @@ def driver_rss_mb(spark) -> dict[str, float | None]:
         except OSError:
             pass
     return {"driver_python_peak_rss_mb": round(python, 1),
-            "driver_jvm_peak_rss_mb": None if jvm is None else round(jvm, 1)}
+            "driver_jvm_peak_rss_mb": None if jvm is None else round(jvm, 1),
+            "driver_jvm_note": "" if jvm is not None else
+            "not measured: this process did not start the driver JVM, or its /proc is unreadable"}
 
 
 def cached_input(spark, files: list[Path], partitions: int):

@@ -81,6 +81,8 @@ def check_02_benchmark_udf_styles(r: dict) -> None:
     assert r["wrong_way_rows"]["df.count()"] == 0  # the UDF column is pruned away
     assert r["wrong_way_rows"]["df.show(1)"] < 10  # the limit is pushed below the UDF
     assert r["wrong_way_rows"]["noop write (every row)"] == n
+    # Counted by an Observation (both modes): a metric on the UDF's column keeps the UDF.
+    assert r["wrong_way_rows"]["df.count() with the observation"] == n
     expected = {"baseline_pipelined", "baseline_naive", "single_thread", "transfer_only",
                 "row_pickled", "row_arrow", "pandas_series", "iterator", "predict_batch_udf",
                 "map_in_pandas", "partition_predictor"}
