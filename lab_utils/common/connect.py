@@ -75,3 +75,19 @@ def task_slots(spark: SparkSession) -> int:
         "spark.default.parallelism, and its executors' cores are visible only through "
         "sparkContext (classic mode): pass the number of partitions yourself, or ask the "
         "cluster's admin to set spark.cores.max")
+
+
+def spark_ui_url(spark: SparkSession) -> str | None:
+    """The web UI of the application that runs ``spark``'s jobs, or None when it has none.
+
+    Classic: the driver's, ``sparkContext.uiWebUrl``. Connect: the server application's,
+    built from its ``spark.driver.host`` and ``spark.ui.port`` (Spark moves to the next port
+    when that one is taken, so on a crowded server host the UI may be one port higher).
+    """
+    if not is_connect(spark):
+        return spark.sparkContext.uiWebUrl
+    conf = spark.conf
+    if (conf.get("spark.ui.enabled", "true") or "true").lower() == "false":
+        return None
+    host = conf.get("spark.driver.host", None) or "localhost"
+    return f"http://{host}:{conf.get('spark.ui.port', '4040') or '4040'}"

@@ -8,7 +8,7 @@ import os
 import platform
 import socket
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from lab_utils import config as lab_config
 from lab_utils.common.net import http_json
@@ -44,34 +44,62 @@ def library_versions(modules: tuple[str, ...] = PARITY_MODULES, *,
     return versions
 
 
-def _partition_report(modules: tuple[str, ...], load: bool
-                      ) -> Callable[[int, Iterable[Any]], Iterator[dict[str, Any]]]:
-    def report(index: int, rows: Iterable[Any]) -> Iterator[dict[str, Any]]:
-        for _ in rows:
+#: Seconds each task of :func:`executor_versions` holds its slot when the application scales
+#: with dynamic allocation (the lab's Connect server): long enough for the executors it asks
+#: for to register before one of them has run every task.
+DYNAMIC_ALLOCATION_HOLD = 2.0
+
+
+def _partition_report(modules: tuple[str, ...], load: bool, hold: float
+                      ) -> Callable[[Iterable[Any]], Iterator[pd.DataFrame]]:
+    def report(frames: Iterable[Any]) -> Iterator[pd.DataFrame]:
+        import time
+
+        import pandas as pd
+        from pyspark import TaskContext
+
+        for _ in frames:
             pass
+        time.sleep(hold)
+        context = TaskContext.get()
         # A Python worker's cwd is its executor's work dir (.../app-id/executor-id): it tells
         # which worker and executor answered, in standalone mode.
-        yield {"partition": index, "host": socket.gethostname(), "pid": os.getpid(),
-               "executor_dir": os.getcwd(), **library_versions(modules, load=load)}
+        yield pd.DataFrame([{"partition": context.partitionId() if context else -1,
+                             "host": socket.gethostname(), "pid": os.getpid(),
+                             "executor_dir": os.getcwd(),
+                             **library_versions(modules, load=load)}])
     return report
 
 
 def executor_versions(
     spark: SparkSession, partitions: int | None = None, modules: tuple[str, ...] = PARITY_MODULES,
-    *, load: bool = False,
+    *, load: bool = False, hold: float | None = None,
 ) -> pd.DataFrame:
     """Ask the executors for their library versions, one row per partition.
 
-    ``partitions`` defaults to twice the default parallelism so every executor gets a task;
-    ``load`` is :func:`library_versions`'s.
-    """
-    import pandas as pd
+    ``partitions`` defaults to twice the session's task slots
+    (:func:`lab_utils.common.connect.task_slots`) so every executor gets a task; ``load`` is
+    :func:`library_versions`'s. A ``mapInPandas`` job, so it runs in classic and Spark Connect
+    sessions alike.
 
-    sc = spark.sparkContext
-    n = partitions or max(2 * sc.defaultParallelism, 2)
-    report = _partition_report(modules, load)
-    rows = sc.parallelize(range(n), n).mapPartitionsWithIndex(report).collect()
-    return pd.DataFrame(rows)
+    ``hold``: seconds each task keeps its slot after answering. By default 0, or
+    :data:`DYNAMIC_ALLOCATION_HOLD` when the application uses dynamic allocation (the lab's
+    Connect server holds no executor while idle): its executors start one by one as this job
+    asks for them, and without a pause the first one up would run every task alone.
+    """
+    from lab_utils.common.connect import task_slots
+
+    n = partitions or max(2 * task_slots(spark), 2)
+    if hold is None:
+        dynamic = spark.conf.get("spark.dynamicAllocation.enabled", "false") or "false"
+        hold = DYNAMIC_ALLOCATION_HOLD if dynamic.lower() == "true" else 0.0
+    columns = ["python", *modules]
+    schema = ("partition int, host string, pid long, executor_dir string, "
+              + ", ".join(f"`{name}` string" for name in columns))
+    report = _partition_report(modules, load, hold)
+    found = cast("pd.DataFrame", spark.range(n, numPartitions=n).mapInPandas(report, schema)
+                 .toPandas())
+    return found.sort_values("partition").reset_index(drop=True)
 
 
 def version_mismatches(driver: dict[str, str], executors: pd.DataFrame) -> list[str]:

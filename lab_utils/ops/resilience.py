@@ -8,7 +8,8 @@ same pieces:
 * :func:`executors` and :func:`job_tasks` ask an application's driver where its executors run
   (which lab worker) and how many tasks of a job group run, finished or failed on each;
 * :func:`kill_worker` kills a native worker's JVM with SIGKILL, like a crashed machine, and
-  :func:`kill_mid_job` does it while a job of yours runs, once every worker is busy with it;
+  :func:`kill_mid_job` does it while a job of yours runs, once every worker is busy with it
+  (a classic session: it needs ``sparkContext``; under Spark Connect kill from a terminal);
 * :func:`lingering_processes` lists processes still running in a worker's work folder (its
   executors and their Python workers) after that worker is gone;
 * :func:`check_output` reads the written Parquet back: rows, duplicate keys, missing keys,
@@ -175,9 +176,20 @@ def kill_mid_job(spark: SparkSession, action: Callable[[], object],
     finished a task and is running another on every worker of the lab, ``worker`` is killed
     with SIGKILL. Waits for ``action`` to finish (raising its error, if any) and returns the
     pid killed, or None when the job ended before every worker was busy (make it longer).
+
+    Classic sessions only: it sets a job group and reads the driver's UI address through
+    ``sparkContext``; under Spark Connect it raises
+    :class:`~lab_utils.common.connect.ClassicOnlyError` before any job starts.
     """
     import threading
 
+    from lab_utils.common.connect import require_classic
+
+    require_classic(spark, "resilience.kill_mid_job (job groups and sparkContext.uiWebUrl)",
+                    "run the job and kill the worker from a terminal (`make status`, then "
+                    "`kill -9 PID`); the server application's REST API, "
+                    "common.connect.spark_ui_url(spark) and spark.conf.get('spark.app.id'), "
+                    "still answers resilience.executors")
     cfg = cfg or lab_config.load()
     _worker_pid(cfg, worker)  # not the native lab: say so before any job starts
     sc = spark.sparkContext

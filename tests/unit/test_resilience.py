@@ -142,3 +142,16 @@ def test_lingering_processes_are_found_by_their_work_folder(tmp_path):
         proc.kill()
         proc.wait()
     assert resilience.lingering_processes(cfg, "worker-2") == []
+
+
+def test_kill_mid_job_under_connect_is_a_classic_only_error_before_any_job(tmp_path):
+    from lab_utils.common.connect import ClassicOnlyError
+
+    class ConnectSession:  # a stand-in: is_connect reads the class's module
+        __module__ = "pyspark.sql.connect.session"
+
+    ran = []
+    with pytest.raises(ClassicOnlyError, match=r"kill_mid_job .*Spark Connect session.*"
+                                               r"kill -9 PID"):
+        resilience.kill_mid_job(ConnectSession(), lambda: ran.append(1), lab_cfg(tmp_path))
+    assert ran == []

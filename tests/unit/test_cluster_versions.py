@@ -1,0 +1,61 @@
+"""executor_versions without a cluster: a stand-in session runs its mapInPandas job here."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from lab_utils.ops import cluster
+
+
+class StandInSession:
+    """Just enough of a SparkSession (classic or Connect) for executor_versions: its conf and
+    ``range(n, numPartitions=n).mapInPandas(f, schema).toPandas()``, each partition's rows
+    handed to ``f`` as one frame, in this process."""
+
+    def __init__(self, conf: dict[str, str]):
+        self.conf = SimpleNamespace(get=lambda key, default=None: conf.get(key, default))
+        self.schema = ""
+
+    def range(self, n, numPartitions):
+        assert n == numPartitions
+        session = self
+
+        class Frame:
+            def mapInPandas(self, fn, schema):
+                session.schema = schema
+                return SimpleNamespace(toPandas=lambda: pd.concat(
+                    [out for _ in range(n) for out in fn(iter([pd.DataFrame({"id": [0]})]))],
+                    ignore_index=True))
+        return Frame()
+
+
+@pytest.fixture()
+def sleeps(monkeypatch):
+    import time
+
+    found: list[float] = []
+    monkeypatch.setattr(time, "sleep", found.append)
+    return found
+
+
+def test_one_row_per_partition_with_every_column_the_schema_names(sleeps):
+    spark = StandInSession({"spark.cores.max": "2"})
+    found = cluster.executor_versions(spark, modules=("pandas",))
+    assert len(found) == 4  # twice the task slots
+    names = [part.split()[0].strip("`") for part in spark.schema.split(", ")]
+    assert list(found.columns) == names == ["partition", "host", "pid", "executor_dir",
+                                            "python", "pandas"]
+    assert found["pandas"].eq(pd.__version__).all()
+    assert sleeps == [0.0] * 4  # no dynamic allocation: no pause
+
+
+def test_tasks_hold_their_slot_under_dynamic_allocation(sleeps):
+    spark = StandInSession({"spark.cores.max": "2", "spark.dynamicAllocation.enabled": "true"})
+    cluster.executor_versions(spark, 3, modules=())
+    assert sleeps == [cluster.DYNAMIC_ALLOCATION_HOLD] * 3
+    sleeps.clear()
+    cluster.executor_versions(spark, 2, modules=(), hold=0.5)
+    assert sleeps == [0.5, 0.5]
