@@ -31,6 +31,16 @@ def check_00_getting_started(r: dict, *, master: str = "spark://127.0.0.1:") -> 
     assert r["plans"] == {"python UDF (pickled)": ["BatchEvalPython"],
                           "python UDF (Arrow)": ["ArrowEvalPython"],
                           "pandas UDF": ["ArrowEvalPython"]}
+    assert r["task_slots"] == 2  # LAB_APP_CORES_MAX, read from the conf in both modes
+    # Section 7: spark.sparkContext is fine in classic mode, refused under Connect.
+    assert r["classic_api_error"] == {"classic": None,
+                                      "connect": "JVM_ATTRIBUTE_NOT_SUPPORTED"}[r["spark_api"]]
+    # Section 8: the module is missing on the workers until shipped (addArtifacts under Connect,
+    # addPyFile in classic); the shipped file is read by every task through SparkFiles.
+    assert r["shipping"] == {
+        "error_before": "ModuleNotFoundError: No module named 'lab_tips'",
+        "tips_after": [f"tip {n}: ship what the workers lack" for n in range(3)],
+        "file_on_workers": ["0.75"] * 3}, r["shipping"]
 
 
 def check_01_udf_inference_keras(r: dict) -> None:
@@ -38,9 +48,13 @@ def check_01_udf_inference_keras(r: dict) -> None:
     assert r["classes"] == [str(d) for d in range(10)]
     assert r["holdout_accuracy"] >= 0.7 and r["baseline_accuracy"] <= 0.2
     assert r["folder_accuracy"] >= 0.8
+    assert r["task_slots"] == 2  # LAB_APP_CORES_MAX, in both modes
+    # The partition predictor runs on the RDD: classic only, skipped under Connect.
+    classic = r["spark_api"] == "classic"
+    rdd_style = ["partition predictor"] if classic else []
     assert r["styles"] == sorted(["row UDF (pickled)", "row UDF (Arrow)", "pandas UDF",
                                   "iterator UDF", "predict_batch_udf", "mapInPandas",
-                                  "partition predictor"])
+                                  *rdd_style])
     assert r["styles_agree"] == dict.fromkeys(r["styles"], True), r["styles_agree"]
     assert r["rows_per_style"] == dict.fromkeys(r["styles"], 300), r["rows_per_style"]
     # Parity: each style written on the page gives the rows of its lab_utils factory (same
@@ -54,7 +68,7 @@ def check_01_udf_inference_keras(r: dict) -> None:
         "row UDF (pickled)": ["BatchEvalPython"], "row UDF (Arrow)": ["ArrowEvalPython"],
         "pandas UDF": ["ArrowEvalPython"], "iterator UDF": ["ArrowEvalPython"],
         "predict_batch_udf": ["ArrowEvalPython"], "mapInPandas": ["MapInPandas"],
-        "partition predictor": []}, r["python_operators"]
+        **({"partition predictor": []} if classic else {})}, r["python_operators"]
     # A cache dict defined in the notebook is pickled with the function: one load per task.
     # The module cache (lab_utils.inference) loads once per Python worker, fewer than tasks.
     notebook_dict = r["cache_demo"]["dict in the notebook"]
@@ -62,7 +76,7 @@ def check_01_udf_inference_keras(r: dict) -> None:
     assert notebook_dict["loads"] == notebook_dict["tasks"] == 8, notebook_dict
     assert module_cache["tasks"] == 8, module_cache
     assert 1 <= module_cache["loads"] == module_cache["python_workers"] < 8, module_cache
-    assert r["plotted_styles"] == [*on_the_page, "partition predictor"]
+    assert r["plotted_styles"] == [*on_the_page, *rdd_style]
     assert set(r["seconds_by_style"]) == set(r["styles"])
     assert all(s > 0 for s in r["seconds_by_style"].values()), r["seconds_by_style"]
     assert r["placed_files"] == r["files_in_class_folders"] == 300
