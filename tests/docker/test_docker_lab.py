@@ -39,6 +39,13 @@ def _service(item: dict) -> str:
     return item["Config"]["Labels"]["com.docker.compose.service"]
 
 
+def _hosts(docker_lab) -> dict[str, str]:
+    """Each container's host name and its service. spark-connect is left out: it runs in
+    JupyterLab's network namespace and so has JupyterLab's host name."""
+    return {item["Config"]["Hostname"]: _service(item) for item in docker_lab.containers()
+            if not item["HostConfig"]["NetworkMode"].startswith("container:")}
+
+
 def test_every_service_is_healthy_with_two_workers(docker_lab):
     found = docker_lab.containers()
     assert sorted(_service(c) for c in found) == sorted(
@@ -46,6 +53,11 @@ def test_every_service_is_healthy_with_two_workers(docker_lab):
     assert all(c["State"]["Health"]["Status"] == "healthy" for c in found)
     state = http_json(docker.urls(docker_lab.project)["Master UI"] + "/json/")
     assert state["aliveworkers"] == 2 and state["status"] == "ALIVE"
+    # The Connect server is an application of the master, and lives in JupyterLab's network.
+    assert [a["name"] for a in state["activeapps"]] == [CONNECT_SERVER_APP]
+    by_service = {_service(c): c for c in found}
+    assert by_service["spark-connect"]["HostConfig"]["NetworkMode"] == \
+        f"container:{by_service['jupyterlab']['Id']}"
 
 
 def test_containers_run_unprivileged_with_tini_as_init(docker_lab):
@@ -217,7 +229,7 @@ def test_a_connect_session_in_the_jupyterlab_container(docker_lab):
     assert f"UI http://127.0.0.1:{env['LAB_CONNECT_UI_PORT']}" in done.stdout, done.stdout
     assert env["SPARK_CONNECT_AUTHENTICATE_TOKEN"] not in done.stdout + done.stderr
     found = json.loads(done.stdout.split("EXECUTOR_HOSTS", 1)[1].splitlines()[0])
-    hosts = {item["Config"]["Hostname"]: _service(item) for item in docker_lab.containers()}
+    hosts = _hosts(docker_lab)
     assert found and {hosts.get(h) for h in found} == {"spark-worker"}, (found, hosts)
     # The server's application is on the master, its UI published on the host.
     ui = docker.urls(docker_lab.project)["Connect UI"]
@@ -268,7 +280,7 @@ def test_notebook_runs_in_the_jupyterlab_container(docker_lab, executed, stem, a
         CHECKS[stem](result, master="spark://spark-master:7077")
         # The tasks ran in the worker containers, not in the kernel's (classic: the driver;
         # Connect: the client, the driver being the Connect server in its network namespace).
-        hosts = {item["Config"]["Hostname"]: _service(item) for item in docker_lab.containers()}
+        hosts = _hosts(docker_lab)
         assert {hosts[h] for h in result["executor_hosts"]} == {"spark-worker"}
         assert len(result["executor_hosts"]) == 2
         assert hosts[result["driver_host"]] == "jupyterlab"
