@@ -6,7 +6,8 @@ on the executors. On the lab's own cluster every process runs on one machine (or
 folder, with Docker), so that holds by construction. On another cluster it holds only when the
 folder is mounted at the same path on the client and on every worker. Otherwise the failure
 comes late and far from its cause: a model saved a cell earlier is a ``FileNotFoundError`` in a
-UDF, a data set is ``PATH_NOT_FOUND``.
+UDF, a data set is ``PATH_NOT_FOUND`` (or ``FAILED_READ_FILE`` when the driver, in classic
+mode, sees the file and the executors do not).
 
 :func:`check_shared_storage` asks the question in one tiny job, in classic and in Spark Connect
 mode alike (no ``sparkContext``, no RDD): the client writes a marker file with a random name
@@ -118,7 +119,8 @@ def describe_mismatch(root: str | Path, marker: str | Path,
 workers: the client wrote /data/share/.lab-shared-check-1a2b, and the tasks found no such \
 file on w1 (2 tasks); the same file on w2 (1 task). A model or data file this client writes \
 there with plain file I/O is missing on those executors (FileNotFoundError in a UDF, \
-PATH_NOT_FOUND from spark.read), and what Spark writes there is missing here. Fix: ...
+PATH_NOT_FOUND or FAILED_READ_FILE from spark.read), and what Spark writes there is missing \
+here. Fix: ...
     """
     what = {"no folder": f"no folder {root}", "no file": "no such file",
             "different": "a different file at that path", SAME: "the same file"}
@@ -130,7 +132,8 @@ PATH_NOT_FOUND from spark.read), and what Spark writes there is missing here. Fi
     return (f"The storage root {root} is not the same folder for this client and the Spark "
             f"workers: the client wrote {marker}, and the tasks found {found}. A model or data "
             "file this client writes there with plain file I/O is missing on those executors "
-            "(FileNotFoundError in a UDF, PATH_NOT_FOUND from spark.read), and what Spark "
+            "(FileNotFoundError in a UDF, PATH_NOT_FOUND or FAILED_READ_FILE from "
+            "spark.read), and what Spark "
             f"writes there is missing here. {FIX}")
 
 
