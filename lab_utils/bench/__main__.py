@@ -17,7 +17,7 @@ DEFAULT_SUITES = ("server", "session", "inference", "training")
 
 
 def _session_options() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(prog="python -m lab_utils.bench", add_help=False)
     parser.add_argument("--suites", default=",".join(DEFAULT_SUITES))
     parser.add_argument("--session-rounds", type=int, default=5,
                         help="session suite: rounds of the three probes (default 5)")
@@ -40,8 +40,12 @@ def split_argv(argv: list[str]) -> tuple[argparse.Namespace, list[str] | None]:
     >>> opts.session, rest
     (True, ['--rest', '--suites', 'server,inference,training'])
     """
-    opts, rest = _session_options().parse_known_args(argv)
+    parser = _session_options()
+    opts, rest = parser.parse_known_args(argv)
     suites = [s.strip() for s in opts.suites.split(",") if s.strip()]
+    unknown = sorted(set(suites) - set(DEFAULT_SUITES))
+    if unknown:  # before any suite starts a lab
+        parser.error(f"unknown suite(s) {unknown}: use {', '.join(DEFAULT_SUITES)}")
     opts.session = "session" in suites
     others = [s for s in suites if s != "session"]
     if not others and opts.session:

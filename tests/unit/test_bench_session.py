@@ -132,3 +132,12 @@ def test_the_probe_module_starts_its_clock_before_its_imports():
         "from __future__ import annotations", "import time"]
     # lab_utils (and through it pyspark) is imported inside main(), on the clock.
     assert "from lab_utils.session import get_spark" in after.split("def main")[1]
+
+
+def test_an_unknown_suite_is_refused_before_any_runs(monkeypatch, capsys):
+    monkeypatch.setattr(bench_main, "other_suites", lambda argv: pytest.fail("ran"))
+    monkeypatch.setattr(session_suite, "run", lambda **kw: pytest.fail("ran"))
+    with pytest.raises(SystemExit):
+        bench_main.main(["--suites", "session,sesion"])
+    assert "unknown suite(s) ['sesion']: use server, session, inference, training" in (
+        capsys.readouterr().err)
