@@ -4,6 +4,7 @@ against ``model.predict``), each variant in a fresh application."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from lab_utils import config as lab_config
+from lab_utils import envfile
 from lab_utils.bench.cases import BenchModel, list_files, prepare_models
 from lab_utils.bench.references import run_baseline
 from lab_utils.bench.styles import run_style
@@ -58,7 +60,11 @@ def sweep(*, n: int = 3000, out_dir: Path | None = None,
     rows = []
     for i, (name, conf, variant) in enumerate(SWEEP, start=1):
         progress(f"[{i}/{len(SWEEP)}] {name}")
-        spark = get_spark(f"benchmark sweep: {name}", conf=conf, quiet=True)
+        # Classic whatever LAB_SPARK_API says: each variant changes settings fixed when an
+        # application starts, which a Spark Connect session cannot set on its server.
+        spark = get_spark(f"benchmark sweep: {name}", conf=conf, quiet=True,
+                          env={**envfile.read(cfg.root / ".env"), **os.environ,
+                               "LAB_SPARK_API": "classic"})
         try:
             chosen = model if variant == "call" else BenchModel(
                 model.name, model.spec, _predict_method_fn(str(model.spec.model_file)),
