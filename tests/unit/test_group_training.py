@@ -343,14 +343,18 @@ def test_the_arrow_scorer_gives_the_pandas_scorers_rows_loading_each_model_once(
     gt.score._MODEL_CACHE._values.clear()  # a fresh Python worker
     run, data, paths, errors = _scoring_case(tmp_path, specs)
     loads = _Loads()
-    arrow_fn = gt.make_arrow_score_fn(gt.GroupScorer(paths, errors, ["x"], loads), "group")
+    scorer = gt.GroupScorer(paths, errors, ["x"], loads)
+    arrow_fn = gt.make_arrow_score_fn(scorer, "group", loads_column="loaded")
     # Batches of 333 rows: most groups span two or more batches.
     batches = [pa.RecordBatch.from_pandas(b, preserve_index=False) for b in _batches(data, 333)]
     out = [b for b in arrow_fn(iter(batches))]
-    assert [b.schema.names for b in out[:1]] == [["group", "x", "y", "prediction", "error"]]
+    assert [b.schema.names for b in out[:1]] == [["group", "x", "y", "prediction", "error",
+                                                  "loaded"]]
     assert [b.num_rows for b in out] == [b.num_rows for b in batches]  # batch for batch
     got = pa.Table.from_batches(out).to_pandas()
-    assert loads.value == len(run.trained)  # once per group, not once per batch
+    # Once per group, not once per batch: told to the accumulator, counted by the scorer and
+    # carried in the column an Observation sums.
+    assert loads.value == scorer.loaded == got.pop("loaded").sum() == len(run.trained)
     pandas_fn = gt.make_pandas_score_fn(gt.GroupScorer(paths, errors, ["x"]))
     want = pd.concat([pandas_fn((g,), part) for g, part in data.groupby("group", sort=True)],
                      ignore_index=True)

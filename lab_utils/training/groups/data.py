@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lab_utils.common.connect import task_slots
 from lab_utils.training.groups.fit import GroupTrainingError
 
 #: The seed article's two data sets: y = 2.5 x + noise and y = 3.0 x + noise.
@@ -92,7 +93,7 @@ def write_group_dataset(spark, path: Path | str, specs: pd.DataFrame, *, seed: i
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    files = files or max(1, spark.sparkContext.defaultParallelism)
+    files = files or task_slots(spark)
 
     def expand(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:

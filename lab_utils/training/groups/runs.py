@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from lab_utils import config as lab_config
-from lab_utils.common import atomic
+from lab_utils.common import atomic, connect
 from lab_utils.common.atomic import atomic_write
 from lab_utils.training.groups.fit import (
     DEFAULT_MAX_ROWS,
@@ -105,8 +105,9 @@ def prepare_run_dir(run: str, models_dir: Path | str | None = None, *,
 
 
 def task_slots(spark) -> int:
-    """Cores the application can run tasks on (executors x cores; local[N]: N)."""
-    return max(1, spark.sparkContext.defaultParallelism)
+    """Tasks the application runs at once, classic or Spark Connect
+    (:func:`lab_utils.common.connect.task_slots`)."""
+    return connect.task_slots(spark)
 
 
 def default_partitions(spark, n_groups: int | None = None, per_slot: int = 4) -> int:

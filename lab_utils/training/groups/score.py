@@ -4,6 +4,11 @@ The default plan is the training plan's: ``repartition(P, key)``, each partition
 one ``mapInArrow`` call per partition that cuts its Arrow batches where the key changes and
 loads each group's model once. ``method="applyInPandas"`` is the textbook form (one call per
 group); both give the same rows (a Spark test compares them).
+
+Model loads from disk are counted with a ``pyspark.sql.Observation`` (both classic and Spark
+Connect): each task appends how many models it loaded to its output as a hidden column, the
+observation sums it while the action runs, and the column is dropped before the rows come back.
+A classic accumulator is still accepted.
 """
 
 from __future__ import annotations
@@ -33,11 +38,17 @@ SCORE_METHODS = ("sorted-mapInArrow", "applyInPandas")
 MODEL_CACHE_SIZE = 64
 _MODEL_CACHE: WorkerCache[Any] = WorkerCache(MODEL_CACHE_SIZE)
 
+#: The hidden column that carries each task's model loads to an ``Observation``.
+LOADS_COLUMN = "__model_loads_from_disk"
+#: The metric's name in the observation: ``observation.get["model_loads"]``.
+LOADS_METRIC = "model_loads"
+
 
 def load_model(path: str, loads=None, *, sha256: str):
     """A stored group model (joblib or .keras), checked against the ``sha256`` its registry
-    recorded, cached per Python worker (least recently used dropped first); ``loads`` (a Spark
-    accumulator) counts the loads from disk.
+    recorded, cached per Python worker (least recently used dropped first); ``loads`` (anything
+    with ``add(n)``: a classic Spark accumulator, a :class:`GroupScorer`) counts the loads
+    from disk.
 
     Loading a joblib (pickle) file runs code, so the bytes are read once, checked, and only
     those bytes are loaded: a file changed after training is refused with
@@ -149,7 +160,9 @@ class GroupScorer:
 
     It remembers the current group's model, so a group whose rows span several Arrow batches
     is loaded once (:func:`load_model` also caches per Python worker, and checks the sha256).
-    A pure object: the unit tests drive it without Spark.
+    ``loaded`` counts the models it loaded from disk (not from the worker's cache); ``loads``
+    (a classic accumulator, optional) is told of each one too. A pure object: the unit tests
+    drive it without Spark.
     """
 
     def __init__(self, paths: Mapping[str, tuple[str, str]], errors: Mapping[str, str],
@@ -158,6 +171,7 @@ class GroupScorer:
         self.errors = dict(errors)
         self.features = tuple(features)
         self.loads = loads
+        self.loaded = 0
         self._group: str | None = None
         self._model: Any = None
         self._why: str | None = None
@@ -177,9 +191,15 @@ class GroupScorer:
                           else f"no model for group {group!r} in the registry")
         path, sha256 = stored
         try:
-            return load_model(path, self.loads, sha256=sha256), None
+            return load_model(path, self, sha256=sha256), None
         except Exception as exc:  # noqa: BLE001 - one group's failure marks its rows only
             return None, f"scoring group {group!r} failed: {type(exc).__name__}: {exc}"
+
+    def add(self, n: int) -> None:
+        """Count ``n`` models loaded from disk (:func:`load_model` calls it)."""
+        self.loaded += n
+        if self.loads is not None:
+            self.loads.add(n)
 
     def score(self, group: str, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Predictions (NaN where none) and errors (None where scored) for rows of one group.
@@ -205,25 +225,40 @@ class GroupScorer:
         return pred, error
 
 
-def make_pandas_score_fn(scorer: GroupScorer, prediction: str = "prediction"
+def make_pandas_score_fn(scorer: GroupScorer, prediction: str = "prediction", *,
+                         loads_column: str | None = None
                          ) -> Callable[[tuple, pd.DataFrame], pd.DataFrame]:
     """The ``applyInPandas`` function: all rows of one group in, the same rows out with
-    ``prediction`` and ``error``."""
+    ``prediction`` and ``error`` (and ``loads_column``, when given: the models loaded from disk
+    for this group on its first row, 0 elsewhere)."""
     features = list(scorer.features)
 
     def score(key_values: tuple, pdf: pd.DataFrame) -> pd.DataFrame:
+        before = scorer.loaded
         out = pdf.copy()
         out[prediction], out["error"] = scorer.score(
             str(key_values[0]), pdf[features].to_numpy(dtype=np.float64))
+        if loads_column is not None:
+            out[loads_column] = _first_row(len(out), scorer.loaded - before)
         return out
 
     return score
 
 
+def _first_row(n: int, value: int) -> np.ndarray:
+    """``n`` int64 zeros with ``value`` in the first: a count that sums right over rows."""
+    column = np.zeros(n, dtype=np.int64)
+    if n:
+        column[0] = value
+    return column
+
+
 def make_arrow_score_fn(scorer: GroupScorer, key: str, prediction: str = "prediction", *,
-                        large_strings: bool = False):
+                        large_strings: bool = False, loads_column: str | None = None):
     """The ``mapInArrow`` function over partitions sorted by key: every batch comes back with
-    ``prediction`` and ``error`` appended, each run of one group's rows scored by its model.
+    ``prediction`` and ``error`` appended, each run of one group's rows scored by its model
+    (and ``loads_column``, when given: the models loaded from disk for the batch on its first
+    row, 0 elsewhere).
 
     The input columns go back as they came (no conversion); the key becomes one Python object
     per run of a group, the features one float64 matrix per batch.
@@ -242,11 +277,15 @@ def make_arrow_score_fn(scorer: GroupScorer, key: str, prediction: str = "predic
                 for c in scorer.features])
             pred = np.full(n, np.nan)
             error = np.full(n, None, dtype=object)
+            before = scorer.loaded
             for group, s, e in key_runs(batch.column(key)):
                 pred[s:e], error[s:e] = scorer.score(str(group), X[s:e])
-            yield pa.RecordBatch.from_arrays(
-                [*batch.columns, pa.array(pred, from_pandas=True), pa.array(error, type=text)],
-                names=[*batch.schema.names, prediction, "error"])
+            arrays = [*batch.columns, pa.array(pred, from_pandas=True), pa.array(error, type=text)]
+            names = [*batch.schema.names, prediction, "error"]
+            if loads_column is not None:
+                arrays.append(pa.array(_first_row(n, scorer.loaded - before)))
+                names.append(loads_column)
+            yield pa.RecordBatch.from_arrays(arrays, names=names)
 
     return score
 
@@ -260,8 +299,12 @@ def score_groups(df, registry: pd.DataFrame | str, *, key: str = "group",
     Every input row comes out once, with ``prediction`` and ``error``: rows of a group whose
     model failed to train, that has no model in the registry, or whose model file changed
     since training (its sha256 differs), get the reason in ``error`` and a null prediction, and
-    so does a row with a NaN or infinite feature; the job does not fail. ``loads`` (a Spark
-    accumulator) counts model loads from disk.
+    so does a row with a NaN or infinite feature; the job does not fail.
+
+    ``loads`` counts the models loaded from disk: a ``pyspark.sql.Observation`` (classic and
+    Spark Connect; after the first action ``loads.get["model_loads"]`` holds the count; a
+    model a Python worker still had cached from an earlier job is not loaded again, and not
+    counted), or in classic mode a Spark accumulator.
 
     ``method`` chooses the plan, as in :func:`~lab_utils.training.groups.train_groups`; both
     give the same rows, in a different order:
@@ -292,7 +335,7 @@ def score_groups(df, registry: pd.DataFrame | str, *, key: str = "group",
     [Row(group='a', prediction=10.0, error=None), Row(group='b', prediction=-5.0, error=None),
      Row(group='c', prediction=None, error="no model for group 'c' in the registry")]
     """
-    from pyspark.sql.types import DoubleType, StringType, StructField, StructType
+    from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
 
     if method not in SCORE_METHODS:
         raise GroupTrainingError(f"unknown method {method!r}: use one of {SCORE_METHODS}")
@@ -311,15 +354,29 @@ def score_groups(df, registry: pd.DataFrame | str, *, key: str = "group",
     if taken:
         raise GroupTrainingError(f"column(s) {sorted(taken)} already exist: pass prediction= "
                                  "or drop them")
-    schema = StructType([*df.schema.fields, StructField(prediction, DoubleType()),
-                         StructField("error", StringType())])
-    scorer = GroupScorer(paths, errors, features, loads)
+    # An accumulator is added to on the executors; an Observation (no add) sums a column.
+    observation = loads if loads is not None and not hasattr(loads, "add") else None
+    loads_column = LOADS_COLUMN if observation is not None else None
+    fields = [*df.schema.fields, StructField(prediction, DoubleType()),
+              StructField("error", StringType())]
+    if loads_column is not None:
+        fields.append(StructField(loads_column, LongType()))
+    schema = StructType(fields)
+    scorer = GroupScorer(paths, errors, features, None if observation is not None else loads)
     spark = df.sparkSession
     # The same explicit repartition as training: a fixed task count that AQE does not coalesce,
     # and every row of a group in one task (one model load).
     data = df.repartition(partitions or default_partitions(spark), key)
     if method == "applyInPandas":
-        return data.groupBy(key).applyInPandas(make_pandas_score_fn(scorer, prediction), schema)
-    large = spark.conf.get("spark.sql.execution.arrow.useLargeVarTypes", "false") == "true"
-    return data.sortWithinPartitions(key).mapInArrow(
-        make_arrow_score_fn(scorer, key, prediction, large_strings=large), schema)
+        out = data.groupBy(key).applyInPandas(
+            make_pandas_score_fn(scorer, prediction, loads_column=loads_column), schema)
+    else:
+        large = spark.conf.get("spark.sql.execution.arrow.useLargeVarTypes", "false") == "true"
+        out = data.sortWithinPartitions(key).mapInArrow(
+            make_arrow_score_fn(scorer, key, prediction, large_strings=large,
+                                loads_column=loads_column), schema)
+    if observation is None:
+        return out
+    from pyspark.sql import functions as F
+
+    return out.observe(observation, F.sum(LOADS_COLUMN).alias(LOADS_METRIC)).drop(LOADS_COLUMN)
