@@ -11,7 +11,8 @@ from types import ModuleType
 
 import pytest
 
-from lab_utils.common import atomic, process
+from lab_utils import session
+from lab_utils.common import atomic, connect, process
 from lab_utils.data import images
 from lab_utils.data.tfrecords import reader as tfrecords_reader
 from lab_utils.data.tfrecords import schema as tfrecords_schema
@@ -21,6 +22,8 @@ from tests.utils.doctests import run_examples
 
 MODULES: list[ModuleType] = [
     atomic,
+    connect,
+    session,
     process,
     scoring,
     checks,
