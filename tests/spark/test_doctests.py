@@ -51,8 +51,6 @@ MODULES: list[ModuleType] = [
 #: tier turns warnings into errors), each with its reason.
 KNOWN_WARNINGS: dict[ModuleType, tuple[str, ...]] = {
     search: (
-        # joblibspark: local mode has no stage-level scheduling; the standalone cluster has.
-        "ignore:Spark local mode doesn't support stage-level scheduling:UserWarning",
         # joblibspark 0.6.0 still implements apply_async, which joblib 1.6 deprecated.
         "ignore:`apply_async` is deprecated:DeprecationWarning",
         # PySpark's inheritable thread, which joblibspark starts without a session.

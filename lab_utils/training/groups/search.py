@@ -27,6 +27,9 @@ def _backend_class():
     from joblibspark.backend import SparkDistributedBackend
 
     class DefaultProfileSparkBackend(SparkDistributedBackend):
+        def _is_support_stage_scheduling(self):  # classic mode asks (and warns wrongly)
+            return False
+
         def _create_resource_profile(self, num_cpus_per_spark_task, num_gpus_per_spark_task):
             self._support_stage_scheduling = False  # Connect mode: plain mapInPandas
             return None  # classic mode: no withResources
