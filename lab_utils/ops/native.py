@@ -1,9 +1,10 @@
 """The native lab: its services as local processes (``make lab`` → ``lab start``), or one of
 them in the foreground as a container's command (``lab run ROLE``).
 
-Native mode starts a Spark master, N workers, the Spark History Server, the model server (TF
-Serving REST API, :mod:`lab_utils.serving`) and JupyterLab as background processes bound to
-``LAB_HOST`` (127.0.0.1), waits until they are healthy and prints their URLs. ``lab status``
+Native mode starts a Spark master, N workers, the Spark History Server, the Spark Connect server
+(one application on the lab's master, token required), the model server (TF Serving REST API,
+:mod:`lab_utils.serving`) and JupyterLab as background processes bound to ``LAB_HOST``
+(127.0.0.1), waits until they are healthy and prints their URLs. ``lab status``
 and ``lab stop`` manage them through pid files in ``LAB_STATE_DIR``
 (:mod:`lab_utils.ops.pids`); logs go to ``LAB_STATE_DIR/logs/<service>.log``. What each
 service runs, with which environment, and how it is probed is :mod:`lab_utils.ops.services`.
@@ -164,9 +165,9 @@ class Launch:
     def run(self) -> None:
         """Start what is missing. What does not depend on another service starts at once: the
         master, the history server, the model server and JupyterLab (a notebook connects only
-        when its first cell runs). The workers need the master's RPC port, so they start when
-        it is healthy; each service's JVM or Python start-up (seconds each) then overlaps the
-        others'."""
+        when its first cell runs). The workers and the Connect server (an application of the
+        master) need the master's RPC port, so they start when it is healthy; each service's
+        JVM or Python start-up (seconds each) then overlaps the others'."""
         cfg, host, master = self.cfg, self.host, self.wanted[0]
         where = {"history": f"the Spark History Server on {host}:{cfg.history_port}",
                  "model-server": f"the model server on {host}:{cfg.model_server_port}",
@@ -198,9 +199,11 @@ def start(cfg: lab_config.LabConfig, *, jupyter: bool = True, connect: bool = Tr
     """Start the native lab, or the services of it that are missing, and wait until healthy.
 
     Idempotent: with everything running it only says so; with the master running it starts
-    just the missing services (a worker that died, a stopped JupyterLab) and leaves the running
-    ones, their applications and notebook kernels alone. That makes ``make lab`` the command
-    that brings a lost worker back. Returns the lab's URLs.
+    just the missing services (a worker or the Connect server that died, a stopped JupyterLab)
+    and leaves the running ones, their applications and notebook kernels alone. That makes
+    ``make lab`` the command that brings a lost worker back. ``jupyter=False`` and
+    ``connect=False`` leave those services out (neither started nor counted missing). Returns
+    the lab's URLs.
 
     Raises
     ------

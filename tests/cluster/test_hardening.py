@@ -1,12 +1,14 @@
 """Hardening, asserted from the operating system and the files the lab writes.
 
 * every listening TCP socket of the native lab (daemons, executors, Python workers, JupyterLab,
-  the driver) is bound to loopback, read from the kernel's socket table;
-* neither the Spark secret nor the Jupyter token appears in any log, executor output or event
-  log the lab produced;
+  the driver, the Spark Connect server's gRPC port and its application's UI) is bound to
+  loopback, read from the kernel's socket table;
+* neither the Spark secret, the Jupyter token nor the Connect token appears in any log, executor
+  output or event log the lab produced; the Connect server's properties file, which holds the
+  secret and its token, is private;
 * each process holds only the secrets its role needs, read from ``/proc/<pid>/environ``: the
-  Jupyter token in JupyterLab alone (never in a daemon, an executor or a Spark task), no Spark
-  secret in the model server;
+  Jupyter token and the Connect token in JupyterLab alone (never in a daemon, the Connect server,
+  an executor or a Spark task), no Spark secret in the model server;
 * the Spark UIs kill nothing: a POST to the master's ``/app/kill/`` and to the driver's
   ``/stages/stage/kill/`` leaves the application and its running job alone.
 """
@@ -101,8 +103,14 @@ def test_every_listening_socket_is_on_loopback(lab_cluster, spark):
             sockets.append((pid, host, port))
     ports = {port for _, _, port in sockets}
     cfg = lab_cluster.cfg
-    # The services' own ports are among them, so the scan sees the lab.
-    assert {cfg.master_port, cfg.master_ui_port, cfg.history_port, cfg.jupyter_port} <= ports
+    # The services' own ports are among them, so the scan sees the lab: the Connect server's
+    # gRPC port (every client's way in) and its application's UI included.
+    assert {cfg.master_port, cfg.master_ui_port, cfg.history_port, cfg.jupyter_port,
+            cfg.model_server_port, cfg.connect_port, cfg.connect_ui_port} <= ports, sorted(ports)
+    connect_pid = pids.running_pid(cfg, "connect")
+    assert connect_pid is not None
+    assert {cfg.connect_port, cfg.connect_ui_port} <= {
+        port for pid, _, port in sockets if pid == connect_pid}  # its own, not another's
     assert len(sockets) >= 8
     exposed = [s for s in sockets if not _is_loopback(s[1])]
     assert not exposed, f"sockets not on loopback (pid, address, port): {exposed}"
@@ -113,24 +121,50 @@ def _files_written_by_the_lab(cfg) -> list[Path]:
     return [p for root in roots if root.exists() for p in root.rglob("*") if p.is_file()]
 
 
+def _contents(path: Path) -> bytes:
+    """A file's bytes as a reader sees them: Spark 4 writes event logs zstd-compressed
+    (``events_1_<app>.zstd``), where a secret's bytes would not show; a log still being written
+    is read as far as it goes."""
+    data = path.read_bytes()
+    if ".zstd" not in path.name:
+        return data
+    import zstandard
+
+    return zstandard.ZstdDecompressor().decompressobj(read_across_frames=True).decompress(data)
+
+
 def test_no_secret_in_logs_or_event_logs(lab_cluster, spark):
     # A job first, so the executors have written their output.
     assert spark.sparkContext.parallelize(range(10), 2).map(lambda x: x).count() == 10
     secret = lab_cluster.env["SPARK_AUTH_SECRET"]
     token = lab_cluster.env["JUPYTER_TOKEN"]
+    connect_token = lab_cluster.env["SPARK_CONNECT_AUTHENTICATE_TOKEN"]
     files = _files_written_by_the_lab(lab_cluster.cfg)
     assert any(p.name == "stderr" for p in files), "no executor output found to check"
     assert any(p.suffix == ".log" for p in files)
+    # The Connect server's log and its application's event log are among the files checked.
+    assert lab_cluster.cfg.state_dir / "logs" / "connect.log" in files
+    [connect_app] = [app["id"] for app in services.master_state(lab_cluster.cfg)["activeapps"]
+                     if app["name"] == "Spark Connect server"]
+    assert any(connect_app in p.name for p in files), "no event log of the Connect server"
+    # The event logs are read decompressed: this session's own, with its jobs, shows.
+    events = [_contents(p) for p in files if ".zstd" in p.name]
+    assert any(spark.sparkContext.applicationId.encode() in data and b"SparkListenerJobEnd"
+               in data for data in events), "event logs unreadable"
     leaks = []
     for path in files:
-        data = path.read_bytes()
-        leaks += [(str(path), what) for what, value in (("secret", secret), ("token", token))
+        data = _contents(path)
+        leaks += [(str(path), what) for what, value in (
+            ("secret", secret), ("token", token), ("Connect token", connect_token))
                   if value.encode() in data]
     assert not leaks, leaks
-    # The one file that must hold the secret is private to its owner.
+    # The files that must hold the secret (and the Connect token) are private to their owner.
     conf = services.spark_conf_path(lab_cluster.cfg)
     assert secret in conf.read_text()
     assert conf.stat().st_mode & 0o077 == 0
+    connect_conf = services.connect_conf_path(lab_cluster.cfg)
+    assert secret in connect_conf.read_text() and connect_token in connect_conf.read_text()
+    assert connect_conf.stat().st_mode & 0o077 == 0
 
 
 def _environ(pid: int) -> dict[bytes, bytes]:
@@ -150,19 +184,25 @@ def _holds(pid: int, names: set[str], values: dict[str, str]) -> list[str]:
 
 def test_each_process_holds_only_the_secrets_of_its_role(lab_cluster, spark):
     cfg = lab_cluster.cfg
-    token = {"token": lab_cluster.env["JUPYTER_TOKEN"]}
+    token = {"token": lab_cluster.env["JUPYTER_TOKEN"],
+             "Connect token": lab_cluster.env["SPARK_CONNECT_AUTHENTICATE_TOKEN"]}
     secret = {"Spark secret": lab_cluster.env["SPARK_AUTH_SECRET"]}
-    token_names = {"JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE"}
+    token_names = {"JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE", "SPARK_CONNECT_AUTHENTICATE_TOKEN",
+                   "SPARK_CONNECT_AUTHENTICATE_TOKEN_FILE"}
     secret_names = {"SPARK_AUTH_SECRET", "SPARK_AUTH_SECRET_FILE", "_SPARK_AUTH_SECRET"}
     pid_of = {s.name: pids.running_pid(cfg, s.name) for s in services.services(cfg)}
     assert all(pid_of.values()), pid_of
-    # The scan can see a token: JupyterLab's (which its kernels inherit) holds it.
-    assert _holds(pid_of["jupyter"], {"JUPYTER_TOKEN"}, token) == ["JUPYTER_TOKEN",
-                                                                 "the token's value"]
+    assert "connect" in pid_of
+    # The scan can see a token: JupyterLab's (which its kernels inherit) holds both; kernels
+    # are the Connect server's clients.
+    assert _holds(pid_of["jupyter"], {"JUPYTER_TOKEN", "SPARK_CONNECT_AUTHENTICATE_TOKEN"},
+                  token) == ["JUPYTER_TOKEN", "SPARK_CONNECT_AUTHENTICATE_TOKEN",
+                             "the token's value", "the Connect token's value"]
     held = {name: _holds(pid, token_names | {"SPARK_AUTH_SECRET", "SPARK_AUTH_SECRET_FILE"},
                          {**token, **secret})
             for name, pid in pid_of.items() if name != "jupyter"}
-    # Spark daemons read the secret from their properties file, never from the environment.
+    # Spark daemons read the secret from their properties file, never from the environment; the
+    # Connect server reads the secret and its token from its own.
     assert held == {name: [] for name in held}, held
 
     def task_and_executor(_rows):
