@@ -34,6 +34,7 @@ from lab_utils.data import images
 if TYPE_CHECKING:
     import pandas as pd
     from pyspark.sql import DataFrame
+from lab_utils.errors import LabError
 from lab_utils.inference import checks
 from lab_utils.inference.scoring import DEFAULT_BATCH_SIZE, RESULT_DDL, cached_predict_fn
 
@@ -141,6 +142,10 @@ def ddl_fields(schema: str) -> list[str]:
             fields.append(schema[start:i].strip().split(" ")[0].split(":")[0])
             start = i + 1
     return fields
+
+
+class PredictorFormError(LabError, ValueError):
+    """``PartitionPredictor.transform(form=...)`` named no known form."""
 
 
 class PartitionPredictor:
@@ -274,7 +279,8 @@ class PartitionPredictor:
         if form == "map_in_pandas":
             return df.mapInPandas(self._predict_frames, self.schema)
         if form != "rdd":
-            raise ValueError(f"form must be one of {FORMS}, not {form!r}")
+            raise PredictorFormError(f"form must be one of {FORMS}, not {form!r}: pass "
+                                     "'map_in_pandas' (either API) or 'rdd' (classic only)")
         require_classic(df, "PartitionPredictor.transform(df, form='rdd') (df.rdd)",
                         "use form='map_in_pandas' (the default under Connect)")
         rdd = df.rdd.mapPartitionsWithIndex(self._predict_partition)

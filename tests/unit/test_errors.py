@@ -38,6 +38,7 @@ BUILTIN_BASE = {
     "NotHttpError": ConnectionError, "AdmissionSettingsError": ValueError,
     # Issue 30, Spark Connect: a classic-only call under Connect, a URL the client would hang on.
     "ClassicOnlyError": RuntimeError, "ConnectUrlError": ValueError,
+    "PredictorFormError": ValueError,
     "StorageNotSharedError": OSError,  # a path the workers do not see as the client does
 }
 
