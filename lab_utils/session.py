@@ -138,7 +138,8 @@ def check_connect_url(url: str, token: str | None) -> None:
     """
     parsed = urlparse(url.split("/;", 1)[0].replace("sc://", "http://", 1))
     if not url.startswith("sc://") or not parsed.hostname:
-        raise ConnectUrlError(f"{url!r} is not a Spark Connect URL: write sc://host:port")
+        shown = url.split(";", 1)[0]  # parameters (a token among them) are never repeated
+        raise ConnectUrlError(f"{shown!r} is not a Spark Connect URL: write sc://host:port")
     loopback = parsed.hostname in {"::1", "ip6-localhost"} or parsed.hostname.startswith("127.")
     with_token = token or ";token=" in url
     if with_token and loopback and "use_ssl=true" not in url.lower():
@@ -250,7 +251,7 @@ def get_spark(
                   "them from .env, another cluster's from its admin):\n  "
                   + "\n  ".join(refused), file=sys.stderr)
         if not quiet:
-            print(describe(spark, why, cfg=cfg))
+            print(describe(spark, why, cfg=cfg, url=url))
         return spark
     url, why = resolve_master(cfg, master)
     check_master_reachable(url)
@@ -282,13 +283,14 @@ def get_spark(
 
 
 def describe(spark: SparkSession, why: str = "", *,
-             cfg: lab_config.LabConfig | None = None) -> str:
-    """One line saying where ``spark`` runs, in which mode, with its UI address."""
+             cfg: lab_config.LabConfig | None = None, url: str | None = None) -> str:
+    """One line saying where ``spark`` runs, in which mode, with its UI address (``url``: the
+    Connect URL the session was made with, default the configured one)."""
     cfg = cfg or lab_config.load()
     if is_connect(spark):
         app_id = spark.conf.get("spark.app.id", None) or "?"
-        url = cfg.connect_url.split("/;", 1)[0]
-        lab_server = not cfg.spark_remote
+        url = (url or cfg.connect_url).split("/;", 1)[0]  # its parameters may hold a token
+        lab_server = url == f"sc://localhost:{cfg.connect_port}"
         server_ui = (cfg.links(f"http://{cfg.host}:{cfg.connect_ui_port}")["Spark UI"]
                      if lab_server else "the server's own Spark UI")
         return (f"Spark {spark.version} · Spark Connect session on {url}"

@@ -29,6 +29,8 @@ ROLES = ("master", "worker", "history", "connect", "model-server", "jupyter")
 SPARK_ROLES = ("master", "worker", "history", "connect")
 #: The Spark Connect server's main class (``sbin/start-connect-server.sh`` runs the same, as a
 #: daemon; the lab runs it in the foreground, like its other services).
+#: The Spark daemons proper: bookkeeping JVMs that get LAB_DAEMON_JAVA_OPTIONS.
+DAEMON_ROLES = ("master", "worker", "history")
 CONNECT_SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 SHARE_SUBDIRS = ("data", "models", "output", "spark-events")
 SPARKMONITOR_KERNEL_CONFIG = (
@@ -225,9 +227,12 @@ def service_env(cfg: lab_config.LabConfig, role: str) -> dict[str, str]:
         IPYTHONDIR=str(cfg.state_dir / "ipython"),
         JUPYTER_RUNTIME_DIR=str(cfg.state_dir / "jupyter-runtime"),
     )
-    if role in SPARK_ROLES and cfg.daemon_java_options:
+    if role in DAEMON_ROLES and cfg.daemon_java_options:
         # Spark's launcher gives SPARK_DAEMON_JAVA_OPTS to these daemons only (not executors);
-        # the user's own setting comes first and the lab's options are added after it.
+        # the user's own setting comes first and the lab's options are added after it. Not to
+        # the Connect server (the launcher would pass them on): it is a driver that plans every
+        # query and converts every result, so it runs with LAB_DRIVER_JAVA_OPTIONS, as a classic
+        # session's driver does (spark.driver.extraJavaOptions in its properties file).
         own = env.get("SPARK_DAEMON_JAVA_OPTS", "").strip()
         env["SPARK_DAEMON_JAVA_OPTS"] = f"{own} {cfg.daemon_java_options}".strip()
     # TensorFlow's INFO lines (oneDNN, CUDA probing) flood executor logs and notebook output.

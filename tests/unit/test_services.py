@@ -212,11 +212,13 @@ def test_daemon_java_options_reach_the_spark_daemons_only(tmp_path, monkeypatch)
     monkeypatch.setenv("SPARK_DAEMON_JAVA_OPTS", "-Dmine=1")
     cfg = make_cfg(tmp_path)
     assert cfg.daemon_java_options == config.DEFAULT_DAEMON_JAVA_OPTIONS
-    # Spark's launcher gives them to the Connect server too (spark-submit of its main class).
-    for role in ("master", "worker", "history", "connect"):
+    for role in ("master", "worker", "history"):
         # The user's own options stay, first; the lab's come after them.
         assert services.service_env(cfg, role)["SPARK_DAEMON_JAVA_OPTS"] == (
             "-Dmine=1 -XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+    # Spark's launcher would hand them to the Connect server too (spark-submit of its main
+    # class), a driver that does data work: it keeps only the user's own, as Spark would.
+    assert services.service_env(cfg, "connect")["SPARK_DAEMON_JAVA_OPTS"] == "-Dmine=1"
     monkeypatch.delenv("SPARK_DAEMON_JAVA_OPTS")
     for role in ("model-server", "jupyter"):  # kernels' drivers and executors keep their JITs
         assert "SPARK_DAEMON_JAVA_OPTS" not in services.service_env(cfg, role)
