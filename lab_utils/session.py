@@ -67,17 +67,23 @@ def resolve_master(cfg: lab_config.LabConfig, master: str | None = None) -> tupl
     return "local[*]", "local fallback: no cluster configured (start one with `make lab`)"
 
 
+def _accepts(host: str | None, port: int, timeout: float) -> bool:
+    """True if ``host:port`` accepts a TCP connection within ``timeout`` seconds."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def check_master_reachable(url: str, timeout: float = 3.0) -> None:
     """Fail fast, before the JVM starts, when a ``spark://`` master does not accept connections."""
     if not url.startswith("spark://"):
         return
     for hostport in url[len("spark://"):].split(","):  # HA masters: any one is enough
         parsed = urlparse(f"spark://{hostport}")
-        try:
-            with socket.create_connection((parsed.hostname, parsed.port or 7077), timeout=timeout):
-                return
-        except OSError:
-            continue
+        if _accepts(parsed.hostname, parsed.port or 7077, timeout):
+            return
     raise ClusterUnavailableError(
         f"The Spark master {url} is not reachable. Start the lab with `make lab` (natively) or "
         "`docker compose up`, check it with `make status`, or unset SPARK_MASTER_URL to run "
@@ -151,11 +157,8 @@ def check_connect_url(url: str, token: str | None) -> None:
 
 def _connect_reachable(url: str, timeout: float = 3.0) -> None:
     parsed = urlparse(url.split("/;", 1)[0].replace("sc://", "http://", 1))
-    try:
-        with socket.create_connection((parsed.hostname, parsed.port or 15002), timeout=timeout):
-            return
-    except OSError:
-        pass
+    if _accepts(parsed.hostname, parsed.port or 15002, timeout):
+        return
     raise ClusterUnavailableError(
         f"No Spark Connect server answers at {url.split('/;', 1)[0]}. The lab's starts with "
         "`make lab` (check it with `make status`); another cluster's URL goes in "
