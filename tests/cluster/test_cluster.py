@@ -24,8 +24,8 @@ def test_two_workers_alive_with_their_cores(lab_cluster):
 
 def test_status_reports_every_service_healthy(lab_cluster):
     report = native.status(lab_cluster.cfg)
-    assert list(report) == ["master", "worker-1", "worker-2", "history", "model-server",
-                            "jupyter"]
+    assert list(report) == ["master", "worker-1", "worker-2", "history", "connect",
+                            "model-server", "jupyter"]
     assert all(item["healthy"] and item["pid"] for item in report.values()), report
 
 

@@ -153,7 +153,7 @@ def test_worker_killed_mid_job_loses_no_row_and_comes_back(tmp_path, lab_cluster
 
         # 3. `make lab` (lab start) brings worker-2 back; the old entry stays listed as DEAD.
         lines: list[str] = []
-        native.start(cfg, jupyter=False, out=lines.append)
+        native.start(cfg, jupyter=False, connect=False, out=lines.append)
         assert any("starting worker-2 (running: master, worker-1, history, model-server)" in line
                    for line in lines), lines
         assert services.master_state(cfg, timeout=30)["aliveworkers"] == 2
@@ -172,7 +172,7 @@ def test_worker_killed_mid_job_loses_no_row_and_comes_back(tmp_path, lab_cluster
         # restart must not hide this test's own failure; the next test's readiness check
         # reports the state of the lab.
         try:
-            native.start(cfg, jupyter=False, out=lambda *_: None)
+            native.start(cfg, jupyter=False, connect=False, out=lambda *_: None)
         except LaunchError as exc:
             print(f"could not restart the private lab's missing services: {exc}")
         print(phase)
