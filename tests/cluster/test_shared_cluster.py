@@ -147,8 +147,13 @@ def test_three_apps_two_run_one_waits(tmp_path, private_lab):
         held = {name: max([s[name]["cores"] for s in samples if name in s] or [0])
                 for name in APPS}
         assert held == {name: cap for name in APPS}, held  # all its cores, never more
-        assert max(sum(a["cores"] for a in s.values()) for s in samples) <= state["cores"]
-        assert max(sum(a["cores"] > 0 for a in s.values()) for s in samples) == at_once
+        # The master's JSON reads its live application objects after it answered: an
+        # application removed meanwhile is still listed, its cores never taken back from the
+        # object, but its state is FINISHED by the time the next one is granted cores (seen
+        # once in CI: three apps at 2 cores each in one sample). Count the live ones.
+        live = [[a for a in s.values() if a["state"] in ("RUNNING", "WAITING")] for s in samples]
+        assert max(sum(a["cores"] for a in apps) for apps in live) <= state["cores"], samples
+        assert max(sum(a["cores"] > 0 for a in apps) for apps in live) == at_once, samples
 
         # The two first ones overlapped; the third waited for one of them to finish.
         first, second = (reports[n] for n in running)

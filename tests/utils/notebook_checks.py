@@ -16,7 +16,13 @@ def check_00_getting_started(r: dict, *, master: str = "spark://127.0.0.1:") -> 
     assert r["master"].startswith(master)
     assert r["alive_workers"] == 2
     assert r["cluster_cores"] >= 2
-    assert r["executors_seen"] == 2
+    if r["spark_api"] == "classic":
+        assert r["executors_seen"] == 2  # one 1-core executor on each worker
+    else:
+        # The Connect server's application grows executors while a job waits (dynamic
+        # allocation): a short job sees those that registered in time, one or both (seen in
+        # the Docker layer, where executors start slower), and every one it saw is checked.
+        assert 1 <= r["executors_seen"] <= 2, r["executors_seen"]
     assert r["executor_hosts"] and r["driver_host"]
     assert r["mismatches"] == []
     assert r["driver_versions"]["pyspark"].startswith("4.3.")
