@@ -4,7 +4,7 @@ when Spark assigns one, else partition index modulo the visible GPUs).
 
 Two forms run the same partition function: ``df.rdd.mapPartitionsWithIndex`` (the seed's, classic
 sessions only: Spark Connect has no RDDs) and ``df.mapInPandas`` (both modes; the partition's
-index from ``TaskContext.partitionId()``, its rows rebuilt as ``Row`` objects). They give the same
+index from ``common.task.partition_id``, its rows rebuilt as ``Row`` objects). They give the same
 rows; :meth:`PartitionPredictor.transform` picks the RDD form in classic mode and ``mapInPandas``
 under Connect unless told which.
 """
@@ -21,7 +21,7 @@ import numpy as np
 
 from lab_utils.common.connect import is_connect, require_classic
 from lab_utils.common.saved_model import ModelSpec, load_spec
-from lab_utils.common.task import task_gpu_addresses
+from lab_utils.common.task import partition_id, task_gpu_addresses
 from lab_utils.common.tensorflow import (
     PredictFn,
     configure_tensorflow,
@@ -30,13 +30,13 @@ from lab_utils.common.tensorflow import (
     visible_gpus,
 )
 from lab_utils.data import images
+from lab_utils.errors import LabError
+from lab_utils.inference import checks
+from lab_utils.inference.scoring import DEFAULT_BATCH_SIZE, RESULT_DDL, cached_predict_fn
 
 if TYPE_CHECKING:
     import pandas as pd
     from pyspark.sql import DataFrame
-from lab_utils.errors import LabError
-from lab_utils.inference import checks
-from lab_utils.inference.scoring import DEFAULT_BATCH_SIZE, RESULT_DDL, cached_predict_fn
 
 _LOG = logging.getLogger(__name__)
 _WARNED_OTHER_GPU = False
@@ -87,21 +87,6 @@ def select_device(partition_index: int, gpu_count: int | None = None) -> str:
     if gpu_count > 0:
         return f"/GPU:{partition_index % gpu_count}"
     return "/CPU:0"
-
-
-def partition_index() -> int:
-    """The partition a task of ``mapInPandas`` (or any DataFrame function) is running: what
-    ``mapPartitionsWithIndex`` passes as its first argument. ``0`` outside a task.
-
-    Examples
-    --------
-    >>> partition_index()  # on the driver
-    0
-    """
-    from pyspark import TaskContext
-
-    context = TaskContext.get()
-    return 0 if context is None else context.partitionId()
 
 
 def frames_to_rows(frames: Iterable[pd.DataFrame]) -> Iterator[Any]:
@@ -257,7 +242,7 @@ class PartitionPredictor:
 
         fields = ddl_fields(self.schema)
         out: list[tuple] = []
-        for record in self._predict_partition(partition_index(), frames_to_rows(frames)):
+        for record in self._predict_partition(partition_id(default=0), frames_to_rows(frames)):
             out.append(record)
             if len(out) >= self.batch_size:
                 yield pd.DataFrame.from_records(out, columns=fields)

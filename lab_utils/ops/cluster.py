@@ -56,15 +56,15 @@ def _partition_report(modules: tuple[str, ...], load: bool, hold: float
         import time
 
         import pandas as pd
-        from pyspark import TaskContext
+
+        from lab_utils.common.task import partition_id
 
         for _ in frames:
             pass
         time.sleep(hold)
-        context = TaskContext.get()
         # A Python worker's cwd is its executor's work dir (.../app-id/executor-id): it tells
         # which worker and executor answered, in standalone mode.
-        yield pd.DataFrame([{"partition": context.partitionId() if context else -1,
+        yield pd.DataFrame([{"partition": partition_id(),
                              "host": socket.gethostname(), "pid": os.getpid(),
                              "executor_dir": os.getcwd(),
                              **library_versions(modules, load=load)}])

@@ -28,7 +28,7 @@ def test_frames_become_rows_with_none_for_nulls():
 def test_map_in_pandas_form_gives_the_rdd_form_s_rows_in_frames_of_a_batch(monkeypatch):
     devices: list[str] = []
     predictor = summing_predictor(devices, gpu_count=0, batch_size=2)
-    monkeypatch.setattr(partition, "partition_index", lambda: 3)
+    monkeypatch.setattr(partition, "partition_id", lambda default=-1: 3)
     rows = [{"id": i, "x": float(i)} for i in range(5)]
     expected = list(predictor._predict_partition(3, iter(rows)))
     frames = list(predictor._predict_frames([pd.DataFrame(rows[:3]), pd.DataFrame(rows[3:])]))
