@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,6 +75,14 @@ class RestOptions:
         size. Set it to bound a job against a server that may hang: with the defaults, a
         server that accepts connections and never answers costs a task up to
         ``breaker_failures * (retries + 1) * read_timeout`` (~9 min) before the breaker opens.
+    in_flight : int
+        Requests one task keeps in flight at once: its micro-batches are sent by a pool of this
+        many threads, each with its own ``requests.Session``, and their rows come back in input
+        order. Each request keeps its own retries, timeouts and answer checks; the breaker and
+        the deadline are the task's, shared by its threads. Default 1: one request at a time, in
+        the task's own thread, no pool. A job then has up to ``in_flight`` times its running
+        tasks in flight: keep that within the server's admission (the lab's ``--concurrency``
+        plus ``--queue``, in its ``/stats``), or the surplus is answered 429 and retried.
     """
 
     batch_size: int = 64
@@ -85,6 +94,7 @@ class RestOptions:
     fail_fast: bool = False
     breaker_failures: int | None = 3
     task_timeout: float | None = None
+    in_flight: int = 1
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -101,6 +111,10 @@ class RestOptions:
             raise RestOptionsError(f"breaker_failures={self.breaker_failures!r} must be a whole "
                                    "number of micro-batches, at least 1 (None turns the breaker "
                                    "off)")
+        if isinstance(self.in_flight, bool) or not isinstance(self.in_flight, int) or (
+                self.in_flight < 1):
+            raise RestOptionsError(f"in_flight={self.in_flight!r} must be a whole number of "
+                                   "requests, at least 1 (1: one request at a time per task)")
         if self.task_timeout is not None and not self.task_timeout > 0:
             raise RestOptionsError(f"task_timeout={self.task_timeout} must be positive seconds "
                                    "(None: no deadline)")
@@ -252,11 +266,16 @@ def post_with_retries(
 
 class TaskGuard:
     """One task's circuit breaker and deadline (:class:`RestOptions` ``breaker_failures`` and
-    ``task_timeout``): :meth:`blocked` says why nothing more is to be sent, if so."""
+    ``task_timeout``): :meth:`blocked` says why nothing more is to be sent, if so.
+
+    Thread-safe: with ``in_flight > 1`` the task's sending threads share it, and "in a row"
+    means in the order their outcomes are recorded.
+    """
 
     def __init__(self, options: RestOptions, where: str = "the model server",
                  clock: Callable[[], float] = time.monotonic):
         self.options, self.where, self.clock = options, where, clock
+        self._lock = threading.Lock()
         self.deadline = None if options.task_timeout is None else clock() + options.task_timeout
         self.failures = 0  # micro-batches in a row the server was not there for
         self.last: str | None = None
@@ -264,6 +283,10 @@ class TaskGuard:
 
     def blocked(self) -> str | None:
         """Why the task's remaining rows are not sent (None: send them)."""
+        with self._lock:
+            return self._blocked()
+
+    def _blocked(self) -> str | None:
         if self.reason is None and self.deadline is not None and self.clock() >= self.deadline:
             self.reason = (f"not sent: this task's task_timeout={self.options.task_timeout}s "
                            f"passed" + (f" (last error: {self.last})" if self.last else ""))
@@ -271,6 +294,10 @@ class TaskGuard:
 
     def record(self, result: PostResult) -> None:
         """Count a micro-batch's outcome; open the breaker after too many failures in a row."""
+        with self._lock:
+            self._record(result)
+
+    def _record(self, result: PostResult) -> None:
         if result.error is None:
             self.failures = 0
             return

@@ -21,16 +21,21 @@ puts one error naming the model and the server on each row of its batch. A reque
 fails after its retries marks exactly its rows with an ``error`` and the task goes on
 (``fail_fast=True`` raises :class:`RestScoringError` instead, naming the first file); once
 the task's :class:`~lab_utils.inference.rest_client.TaskGuard` (circuit breaker, deadline)
-blocks, the remaining rows get its reason without a request.
+blocks, the remaining rows get its reason without a request. With ``in_flight > 1``
+(:class:`~lab_utils.inference.rest_client.RestOptions`) a task posts its micro-batches from a
+pool of that many threads, one session each, and takes the answers back in order: the same rows.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import io
 import json
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -254,6 +259,7 @@ def score_images_rest(
     guard: TaskGuard | None = None,
     payload: str = "pixels",
     max_file_bytes: int | None = None,
+    pool: Executor | None = None,
 ) -> pd.DataFrame:
     """Prepare, micro-batch, ``post`` each batch; one output row per input row, in order.
 
@@ -267,6 +273,10 @@ def score_images_rest(
     sent again, their ``attempts`` counting both requests.
     With a ``guard`` (the task's breaker and deadline), once it is blocked the remaining rows
     get its reason as their error, ``attempts`` 0, and are neither decoded nor sent.
+    With a ``pool`` (an executor of ``in_flight`` threads, :func:`score_task`'s), the
+    micro-batches are posted from its threads, as many at once as it has threads, and their
+    answers taken in order: the same rows as without it. ``post`` (and the ``guard``) must
+    then be safe to call from several threads at once.
     """
     if payload not in SENT_PAYLOADS:
         raise PayloadError(f"payload={payload!r}: score_images_rest sends 'b64' or 'pixels'")
@@ -279,15 +289,41 @@ def score_images_rest(
     def send(batch: list) -> PostResult:
         return _send(post, batch, payload, guard)
 
-    for rows, batch in _micro_batches(good, items, batch_size):
+    def one_batch(rows: list[int], batch: list) -> tuple[list[int], PostResult]:
+        """Send one micro-batch (and its decodable files again after a 400); the undecodable
+        files' rows are written here, each batch's rows being its own."""
         result = send(batch)
         if payload == "b64" and result.status == 400:
-            rows, result = _resend_decodable(rows, batch, result, send, out, paths, image_size,
-                                             max_pixels=max_pixels, fail_fast=fail_fast)
+            return _resend_decodable(rows, batch, result, send, out, paths, image_size,
+                                     max_pixels=max_pixels, fail_fast=fail_fast)
+        return rows, result
+
+    for rows, result in _in_order(one_batch, _micro_batches(good, items, batch_size), pool):
         if rows:
             _take_answer(out, rows, result, class_names, where=where, paths=paths,
                          fail_fast=fail_fast)
     return out.frame()
+
+
+def _in_order(
+    one_batch: Callable[[list[int], list], tuple[list[int], PostResult]],
+    batches: Iterator[tuple[list[int], list]], pool: Executor | None,
+) -> Iterator[tuple[list[int], PostResult]]:
+    """``one_batch`` over the micro-batches, outcomes in their order: one after the other in
+    this thread without a ``pool``; with one, all submitted at once (the pool's size bounds
+    how many run) and taken back in order. An error raised in a batch (``fail_fast``) comes out
+    at that batch's turn, and the batches not yet started are cancelled."""
+    if pool is None:
+        for rows, batch in batches:
+            yield one_batch(rows, batch)
+        return
+    futures = [pool.submit(one_batch, rows, batch) for rows, batch in batches]
+    try:
+        for future in futures:
+            yield future.result()
+    finally:  # an error, or the caller stopped early: send nothing more
+        for future in futures:
+            future.cancel()
 
 
 def score_task(
@@ -302,20 +338,58 @@ def score_task(
     payload: str = "pixels",
     max_file_bytes: int | None = None,
     model_name: str | None = None,
+    new_session: Callable[[], requests.Session] | None = None,
 ) -> Iterator[pd.DataFrame]:
     """What one task of :func:`~lab_utils.inference.rest_udf.rest_udf` does with its batches of
-    ``(path, content)``: one HTTP session, one :class:`TaskGuard` (breaker and deadline), one
+    ``(path, content)``: HTTP sessions, one :class:`TaskGuard` (breaker and deadline), one
     frame per batch. An answer that is wrong in kind is its rows' error naming ``model_name``
-    at ``where``; an answer over :func:`answer_byte_cap` of its batch is cut."""
+    at ``where``; an answer over :func:`answer_byte_cap` of its batch is cut.
+
+    With ``options.in_flight`` 1 the task posts from its own thread through one session
+    (``session``, default a new ``requests.Session``). With more, a pool of ``in_flight``
+    threads posts the micro-batches of each Arrow batch, and each thread has a session of its
+    own from ``new_session`` (default ``requests.Session``); ``session`` is then refused.
+    A session per thread, not one shared: ``requests`` does not promise that a ``Session`` is
+    thread-safe (its cookie jar and adapters are shared state), and a shared one would keep at
+    most its adapter's ``pool_maxsize`` (10) connections alive, reconnecting beyond that. Every
+    session is closed when the task ends.
+    """
     import requests
 
+    if session is not None and options.in_flight > 1:
+        raise RestScoringError(f"session= is one thread's session; with in_flight="
+                               f"{options.in_flight} pass new_session= (a function returning "
+                               "one for each sending thread)")
     guard = TaskGuard(options, where)
     encode = encode_b64 if payload == "b64" else encode_instances
     answerer = where if model_name is None else f"model {model_name} at {where}"
-    # One session (one kept-alive connection) per task, closed when the task ends.
-    with (session or requests.Session()) as http:
+    make = new_session or requests.Session
+    with contextlib.ExitStack() as stack:
+        if options.in_flight == 1:
+            # One session (one kept-alive connection) per task, closed when the task ends.
+            one = stack.enter_context(session or make())
+
+            def session_here() -> requests.Session:
+                return one
+            pool: Executor | None = None
+        else:
+            local, lock, opened = threading.local(), threading.Lock(), []
+
+            def session_here() -> requests.Session:
+                if not hasattr(local, "session"):
+                    local.session = make()
+                    with lock:
+                        opened.append(local.session)
+                return local.session
+
+            # Registered before the pool is entered, so run after it has shut down: no
+            # session is closed under a request still in flight.
+            stack.callback(lambda: [s.close() for s in opened])
+            pool = stack.enter_context(ThreadPoolExecutor(
+                options.in_flight, thread_name_prefix="rest-in-flight"))
+
         def post(batch: Any) -> PostResult:
-            return post_with_retries(http, endpoint, encode(batch), options,
+            return post_with_retries(session_here(), endpoint, encode(batch), options,
                                      deadline=guard.deadline,
                                      max_answer_bytes=answer_byte_cap(len(batch),
                                                                       len(class_names)))
@@ -324,4 +398,4 @@ def score_task(
             yield score_images_rest(paths, contents, post, class_names, image_size,
                                     batch_size=options.batch_size,
                                     fail_fast=options.fail_fast, where=answerer, guard=guard,
-                                    payload=payload, max_file_bytes=max_file_bytes)
+                                    payload=payload, max_file_bytes=max_file_bytes, pool=pool)

@@ -10,7 +10,8 @@ the payload from the model's metadata (:func:`resolve_payload`) before any job r
 
 Robustness, by design:
 
-* one ``requests.Session`` (keep-alive connection) per task, closed when the task ends;
+* one ``requests.Session`` (keep-alive connection) per task, or per sending thread with
+  ``in_flight > 1``, closed when the task ends;
 * connect and read timeouts on every request, and a deadline on each answer as a whole: it must
   be complete within ``read_timeout`` (or the task's time left) of sending, however slowly it
   trickles in, and within a size cap derived from the batch
@@ -32,9 +33,18 @@ Robustness, by design:
 * the driver checks the server and the model **before** any job runs, and fails with a message
   naming the URL and how to start the lab's server.
 
-Concurrency: a task sends one request at a time, so at most as many requests are in flight as
-tasks run at once, i.e. ``min(partitions, cores given to the application)``. To spare a small
-server, ``coalesce`` the DataFrame to fewer partitions.
+Concurrency: a task keeps ``RestOptions.in_flight`` requests in flight (default 1: one at a
+time), so a job has up to ``in_flight * min(partitions, cores given to the application)``.
+``in_flight > 1`` sends a task's micro-batches from a bounded pool of threads, one
+``requests.Session`` each, rows in input order, every request with its own retries and
+timeouts, the breaker and deadline shared by the task
+(:func:`~lab_utils.inference.rest_scoring.score_task`). Waiting on a server costs a thread, not
+a core: more requests in flight than cores keep the server busy while the tasks wait. Spark's
+``spark.sql.execution.pythonUDF.arrow.concurrency.level`` is not used: in PySpark 4.3 it
+applies only to Arrow-optimized row-at-a-time ``@udf`` s (``SQL_ARROW_BATCHED_UDF``, one call
+per row in a thread pool made per Arrow batch), not to this iterator pandas UDF, and one request
+per row would lose the micro-batches. To spare a small server, ``coalesce`` the DataFrame to
+fewer partitions or lower ``in_flight``.
 """
 
 from __future__ import annotations
@@ -241,9 +251,10 @@ def rest_udf(
         Name on the server; default the model folder's name.
     client : RestOptions, optional
         How the tasks talk to the server: images per request, connect and read timeouts,
-        retries and backoff, ``fail_fast``, the circuit breaker (``breaker_failures``) and a
-        deadline per task (``task_timeout``). Default ``RestOptions()``, whose docstring
-        declares each option's default; the driver's checks wait at least 5 s for an answer.
+        retries and backoff, ``fail_fast``, the circuit breaker (``breaker_failures``), a
+        deadline per task (``task_timeout``) and requests in flight per task
+        (``in_flight``). Default ``RestOptions()``, whose docstring declares each option's
+        default; the driver's checks wait at least 5 s for an answer.
     check : bool
         Check the server and the model on the driver now, before any job. Without it,
         ``payload="auto"`` still asks for the model's metadata once (pixels if none answers).

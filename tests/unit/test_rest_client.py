@@ -137,6 +137,9 @@ def test_no_retries_means_one_attempt():
     ({"breaker_failures": 0}, r"breaker_failures=0 must be .* at least 1 \(None turns"),
     ({"breaker_failures": 2.5}, "breaker_failures=2.5 must be a whole number"),
     ({"task_timeout": 0}, r"task_timeout=0 must be positive seconds \(None: no deadline\)"),
+    ({"in_flight": 0}, r"in_flight=0 must be a whole number of requests, at least 1"),
+    ({"in_flight": 2.0}, r"in_flight=2.0 must be a whole number"),
+    ({"in_flight": True}, r"in_flight=True must be a whole number"),
 ])
 def test_bad_options_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -146,6 +149,24 @@ def test_bad_options_are_refused(kwargs, message):
 def test_breaker_and_deadline_defaults():
     options = rest_client.RestOptions()
     assert options.breaker_failures == 3 and options.task_timeout is None
+    assert options.in_flight == 1  # one request at a time per task unless asked
+
+
+def test_the_guard_counts_failures_from_several_threads():
+    """The task's sending threads share one guard: 8 threads recording 50 failures each open
+    the breaker once, with every failure counted (no update lost to a race)."""
+    import threading
+
+    guard = rest_client.TaskGuard(rest_client.RestOptions(breaker_failures=400), "X")
+    failed = rest_client.PostResult(None, 1, "gave up", unavailable=True)
+    threads = [threading.Thread(target=lambda: [guard.record(failed) for _ in range(50)])
+               for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert guard.failures == 400
+    assert guard.blocked() is not None and "after 400 failed micro-batches" in guard.blocked()
 
 
 # --------------------------------------------------------------------------- a deadline that holds

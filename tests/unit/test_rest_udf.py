@@ -150,3 +150,137 @@ def test_a_garbled_answer_is_an_oserror_for_every_http_json_caller(garbled_serve
         http_json(garbled_server + "/healthz", timeout=2)
     assert isinstance(caught.value, OSError)
     assert server_healthy(garbled_server, timeout=2) is False
+
+
+# --------------------------------------------------------------------------- requests in flight
+
+
+class InFlightServer:
+    """A TF Serving look-alike on loopback that counts the predicts it holds at once: each is
+    held ``hold`` seconds (the first ones longest, so answers come back out of order), then
+    answered from the images' brightness (dark/light). A batch whose first pixel is in
+    ``refuse`` is answered 500 (not retried); one in ``flaky`` 503 on its first try."""
+
+    def __init__(self, hold=0.1, refuse=(), flaky=()):
+        self.hold, self.refuse, self.flaky = hold, set(refuse), set(flaky)
+        self.now = self.peak = self.requests = 0
+        self.tried: set[int] = set()
+
+    def app(self):
+        import asyncio
+
+        import numpy as np
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        async def predict(request: Request) -> JSONResponse:
+            pixels = np.asarray((await request.json())["instances"], dtype=float)
+            first = int(pixels.flat[0])
+            self.requests += 1
+            self.now += 1  # one event loop: no lock needed
+            self.peak = max(self.peak, self.now)
+            try:
+                await asyncio.sleep(self.hold * (2 if self.requests <= 2 else 1))
+            finally:
+                self.now -= 1
+            if first in self.refuse:
+                return JSONResponse({"error": "broken model"}, status_code=500)
+            if first in self.flaky and first not in self.tried:
+                self.tried.add(first)
+                return JSONResponse({"error": "busy"}, status_code=503)
+            light = pixels.reshape(len(pixels), -1).mean(axis=1) / 255
+            return JSONResponse({"predictions": [[1 - v, v] for v in light]})
+
+        return Starlette(routes=[
+            Route("/healthz", lambda request: JSONResponse({"status": "ok"})),
+            Route("/v1/models/tiny:predict", predict, methods=["POST"])])
+
+
+def in_flight_task(url, in_flight, values, *, arrow_batch=None, batch_size=2, sessions=None,
+                   **options):
+    """Score one image per value as a task does, ``arrow_batch`` rows per Arrow batch."""
+    import pandas as pd
+
+    paths, contents = [f"f{i:02d}" for i in range(len(values))], [png(v) for v in values]
+    step = arrow_batch or len(values)
+    batches = ((pd.Series(paths[i:i + step]), pd.Series(contents[i:i + step]))
+               for i in range(0, len(values), step))
+    client = rest_client.RestOptions(batch_size=batch_size, in_flight=in_flight, backoff=0.01,
+                                     **options)
+    return pd.concat(rest_scoring.score_task(batches, f"{url}/v1/models/tiny:predict", client,
+                                             CLASSES, (4, 4), where=url, new_session=sessions),
+                     ignore_index=True)
+
+
+# 24 images, dark and light in turn: 12 micro-batches of 2, every one with a dark and a light.
+VALUES = [v for i in range(12) for v in (10 + i, 240 - i)]
+EXPECTED = ["dark", "light"] * 12
+
+
+@pytest.mark.parametrize("in_flight", [1, 4])
+def test_in_flight_is_the_bound_and_rows_keep_their_order(in_flight):
+    server = InFlightServer(hold=0.1)
+    made = []
+
+    class Session(requests.Session):
+        closed = False
+
+        def close(self):
+            self.closed = True
+            super().close()
+
+    def new_session():
+        made.append(Session())
+        return made[-1]
+
+    with servers.in_thread(server.app()) as url:
+        out = in_flight_task(url, in_flight, VALUES, arrow_batch=10,
+                             sessions=None if in_flight == 1 else new_session)
+    assert list(out["prediction"]) == EXPECTED  # in input order, though answered out of it
+    assert out["error"].isna().all() and set(out["attempts"]) == {1}
+    assert server.requests == 12
+    assert server.peak == in_flight  # never more than asked; reached, with 12 batches of 0.1 s
+    if in_flight > 1:
+        # one session per sending thread, at most in_flight of them, every one closed
+        assert 1 <= len(made) <= in_flight
+        assert all(session.closed for session in made)
+
+
+def test_in_flight_keeps_errors_and_retries_per_request():
+    """Batch 3 is refused (500: not retried), batch 5 answered 503 once (retried): exactly
+    their rows show it, every other row is scored at once, as with one request at a time."""
+    server = InFlightServer(hold=0.05, refuse={VALUES[6]}, flaky={VALUES[10]})
+    with servers.in_thread(server.app()) as url:
+        out = in_flight_task(url, 3, VALUES)
+    refused, retried = [6, 7], [10, 11]
+    assert list(out["prediction"].drop(refused)) == [p for i, p in enumerate(EXPECTED)
+                                                     if i not in refused]
+    assert out["prediction"][refused].isna().all()
+    assert out["error"][refused].str.endswith("refused the request: HTTP 500: broken model").all()
+    assert out["error"].drop(refused).isna().all()
+    assert list(out["attempts"][retried]) == [2, 2]
+    assert set(out["attempts"].drop(retried)) == {1}
+    assert server.requests == 13 and server.peak <= 3
+
+
+def test_in_flight_shares_the_tasks_breaker():
+    """Against a server that is down, the threads share the task's breaker: once 2 batches
+    failed no further batch is sent, only those already in flight finish."""
+    url = servers.closed_port_url()
+    out = in_flight_task(url, 3, VALUES, retries=1, breaker_failures=2)
+    assert out["prediction"].isna().all()
+    gave_up = out["error"].str.startswith("gave up after 2 attempts")
+    not_sent = out["error"].str.startswith("not sent: circuit breaker open after")
+    assert (gave_up | not_sent).all()
+    # 2 batches open it; at most in_flight - 1 more were already being sent (2 rows a batch)
+    assert 2 * 2 <= gave_up.sum() <= 2 * (2 + 3 - 1)
+    assert set(out["attempts"][not_sent]) == {0}
+
+
+def test_one_session_is_refused_with_several_threads():
+    with pytest.raises(rest_scoring.RestScoringError, match="with in_flight=2 pass new_session="):
+        next(rest_scoring.score_task(iter([]), "http://127.0.0.1:1/v1/models/tiny:predict",
+                                     rest_client.RestOptions(in_flight=2), CLASSES, (4, 4),
+                                     session=requests.Session()))
