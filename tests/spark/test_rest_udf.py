@@ -1,13 +1,15 @@
 """``rest_udf`` in Spark tasks: against a server that is down, the breaker of each task marks
 its remaining rows with the reason instead of waiting through every batch's retries; against a
 live server (fake model, in a thread of the test process), the image files sent as ``{"b64":
-...}`` give the rows the pixel lists give, a corrupt file included."""
+...}`` give the rows the pixel lists give, a corrupt file included; and a task with requests in
+flight keeps that many at the server and gives the rows of one request at a time."""
 
 from __future__ import annotations
 
 import io
 import time
 
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -87,3 +89,52 @@ def test_rest_udf_decides_the_payload_on_the_driver(local_spark, tmp_path):
     with servers.in_thread(app) as url:
         assert rest_udf(model, url).payload == "b64"
         assert rest_udf(model, url, payload="pixels").payload == "pixels"
+
+
+class CountInFlight:
+    """ASGI middleware over the model server's app: holds each predict ``hold`` seconds and
+    counts how many it holds at once (``peak``), so a test sees the requests in flight."""
+
+    def __init__(self, app, hold: float):
+        self.app, self.hold = app, hold
+        self.now = self.peak = self.predicts = 0
+
+    async def __call__(self, scope, receive, send):
+        import asyncio
+
+        if scope["type"] != "http" or not scope["path"].endswith(":predict"):
+            return await self.app(scope, receive, send)
+        self.now += 1  # one event loop: no lock needed
+        self.predicts += 1
+        self.peak = max(self.peak, self.now)
+        try:
+            await asyncio.sleep(self.hold)
+            return await self.app(scope, receive, send)
+        finally:
+            self.now -= 1
+
+
+def test_requests_in_flight_in_a_task_give_the_same_rows(local_spark, tmp_path):
+    """One task (one partition) with in_flight=4 keeps 4 predicts at the server at once, and
+    gives the rows of one request at a time, a corrupt file's error included."""
+    model = write_model(tmp_path / "models" / "tiny")
+    rows = [(f"f{i:02d}.png", png(10 * i)) for i in range(24)]
+    rows[7] = ("f07.png", b"")
+    df = local_spark.createDataFrame(rows, "path string, content binary").coalesce(1)
+    app = CountInFlight(model_server.create_app(tmp_path / "models", loader=brightness_loader),
+                        hold=0.1)
+    outs, peaks = {}, {}
+    with servers.in_thread(app) as url:
+        for in_flight in (1, 4):
+            udf = rest_udf(model, url, client=RestOptions(batch_size=2, in_flight=in_flight))
+            app.peak = 0
+            outs[in_flight] = (df.select("path", udf("path", "content").alias("r"))
+                               .select("path", "r.*").toPandas())
+            peaks[in_flight] = app.peak
+    assert peaks == {1: 1, 4: 4}  # 12 requests of 0.1 s each, from one task
+    one, four = outs[1], outs[4]
+    assert list(four["path"]) == [r[0] for r in rows]  # the task's rows in their order
+    pd.testing.assert_frame_equal(one, four)
+    assert four["error"][7] == "empty file (0 bytes)"
+    assert four["prediction"].notna().sum() == 23
+    assert set(four["attempts"][four["error"].isna()]) == {1}
