@@ -21,6 +21,10 @@ class BenchError(LabError, RuntimeError):
 
 STYLES = ("transfer_only", "row_pickled", "row_arrow", "pandas_series", "iterator",
           "predict_batch_udf", "map_in_pandas", "partition_predictor")
+#: What ``make bench`` runs by default: :data:`STYLES` (notebook 02's set) and the Arrow UDF
+#: (``arrow_udf``: :func:`lab_utils.inference.arrow_iterator_udf`, Spark 4.1), next to the
+#: iterator pandas UDF it mirrors.
+BENCH_STYLES = (*STYLES[:5], "arrow_udf", *STYLES[5:])
 ROW_STYLES = {"row_pickled", "row_arrow"}
 #: The single-process loops; the faster of the two is the baseline every ratio is taken against.
 BASELINES = ("baseline_pipelined", "baseline_naive")
@@ -38,6 +42,51 @@ EXTRA_STYLES = REST_STYLES
 #: Images per REST request (a 32x32 JPEG is ~1.4 KB as b64, ~13 KB as pixel lists).
 REST_BATCH = 64
 FIELD_SIZES = (100, 500, 1000, 1500, 2000, 2500, 3000)
+
+#: ``--switches``: Spark settings every asked style is also run with, next to its run without
+#: them, in the same ``make bench``: ``(settings, fixed at start)``. A runtime setting is set on
+#: the session around the style's run (the run with it comes right after the run without);
+#: one fixed when an application starts (the pipelined transfer, a ``spark.python.*`` core
+#: setting read by the executors) gets a second classic application of its own, run after the
+#: first on the same cached files and references. Names verified in the PySpark 4.3 jars:
+#: ``spark.python.udf.pipelined.*`` (spark-core), ``spark.sql.execution.arrow.*`` (SQLConf).
+SWITCHES: dict[str, tuple[dict[str, str], bool]] = {
+    # JVM->Python input written by its own thread while the task thread reads the output
+    # (default off; its description names ML inference); queue depth: batches read ahead.
+    "pipelined": ({"spark.python.udf.pipelined.enabled": "true",
+                   "spark.python.udf.pipelined.queueDepth": "2"}, True),
+    # Arrow IPC between the JVM and the Python workers compressed (default "none").
+    "zstd": ({"spark.sql.execution.arrow.compression.codec": "zstd"}, False),
+    "lz4": ({"spark.sql.execution.arrow.compression.codec": "lz4"}, False),
+    # Arrow batches cut at 1 MiB as well as at maxRecordsPerBatch rows (whichever comes first):
+    # ResNet-50's 224x224 JPEGs make ~0.1 MB rows, so its 1,024-row batches shrink to ~10 rows.
+    "max_bytes": ({"spark.sql.execution.arrow.maxBytesPerBatch": str(1 << 20)}, False),
+}
+
+
+def switch_style(style: str, switch: str) -> str:
+    """The result row's style name for ``style`` run with ``switch`` on.
+
+    >>> switch_style("iterator", "zstd"), base_style("iterator+zstd"), base_style("iterator")
+    ('iterator+zstd', 'iterator', 'iterator')
+    """
+    return f"{style}+{switch}"
+
+
+def base_style(style: str) -> str:
+    """The style a result row measured, without its switch."""
+    return style.split("+", 1)[0]
+
+
+def warmup_rows(cores: int, batch: int) -> int:
+    """The rows of every engine's warm-up query, Spark's and the peers' alike: one full model
+    batch per core (so each worker or instance has started, loaded the model and run the batch
+    shape the timed run uses), at least 8.
+
+    >>> warmup_rows(2, 256), warmup_rows(2, 16), warmup_rows(1, 2)
+    (512, 32, 8)
+    """
+    return max(cores * batch, 8)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,13 @@ For each model (the lab's CNN on 32x32 image files, ResNet-50 at 224x224) and ea
   row against the ideal);
 * with ``--peers`` also Ray Data (``ray_data``) and Daft (``daft``) in processes of their own, on
   the same files, cores, decode, model and batch size (:mod:`lab_utils.bench.peers`);
+* with ``--switches pipelined,zstd,lz4,max_bytes`` every asked style also with each Spark
+  setting of :data:`~lab_utils.bench.cases.SWITCHES` on (a runtime setting right after the run
+  without it, in the same application; the pipelined transfer, fixed when an application
+  starts, in a second classic application after the first), as ``<style>+<switch>`` rows;
+* with ``--profile`` each style's top functions from Spark's UDF profiler (``perf``), written to
+  ``profiles/<model>-<N>-<style>/`` (the pstats files and ``top.txt``), from one more run
+  after the timed one; every timed run's Python SQL metrics (classic) are in ``results.json``;
 * with ``--rest`` also ``rest`` and ``rest_pixels``: the same rows scored over HTTP by the lab's
   model server (:mod:`lab_utils.inference.rest_udf`, a server started for the run on a free
   port, CNN only), the image files sent as ``{"b64": ...}`` and as pixel lists, each reported as
@@ -45,15 +52,18 @@ import pandas as pd
 
 from lab_utils import config as lab_config
 from lab_utils.bench.cases import (
+    BENCH_STYLES,
     EXTRA_STYLES,
     FIELD_SIZES,
     PEERS,
     REST_STYLES,
     ROW_STYLES,
     STYLES,
+    SWITCHES,
     BenchModel,
     list_files,
     prepare_models,
+    switch_style,
 )
 from lab_utils.bench.references import check_peers, reference_records, reference_runs
 from lab_utils.bench.report import (
@@ -61,6 +71,7 @@ from lab_utils.bench.report import (
     report,
     side_by_side,
     summarize,
+    switches_side_by_side,
 )
 from lab_utils.bench.styles import (
     cached_input,
@@ -137,20 +148,78 @@ def run(
     row_style_max_n: dict[str, int] | None = None,
     out_dir: Path | None = None,
     peers: tuple[str, ...] = (),
+    switches: tuple[str, ...] = (),
+    profile: bool = False,
     progress: Callable[[str], None] = print,
 ) -> pd.DataFrame:
     """Run the benchmark; return one row per (model, style, N) and write CSV/JSON/PNG.
 
     For each model and N: the reference runs
     (:func:`~lab_utils.bench.references.reference_runs`), then every Spark style on the same
-    cached input, each in the same application.
+    cached input, each in the same application. ``switches`` (names of
+    :data:`~lab_utils.bench.cases.SWITCHES`): every style also with that setting on; one fixed
+    at an application's start runs the styles again in a classic application of its own
+    (``spark`` is stopped for it and the suite's last session is returned in ``table.attrs``).
     """
+    cfg = lab_config.load()
+    out_dir = out_dir or cfg.share_dir / "output" / "bench" / time.strftime("%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runtime = tuple(s for s in switches if not SWITCHES[s][1])
+    at_start = tuple(s for s in switches if SWITCHES[s][1])
+    references: dict[str, Any] = {}
+    options: dict[str, Any] = {"sizes": sizes, "styles": styles, "batch": batch,
+               "row_style_max_n": row_style_max_n, "out_dir": out_dir, "peers": peers,
+               "profile": profile, "references": references}
+    records = run_records(spark, switches=runtime, progress=progress, **options)
+    for switch in at_start:
+        progress(f"a new classic application with {switch} on: {SWITCHES[switch][0]}")
+        spark.stop()
+        spark = switched_session(switch)
+        records += run_records(spark, label=switch, progress=progress, **options)
+    table = _write_results(spark, records, out_dir)
+    table.attrs["spark"] = spark
+    progress(f"results in {out_dir}")
+    return table
+
+
+def switched_session(switch: str | None):
+    """A classic session with ``switch``'s settings (fixed at an application's start) on;
+    ``None``: the lab's defaults."""
+    from lab_utils import envfile
+    from lab_utils.session import get_spark
+
+    cfg = lab_config.load()
+    # Classic whatever LAB_SPARK_API says: a Connect client cannot set the server's start-up
+    # settings (the same reason the settings sweep forces classic).
+    return get_spark(f"benchmark: inference, {switch or 'lab defaults'}",
+                     conf=SWITCHES[switch][0] if switch else {}, quiet=True,
+                     env={**envfile.read(cfg.root / ".env"), **os.environ,
+                          "LAB_SPARK_API": "classic"})
+
+
+def run_records(
+    spark,
+    *,
+    sizes: dict[str, tuple[int, ...]],
+    styles: tuple[str, ...],
+    batch: dict[str, int] | None,
+    row_style_max_n: dict[str, int] | None,
+    out_dir: Path,
+    peers: tuple[str, ...],
+    profile: bool,
+    references: dict[str, Any],
+    switches: tuple[str, ...] = (),
+    label: str | None = None,
+    progress: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """One pass of :func:`run` in ``spark``: every style (and runtime switch) at every model
+    and N. ``label``: the start-up switch this application runs with; its rows are named
+    ``<style>+<label>``. ``references``: the reference runs by model, filled by the first pass
+    and reused by later ones (the baselines and peers do not change with Spark's settings)."""
     cfg = lab_config.load()
     batch = {"cnn": 256, "resnet50": 16, **(batch or {})}
     # Row-at-a-time styles call the model once per row: cap N so a run ends (reported as such).
     row_cap = {"cnn": 3000, "resnet50": 200, **(row_style_max_n or {})}
-    out_dir = out_dir or cfg.share_dir / "output" / "bench" / time.strftime("%Y%m%d-%H%M%S")
-    out_dir.mkdir(parents=True, exist_ok=True)
     # Task slots in either mode (spark.cores.max, else the executors' cores in classic mode):
     # a Spark Connect session has no sparkContext.
     cores = task_slots(spark)
@@ -165,13 +234,19 @@ def run(
     if set(REST_STYLES) & set(styles) and any(m.name == "cnn" for m in bench_models):
         rest_server = _start_rest_server(bench_models, out_dir)
     rest_url = rest_server.url if rest_server else None
-    steps = _Progress(sum(len(n) for n in sizes.values()) * (len(styles) + 1), progress)
+    variants: list[tuple[str | None, dict[str, str]]] = [
+        (None, {}), *((w, SWITCHES[w][0]) for w in switches)]
+    steps = _Progress(sum(len(n) for n in sizes.values()) * (len(styles) * len(variants) + 1),
+                      progress)
     try:
         for model in bench_models:
             model_sizes = list(sizes[model.name])
             all_files = list_files(model.data_dir, max(model_sizes))
-            runs = reference_runs(model, all_files, model_sizes, cores, batch[model.name],
-                                   peers, out_dir, steps)
+            if model.name not in references:
+                references[model.name] = reference_runs(
+                    model, all_files, model_sizes, cores, batch[model.name], peers, out_dir,
+                    steps)
+            runs = references[model.name]
             rss_dir = out_dir / "rss" / model.name
             make = recording_maker(model, rss_dir)
             for n in model_sizes:
@@ -180,26 +255,32 @@ def run(
                 base_record = {"model": model.name, "n": n, "batch_size": batch[model.name],
                                **fixed}
                 steps.done += 1
-                records += reference_records(base_record, runs, n, cores)
+                if label is None:
+                    records += reference_records(base_record, runs, n, cores)
                 for style in styles:
-                    skipped = _skip_reason(style, model, n, rest_url, row_cap)
-                    if skipped:
-                        steps(f"{model.name} N={n} {style}: skipped ({skipped})", step=True)
-                        records.append({**base_record, "style": style, "rows": 0,
-                                        "skipped": skipped})
-                        continue
-                    steps(f"{model.name} N={n} {style}", step=True)
-                    result = run_style(spark, style, model, files, batch=batch[model.name],
-                                       partitions=partitions, rss_dir=rss_dir, rest_url=rest_url,
-                                       data=data, make=make)
-                    records.append({**base_record, "style": style, **result})
+                    for switch, conf in variants:
+                        name = style if switch is None and label is None else switch_style(
+                            style, switch or label or "")
+                        skipped = _skip_reason(style, model, n, rest_url, row_cap)
+                        if skipped:
+                            steps(f"{model.name} N={n} {name}: skipped ({skipped})", step=True)
+                            records.append({**base_record, "style": name, "rows": 0,
+                                            "skipped": skipped})
+                            continue
+                        steps(f"{model.name} N={n} {name}", step=True)
+                        folder = out_dir / "profiles" / f"{model.name}-{n}-{name}"
+                        result = run_style(
+                            spark, style, model, files, batch=batch[model.name],
+                            partitions=partitions, rss_dir=rss_dir, rest_url=rest_url,
+                            data=data, make=make, conf=conf,
+                            profile_dir=folder if profile and style != "transfer_only" else None)
+                        records.append({**base_record, "style": name, "switch": switch or label,
+                                        **result})
                 data[0].unpersist()
     finally:
         if rest_server is not None:
             rest_server.stop()
-    table = _write_results(spark, records, out_dir)
-    progress(f"results in {out_dir}")
-    return table
+    return records
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default=",".join(map(str, FIELD_SIZES)),
                         help="comma-separated N (default: 100..3000)")
     parser.add_argument("--models", default="cnn,resnet50")
-    parser.add_argument("--styles", default=",".join(STYLES))
+    parser.add_argument("--styles", default=",".join(BENCH_STYLES))
     parser.add_argument("--resnet-sizes", default="100,500",
                         help="N for ResNet-50 (slow on CPU); the --sizes apply to the CNN")
     parser.add_argument("--rest", action="store_true",
@@ -219,6 +300,13 @@ def main(argv: list[str] | None = None) -> int:
                              "`make bench-peers`) on the same files, cores and model")
     parser.add_argument("--peer-engines", default=",".join(PEERS),
                         help="which peers with --peers (default: ray,daft)")
+    parser.add_argument("--switches", default="",
+                        help="also run every style with these Spark settings on, side by side: "
+                             f"{', '.join(SWITCHES)} (see lab_utils.bench.cases.SWITCHES); "
+                             "pipelined runs in a second classic application")
+    parser.add_argument("--profile", action="store_true",
+                        help="record each style's top functions with Spark's UDF profiler "
+                             "(perf) in the results folder's profiles/")
     parser.add_argument("--sweep", action="store_true",
                         help="instead: the CNN's iterator UDF at N=3000, one setting at a time")
     parser.add_argument("--suites", default="server,inference,training",
@@ -243,10 +331,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown suite(s) {sorted(suites - {'server', 'inference', 'training'})}: "
                      "use server, inference and/or training")
     styles = tuple(s for s in args.styles.split(",") if s)
-    unknown = set(styles) - set(STYLES) - set(EXTRA_STYLES)
+    unknown = set(styles) - set(BENCH_STYLES) - set(EXTRA_STYLES)
     if unknown:  # before a session starts: a typo should not cost a JVM
         parser.error(f"unknown styles {sorted(unknown)}: choose from "
-                     f"{', '.join(STYLES + EXTRA_STYLES)}")
+                     f"{', '.join(BENCH_STYLES + EXTRA_STYLES)}")
+    switches = tuple(w for w in args.switches.split(",") if w)
+    if set(switches) - set(SWITCHES):
+        parser.error(f"unknown switches {sorted(set(switches) - set(SWITCHES))}: choose from "
+                     f"{', '.join(SWITCHES)}")
     if args.rest:
         styles = tuple(dict.fromkeys([*styles, "iterator", *REST_STYLES]))
     peers: tuple[str, ...] = ()
@@ -263,15 +355,25 @@ def main(argv: list[str] | None = None) -> int:
                                                  concurrency=None, queue=None)))
         if not suites & {"inference", "training"}:
             return 0
-    spark = get_spark("benchmark: " + " + ".join(sorted(suites)))
+    if any(SWITCHES[w][1] for w in switches) and "inference" in suites:
+        # A switch fixed at start runs in a classic application of its own: the run without
+        # it is classic too, so the two differ in that setting only.
+        spark = switched_session(None)
+    else:
+        spark = get_spark("benchmark: " + " + ".join(sorted(suites)))
     if "inference" in suites:
         which = args.models.split(",")
         sizes = {"cnn": args.sizes, "resnet50": args.resnet_sizes}
-        table = run(spark, styles=styles, peers=peers, sizes={
-            name: tuple(int(n) for n in sizes[name].split(",")) for name in which})
+        table = run(spark, styles=styles, peers=peers, switches=switches, profile=args.profile,
+                    sizes={name: tuple(int(n) for n in sizes[name].split(","))
+                           for name in which})
+        spark = table.attrs.pop("spark")
         print(report(table))
         print()
         print(side_by_side(table))
+        if switches:
+            print()
+            print(switches_side_by_side(table))
         rest = table[table["style"].isin(REST_STYLES) & (table["rows"] > 0)]
         for row in rest.itertuples():
             print(f"REST ({row.style}) / in-Spark iterator UDF throughput, {row.model} N={row.n}: "

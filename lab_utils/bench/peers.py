@@ -32,8 +32,9 @@ has run the batch shape, and ``batch <start> <rows>`` for every batch; the stead
 is the window from the moment the last instance is ready to the moment the driver has the last
 row, over the rows whose batches started in that window (:func:`window_result`). What came before
 (instances starting, model loads) is reported apart, as ``warmup_s``, and what came after (the
-query closing: Daft stops its UDF processes then) as ``close_s``. A warm-up run on a slice comes
-first, as for the Spark styles; the engine's own start is ``engine_start_s``.
+query closing: Daft stops its UDF processes then) as ``close_s``. A warm-up query comes first,
+on the same number of rows as the Spark styles' (:func:`~lab_utils.bench.cases.warmup_rows`:
+one full batch per core); the engine's own start is ``engine_start_s``.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from lab_utils.bench.baseline import rss_mb
-from lab_utils.bench.cases import BenchError
+from lab_utils.bench.cases import BenchError, warmup_rows
 
 ENGINES = ("ray", "daft")
 
@@ -247,8 +248,7 @@ def run(args: dict[str, Any], out=sys.stdout) -> list[dict[str, Any]]:
     start_s = time.perf_counter() - t0
     records = []
     try:
-        warm_n = max(2 * args["cores"] * args["batch"] // 8, 2 * args["cores"], 8)
-        warm = engine.prepare(args["files"][:warm_n])
+        warm = engine.prepare(args["files"][:warmup_rows(args["cores"], args["batch"])])
         t = time.perf_counter()
         engine.score(warm)
         warm_s = time.perf_counter() - t

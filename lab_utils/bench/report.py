@@ -7,11 +7,23 @@ from pathlib import Path
 import pandas as pd
 
 from lab_utils.bench.baseline import ideal_rows_per_s
-from lab_utils.bench.cases import BASELINES, EXTRA_STYLES, PEER_STYLES, SINGLE, STYLES
+from lab_utils.bench.cases import (
+    BASELINES,
+    BENCH_STYLES,
+    EXTRA_STYLES,
+    PEER_STYLES,
+    SINGLE,
+    base_style,
+)
 
 #: The Spark styles that compete for "best Spark style" (not the no-work transfer probe, not
-#: REST, not the row-at-a-time styles when capped: any style with rows counts).
-SPARK_STYLES = tuple(s for s in STYLES if s != "transfer_only")
+#: REST, not the row-at-a-time styles when capped: any style with rows counts), with or without
+#: a ``--switches`` setting (``iterator+pipelined`` competes too).
+SPARK_STYLES = tuple(s for s in BENCH_STYLES if s != "transfer_only")
+
+
+def _is_spark_style(style: str) -> bool:
+    return base_style(style) in SPARK_STYLES
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
@@ -53,7 +65,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     else:
         table["ideal_rows_per_s"] = float("nan")
     table["efficiency"] = table["rows_per_s"] / table["ideal_rows_per_s"]
-    spark = table[table["style"].isin(SPARK_STYLES) & (table["rows"] > 0)]
+    spark = table[table["style"].map(_is_spark_style) & (table["rows"] > 0)]
     best = spark.loc[spark.groupby(keys)["rows_per_s"].idxmax()].set_index(keys)
     table["best_spark_style"] = best["style"].reindex(index).to_numpy()
     table["ratio_to_best_spark"] = (table["rows_per_s"]
@@ -69,7 +81,7 @@ def plot(table: pd.DataFrame, out_dir: Path) -> list[Path]:
 
     written = []
     palette = plt.get_cmap("tab20")
-    shown = (*BASELINES, SINGLE, *STYLES, *EXTRA_STYLES, *PEER_STYLES.values())
+    shown = (*BASELINES, SINGLE, *BENCH_STYLES, *EXTRA_STYLES, *PEER_STYLES.values())
     colors = {style: palette(i % 20) for i, style in enumerate(shown)}
     for model, part in table.groupby("model"):
         fig, (left, right, third) = plt.subplots(1, 3, figsize=(19, 4.5))
@@ -131,4 +143,25 @@ def side_by_side(table: pd.DataFrame) -> str:
                 f"best Spark  efficiency {row['efficiency']:.2f}  warm-up {row['warmup_s']:.1f} s  "
                 f"one query end to end {row['query_rows_per_s']:,.0f} images/s"
                 f"  peak RSS/process {rss if pd.notna(rss) else float('nan'):,.0f} MB")
+    return "\n".join(lines)
+
+
+def switches_side_by_side(table: pd.DataFrame) -> str:
+    """One line per model, N and style run with ``--switches``: its images/s without a switch,
+    then with each, as images/s and the ratio to the run without (above 1: the switch helped)."""
+    timed = table[table["rows"] > 0]
+    if "switch" not in timed or timed["switch"].isna().all():
+        return ""
+    lines = []
+    bases = timed["style"].map(base_style)
+    for (model, n, style), part in timed.groupby([timed["model"], timed["n"], bases],
+                                                 sort=False):
+        off = part[part["style"] == style]
+        on = part[part["style"] != style]
+        if off.empty or on.empty:
+            continue
+        rate = float(off["rows_per_s"].iloc[0])
+        cells = [f"{str(row.style).split('+', 1)[1]} {row.rows_per_s:,.0f} "
+                 f"(x{row.rows_per_s / rate:.2f})" for row in on.itertuples()]
+        lines.append(f"{model} N={n} {style}: off {rate:,.0f} images/s; " + "; ".join(cells))
     return "\n".join(lines)

@@ -25,18 +25,21 @@ from lab_utils.inference.scoring import (
     score_images,
 )
 from lab_utils.inference.udfs import (
+    arrow_iterator_udf,
     iterator_udf,
     map_in_pandas,
     pandas_udf_series,
     row_udf,
+    score_arrow,
     spark_predict_batch_udf,
     udf_cache_key,
 )
 
 __all__ = [
     "CACHE_SIZE", "DEFAULT_BATCH_SIZE", "LOAD_COUNTS", "RESULT_DDL", "RESULT_FIELDS",
-    "InferenceError", "PartitionPredictor", "cached_predict_fn", "image_partition_predictor",
+    "InferenceError", "PartitionPredictor", "arrow_iterator_udf", "cached_predict_fn",
+    "image_partition_predictor",
     "iterator_udf", "keras_predict_fn", "local_path", "map_in_pandas", "pandas_udf_series",
-    "place_by_class", "read_images", "row_udf", "score_images", "select_device",
+    "place_by_class", "read_images", "row_udf", "score_arrow", "score_images", "select_device",
     "spark_predict_batch_udf", "udf_cache_key",
 ]

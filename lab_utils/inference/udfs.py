@@ -19,6 +19,8 @@ Styles:
 * :func:`pandas_udf_series` - Series -> Series pandas UDF, one call per Arrow batch;
 * :func:`iterator_udf` - Iterator[Series] pandas UDF, one call per partition;
 * :func:`spark_predict_batch_udf` - Spark's ``predict_batch_udf`` around the same predict fn;
+* :func:`arrow_iterator_udf` - Iterator[pyarrow.Array] Arrow UDF (``arrow_udf``, Spark 4.1),
+  one call per partition, no pandas objects;
 * :func:`map_in_pandas` - ``DataFrame.mapInPandas`` over whole partitions;
 * :class:`PartitionPredictor` - a ``mapPartitionsWithIndex`` predictor with a pluggable
   model loader, row pre/post-processors, batch size and GPU placement.
@@ -37,7 +39,9 @@ import pandas as pd  # at module level: pandas UDF type hints are resolved from 
 
 from lab_utils.common.cache import file_key
 from lab_utils.common.saved_model import ModelSpec, load_spec
-from lab_utils.common.tensorflow import MakePredictFn
+from lab_utils.common.tensorflow import MakePredictFn, PredictFn
+from lab_utils.data import images
+from lab_utils.inference import checks
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -45,6 +49,8 @@ if TYPE_CHECKING:
 from lab_utils.inference.scoring import (
     DEFAULT_BATCH_SIZE,
     RESULT_DDL,
+    RESULT_FIELDS,
+    InferenceError,
     cached_predict_fn,
     keras_predict_fn,
     score_images,
@@ -289,6 +295,102 @@ def spark_predict_batch_udf(
     return_type = _parse_datatype_string(RESULT_DDL)  # a StructType: the DDL is a field list
     return predict_batch_udf(make_predict_fn_for_spark, return_type=return_type,
                              batch_size=batch_size)
+
+
+def score_arrow(paths: list, contents: list, predict: PredictFn, class_names: tuple[str, ...],
+                image_size: tuple[int, int], *, batch_size: int = DEFAULT_BATCH_SIZE,
+                fail_fast: bool = False):
+    """:func:`~lab_utils.inference.scoring.score_images` with a ``pyarrow.StructArray`` out
+    (``prediction``, ``confidence``, ``error``) and no pandas object on the way: what
+    :func:`arrow_iterator_udf` yields per Arrow batch. Same decode, same checks on the model's
+    output, same per-row errors.
+
+    Examples
+    --------
+    >>> import io
+    >>> from PIL import Image
+    >>> def png(level):
+    ...     buffer = io.BytesIO()
+    ...     Image.new("RGB", (8, 8), (level, level, level)).save(buffer, format="PNG")
+    ...     return buffer.getvalue()
+    >>> def predict(pixels):
+    ...     light = pixels.mean(axis=(1, 2, 3)) / 255
+    ...     return np.stack([1 - light, light], axis=1)
+    >>> out = score_arrow(["a.png", "b.png"], [png(51), b""], predict, ("dark", "light"), (4, 4))
+    >>> out.type
+    StructType(struct<prediction: string, confidence: float, error: string>)
+    >>> out.to_pylist()[1]
+    {'prediction': None, 'confidence': None, 'error': 'empty file (0 bytes)'}
+    """
+    import pyarrow as pa
+
+    n = len(contents)
+    prediction: list[str | None] = [None] * n
+    confidence: list[float | None] = [None] * n
+    good, pixels, error = images.decode_all(paths, contents, image_size, fail_fast=fail_fast,
+                                            error_type=InferenceError)
+    for start in range(0, len(good), batch_size):
+        rows = good[start:start + batch_size]
+        probabilities = np.asarray(predict(np.stack(pixels[start:start + batch_size])))
+        if probabilities.shape != (len(rows), len(class_names)):
+            raise InferenceError(
+                f"the model returned shape {probabilities.shape} for {len(rows)} images; "
+                f"expected ({len(rows)}, {len(class_names)}) probabilities for {class_names}")
+        problems = checks.row_problems(probabilities)
+        if problems and fail_fast:
+            first = min(problems)
+            raise InferenceError(f"{paths[rows[first]]}: {checks.row_error(problems[first])}")
+        best = probabilities.argmax(axis=1)
+        for j, (row, k) in enumerate(zip(rows, best, strict=True)):
+            if j in problems:
+                error[row] = checks.row_error(problems[j])
+            else:
+                prediction[row] = class_names[int(k)]
+                confidence[row] = float(probabilities[j, k])
+    return pa.StructArray.from_arrays(
+        [pa.array(prediction, pa.string()), pa.array(confidence, pa.float32()),
+         pa.array(error, pa.string())], names=list(RESULT_FIELDS))
+
+
+def arrow_iterator_udf(
+    model: ModelSpec | Path | str,
+    make_predict_fn: MakePredictFn | None = None,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    fail_fast: bool = False,
+) -> Callable[[ColumnOrName, ColumnOrName], Column]:
+    """Iterator Arrow UDF ``f(path, content)`` (``arrow_udf``, ``ArrowUDFType.SCALAR_ITER``,
+    Spark 4.1): one call per partition, each Arrow batch's ``pyarrow`` arrays decoded and
+    scored (:func:`score_arrow`) and a ``pyarrow.StructArray`` returned, with no pandas
+    Series or DataFrame built on either side. The model loads once per worker, as in
+    :func:`iterator_udf`, whose rows it returns.
+
+    Examples
+    --------
+    ``model_dir`` (classes ``dark``, ``light``), its ``make_predict_fn`` and ``images_dir`` as
+    in :func:`row_udf`:
+
+    >>> from lab_utils.inference import read_images
+    >>> classify = arrow_iterator_udf(model_dir, make_predict_fn, batch_size=64)
+    >>> scored = read_images(spark, images_dir).select(
+    ...     "label", classify("path", "content").alias("r"))
+    >>> scored.where("r.prediction = label").count(), scored.where("r.error IS NOT NULL").count()
+    (4, 1)
+    """
+    from pyspark.sql.functions import ArrowUDFType, arrow_udf
+
+    spec, make, key = _resolve(model, make_predict_fn)
+    names, size = spec.class_names, spec.image_size
+
+    def predict(batch):  # looked up per model batch, as in _scorer
+        return cached_predict_fn(key, make)(batch)
+
+    def predict_arrow(batches):
+        for paths, contents in batches:
+            yield score_arrow(paths.to_pylist(), contents.to_pylist(), predict, names, size,
+                              batch_size=batch_size, fail_fast=fail_fast)
+
+    return arrow_udf(predict_arrow, RESULT_DDL, ArrowUDFType.SCALAR_ITER)
 
 
 def map_in_pandas(
