@@ -78,7 +78,7 @@ models: venv ## Build the image data set and train the lab's CNN (if missing) in
 
 # With --peers in BENCH_ARGS, the venv is first synced with the bench-peers group (Ray Data,
 # Daft); `make venv`/`make test` sync without it again (CI and the images never install it).
-bench: venv ## Benchmark a session's start (classic against Spark Connect), the model server under load and every inference style against one plain process (BENCH_ARGS=..., e.g. --suites session, --suites server, --rest, --peers)
+bench: venv ## Benchmark a session's start (classic against Spark Connect), the model server under load and every inference style against one plain process (BENCH_ARGS=..., e.g. --suites session, --suites server, --rest, --peers, --switches pipelined,zstd,lz4,max_bytes, --profile)
 	$(if $(findstring --peers,$(BENCH_ARGS)),$(UV) sync --frozen --python $(PYTHON) --group bench-peers)
 	$(BIN)/python -m lab_utils.bench $(BENCH_ARGS)
 
