@@ -253,6 +253,7 @@ def get_spark(
                   "server's application and are fixed when it starts (the lab's server takes "
                   "them from .env, another cluster's from its admin):\n  "
                   + "\n  ".join(refused), file=sys.stderr)
+        register_data_sources(spark)
         if not quiet:
             print(describe(spark, why, cfg=cfg, url=url))
         return spark
@@ -280,9 +281,23 @@ def get_spark(
     for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
+    register_data_sources(spark)
     if not quiet:
         print(describe(spark, why, cfg=cfg))
     return spark
+
+
+def register_data_sources(spark: SparkSession) -> None:
+    """Register the lab's Python data sources on ``spark``: ``format("tfrecord")``
+    (:mod:`lab_utils.data.tfrecords.datasource`).
+
+    ``spark.dataSource.register`` works on a classic session and through Spark Connect (the
+    client sends the pickled class to the server); registration belongs to the session, so
+    every session :func:`get_spark` returns gets it (registering again replaces it).
+    """
+    from lab_utils.data.tfrecords.datasource import TFRecordDataSource
+
+    spark.dataSource.register(TFRecordDataSource)
 
 
 def describe(spark: SparkSession, why: str = "", *,

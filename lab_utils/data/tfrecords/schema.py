@@ -147,6 +147,10 @@ class TFRecordSchema:
             "metadata": dict(self.metadata),
         }
 
+    def to_json(self) -> str:
+        """:meth:`to_dict` as JSON text: option ``schema`` of ``format("tfrecord")``."""
+        return json.dumps(self.to_dict())
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TFRecordSchema:
         features = tuple(Feature(f["name"], f["dtype"],
