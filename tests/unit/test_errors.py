@@ -40,6 +40,7 @@ BUILTIN_BASE = {
     "ClassicOnlyError": RuntimeError, "ConnectUrlError": ValueError,
     "PredictorFormError": ValueError,
     "StorageNotSharedError": OSError,  # a path the workers do not see as the client does
+    "SqlMetricsError": LookupError,  # issue 31: a query or metric the Spark UI does not have
 }
 
 #: Built-ins a raise may still name: control flow and "not written yet", not a refusal.
