@@ -121,6 +121,37 @@ def test_injected_503s_and_slow_answers_are_retried_to_completion(images_df, spe
     assert int((out["attempts"] - 1).sum()) == failures(before, after) > 0
 
 
+def test_requests_in_flight_give_the_in_spark_predictions(lab_cluster, images_df, spec,
+                                                          reference):
+    """Four requests in flight per task against the lab's server: the same rows, one request
+    per micro-batch (the server's own count), none refused for want of room."""
+    url = lab_cluster.cfg.model_server_url
+    before = net.http_json(f"{url}/stats", timeout=5)
+    udf = rest_udf(spec, url, client=RestOptions(batch_size=BATCH, in_flight=4))
+    out = collect(images_df, udf)
+    after = net.http_json(f"{url}/stats", timeout=5)
+    assert out["error"].isna().all(), out["error"].dropna().head()
+    assert_matches(out, reference)
+    assert set(out["attempts"]) == {1}
+    assert after["predict_requests"] - before["predict_requests"] == N // BATCH
+    assert after["busy_refusals"] == before["busy_refusals"]  # 2 tasks x 4 within the queue
+
+
+def test_retries_with_requests_in_flight_are_each_requests_own(images_df, spec, reference,
+                                                               faulty_server):
+    """The faulty server with three requests in flight per task: every row scored, and each
+    extra attempt still matches one injected failure of that row's own request."""
+    udf = rest_udf(spec, faulty_server.url, client=RestOptions(
+        batch_size=BATCH, read_timeout=2.5, retries=8, backoff=0.05, backoff_max=0.5,
+        in_flight=3))
+    before = faulty_server.stats()
+    out = collect(images_df, udf)
+    after = faulty_server.stats()
+    assert out["error"].isna().all(), out["error"].dropna().head()
+    assert_matches(out, reference)
+    assert int((out["attempts"] - 1).sum()) == failures(before, after) > 0
+
+
 def test_server_killed_mid_job_and_restarted(images_df, spec, reference, faulty_server):
     udf = rest_udf(spec, faulty_server.url, client=RestOptions(
         batch_size=5, read_timeout=2.5, retries=20, backoff=0.5, backoff_max=4.0))
