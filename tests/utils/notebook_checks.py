@@ -30,13 +30,18 @@ def check_00_getting_started(r: dict, *, master: str = "spark://127.0.0.1:") -> 
     assert n == 20_000  # the smoke size
     assert r["expected_sum"] == n * (n + 1) // 2
     assert r["udf_sums"] == {style: r["expected_sum"] for style in
-                             ("python UDF (pickled)", "python UDF (Arrow)", "pandas UDF")}
+                             ("python UDF (pickled)", "python UDF (Arrow)", "pandas UDF",
+                              "Arrow UDF")}
     assert (r["bucket_rows"], r["bucket_total"]) == (n, n * (n - 1) // 2)
+    assert [t["style"] for t in r["timings"]] == list(r["udf_sums"])  # every style timed
     assert all(t["seconds"] > 0 for t in r["timings"])
+    # A plain @udf with pa.Array hints is an Arrow UDF (PythonEvalType.SQL_SCALAR_ARROW_UDF).
+    assert r["hinted_kind"] == {"plus_one_hinted": 250, "plus_one_arrow_udf": 250}
     # The plan says how rows reach Python: pickled rows, or Arrow batches for both Arrow kinds.
     assert r["plans"] == {"python UDF (pickled)": ["BatchEvalPython"],
                           "python UDF (Arrow)": ["ArrowEvalPython"],
-                          "pandas UDF": ["ArrowEvalPython"]}
+                          "pandas UDF": ["ArrowEvalPython"],
+                          "Arrow UDF": ["ArrowEvalPython"]}
     assert r["task_slots"] == 2  # LAB_APP_CORES_MAX, read from the conf in both modes
     # Section 7: spark.sparkContext is fine in classic mode, refused under Connect.
     assert r["classic_api_error"] == {"classic": None,
@@ -269,6 +274,14 @@ def check_06_timeseries_windows_tfrecord(r: dict) -> None:
                                   "test": [*parts, "schema.json"]}
     assert sum(r["tfrecord_records"].values()) == r["windows"]
     assert r["read_back"] == r["tfrecord_records"]
+    # spark.read.format("tfrecord") reads what df.write.format("tfrecord") wrote, with no
+    # option: the counts schema.json lists, the Spark types it implies, and the first test
+    # record equal to tf.data's, feature by feature.
+    assert r["spark_read_counts"] == r["tfrecord_records"]
+    assert r["spark_read_types"] == {"customer_id": "string", "window_end": "bigint",
+                                     "features": "array<array<float>>",
+                                     "baseline_calls": "float", "label": "bigint"}
+    assert r["spark_same_record"] == dict.fromkeys(r["spark_read_types"], True)
     # The model beats chance and every one-feature rule on held-out customers.
     assert r["test_positives"] >= 40
     assert set(r["rule_auc"]) == {"complaints in window", "fewer calls in window",
@@ -298,6 +311,10 @@ def check_07_audio_features(r: dict) -> None:
     assert r["read_back"] == r["tfrecord_records"]
     parts = ["part-00000.tfrecord", "part-00001.tfrecord"]
     assert r["tfrecord_files"] == {"train": parts, "test": parts}
+    # format("tfrecord") read back by Spark: every clip, per word, and one clip's mel features
+    # equal to the UDF's.
+    assert r["spark_by_word"] == {w: 32 for w in words}
+    assert r["spark_same_clip"] is True
     assert r["chance"] == 1 / 6
     assert r["accuracy"] >= 0.6 and r["accuracy"] > r["majority"] + 0.25, r
     assert r["plotted_labels"] == words
@@ -344,6 +361,25 @@ def check_08_external_api_scoring(r: dict) -> None:
     assert retries["server_503s"] > 0
     assert r["rest_to_spark_ratio"] > 0
     assert r["rest_rows_per_s"] > 0 and r["spark_rows_per_s"] > 0
+    # Requests in flight (section 6): every level scored every row, with the in-Spark
+    # predictions; rows/s only positive here (ratios between levels belong in benchmarks).
+    sweep = r["in_flight"]
+    assert list(sweep) == ["1", "2", "4", "8"]
+    admission = r["server_admission"]  # read from the lab's server's /stats, not typed in
+    assert admission["concurrency"] >= 1 and admission["queue"] >= 0
+    for k, level in sweep.items():
+        assert level["in_flight_per_job"] == 2 * int(k)  # 2 partitions
+        assert level["rows"] == n and level["errors"] == 0 and level["same_predictions"] is True
+        assert level["rows_per_s"] > 0
+        if level["in_flight_per_job"] <= admission["concurrency"] + admission["queue"]:
+            assert level["retried_rows"] == 0  # all admitted: no 429 to retry
+    assert r["micro_batches_per_task"] == 4  # 60 rows a task, 16 images a request
+    rates = {int(k): level["rows_per_s"] for k, level in sweep.items()}
+    assert rates[r["in_flight_best"]] == max(rates.values())
+    # The figures the prose quotes are the sweep's (rel. 1e-9: the same float arithmetic).
+    gain, to_spark = max(rates.values()) / rates[1], max(rates.values()) / r["spark_rows_per_s"]
+    assert abs(r["in_flight_gain"] - gain) <= 1e-9 * gain
+    assert abs(r["in_flight_best_to_spark"] - to_spark) <= 1e-9 * to_spark
 
 
 #: Notebook stem -> its check, in notebook order.
