@@ -260,3 +260,134 @@ def test_an_old_schema_json_without_the_flag_loads_as_not_allowed(tmp_path):
     loaded, _ = tfrecords.load_schema(tmp_path / "ds")
     assert loaded == SCHEMA and not loaded["sequence"].allow_non_finite
     assert len(list(tfrecords.read_tfrecords(tmp_path / "ds").as_numpy_iterator())) == 2
+
+
+# --------------------------------------------------------------------------- format("tfrecord")
+# The data source's pure parts: schemas both ways, options, the record diagnosis, and its
+# writer's write/commit/abort called as Spark calls them (no JVM here; the Spark runs are in
+# tests/spark and tests/cluster).
+
+
+def _source():
+    from lab_utils.data.tfrecords import datasource
+
+    return datasource
+
+
+def test_the_datasource_examples_run(tmp_path):
+    from tests.utils.doctests import run_examples
+
+    assert run_examples(_source(), tmp_path) >= 4
+
+
+def test_spark_schema_of_every_dtype_and_shape():
+    ds = _source()
+    assert ds.spark_schema(SCHEMA).simpleString() == (
+        "struct<customer_id:string,window_end:bigint,sequence:array<array<float>>,"
+        "tags:array<bigint>,raw:binary,label:bigint>")
+
+
+def test_derive_schema_from_columns_options_and_a_given_schema(tmp_path):
+    from pyspark.sql import types as T
+
+    ds = _source()
+    struct = T.StructType([T.StructField(name, kind) for name, kind in (
+        ("id", T.IntegerType()), ("ok", T.BooleanType()), ("x", T.DoubleType()),
+        ("name", T.StringType()), ("blob", T.BinaryType()), ("v", T.ArrayType(T.FloatType())),
+        ("m", T.ArrayType(T.ArrayType(T.DoubleType()))))])
+    derived = ds.derive_schema(struct, {"shape.M": "2, 3", "compression": "ZLIB"})
+    assert [(f.name, f.dtype, f.shape) for f in derived.features] == [
+        ("id", "int64", ()), ("ok", "int64", ()), ("x", "float32", ()), ("name", "string", ()),
+        ("blob", "bytes", ()), ("v", "float32", None), ("m", "float32", (2, 3))]
+    assert derived.compression == "ZLIB"
+    # A given schema (JSON, or the path of a schema.json) names what is written, other columns
+    # are left out; its kinds and nesting must fit the columns.
+    given = TFRecordSchema((Feature("id", "int64"), Feature("v", "float32", (4,))), "GZIP")
+    (tmp_path / "schema.json").write_text(given.to_json())
+    for option in (given.to_json(), str(tmp_path), str(tmp_path / "schema.json")):
+        assert ds.derive_schema(struct, {"schema": option}) == given
+    with pytest.raises(TFRecordSchemaError, match="feature 'name': the schema says int64"):
+        ds.derive_schema(struct, {"schema": TFRecordSchema((Feature("name", "int64"),)).to_json()})
+    with pytest.raises(TFRecordSchemaError, match="'gone' of option 'schema' is not a column"):
+        ds.derive_schema(struct, {"schema": TFRecordSchema((Feature("gone", "int64"),)).to_json()})
+    with pytest.raises(TFRecordSchemaError, match="option schema='/no/such.json'"):
+        ds.derive_schema(struct, {"schema": "/no/such.json"})
+    with pytest.raises(TFRecordSchemaError, match="compression='lz4': use none, gzip or zlib"):
+        ds.derive_schema(struct, {"shape.m": "2,3", "compression": "lz4"})
+    with pytest.raises(TFRecordSchemaError, match="column 'when' is timestamp.*cast it"):
+        ds.derive_schema(T.StructType([T.StructField("when", T.TimestampType())]), {})
+    with pytest.raises(TFRecordSchemaError, match="column 'm' is a nested array.*shape.m"):
+        ds.derive_schema(struct, {})
+
+
+def _batches(data: pd.DataFrame, size: int):
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(data.assign(sequence=[
+        np.stack(s).tolist() for s in data["sequence"]]), preserve_index=False)
+    return iter(table.to_batches(max_chunksize=size))
+
+
+def test_the_writer_commits_the_whole_output_and_abort_leaves_the_previous_one(tmp_path):
+    ds = _source()
+    dest = tmp_path / "out"
+    data = frame(7)
+    writer = ds.TFRecordWriter(dest, SCHEMA, overwrite=True)
+    assert not dest.exists() and writer.staging.parent == tmp_path  # staged beside dest
+    message = writer.write(_batches(data, 3))  # one task (partition 0 outside Spark)
+    assert message == ds.PartWritten(0, "part-00000.tfrecord", 7, message.bytes)
+    assert not dest.exists()  # nothing visible before commit
+    writer.commit([message])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in dest.iterdir()) == ["part-00000.tfrecord", "schema.json"]
+    rows = list(ds.read_file_rows(str(dest / "part-00000.tfrecord"), SCHEMA, batch=4))
+    assert [r[0] for r in rows] == list(data["customer_id"])
+    assert rows[3][2] == np.stack(data["sequence"][3]).astype(np.float32).tolist()
+    assert [r[3] for r in rows] == [t.tolist() for t in data["tags"]]
+    assert [r[4] for r in rows] == list(data["raw"])
+    before = {p.name: p.read_bytes() for p in dest.iterdir()}
+    failing = ds.TFRecordWriter(dest, SCHEMA, overwrite=True)
+    partial = failing.write(_batches(frame(3), 2))
+    failing.abort([partial, None])  # another task failed: Spark aborts the job
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_append_adds_files_of_the_same_schema_and_refuses_another(tmp_path):
+    ds = _source()
+    dest = tmp_path / "out"
+    for size in (3, 4):
+        writer = ds.TFRecordWriter(dest, SCHEMA, overwrite=False)
+        writer.commit([writer.write(_batches(frame(size), 8))])
+    summary = tfrecords.load_schema(dest)[1]
+    assert [(f["name"], f["records"]) for f in summary["files"]] == [
+        ("part-00000.tfrecord", 3), ("part-00001.tfrecord", 4)]
+    assert summary["records"] == 7
+    other = TFRecordSchema(SCHEMA.features, compression="GZIP")
+    with pytest.raises(tfrecords.TFRecordDestinationError, match="mode append: .* another "
+                       "schema .*compression GZIP"):
+        ds.TFRecordWriter(dest, other, overwrite=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_the_writer_refuses_a_user_folder_before_any_task(tmp_path):
+    ds = _source()
+    (tmp_path / "notes.txt").write_text("mine")
+    for overwrite in (True, False):
+        with pytest.raises(tfrecords.TFRecordDestinationError, match="not a TFRecord output"):
+            ds.TFRecordWriter(tmp_path, SCHEMA, overwrite=overwrite)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_record_of_another_schema_is_named_with_its_file_record_and_feature(tmp_path):
+    ds = _source()
+    tfrecords.write_tfrecords_local(frame(5), tmp_path / "ds", SCHEMA)
+    path = str(tmp_path / "ds" / "part-00000.tfrecord")
+    wrong = TFRecordSchema((Feature("customer_id", "string"), Feature("label", "float32")))
+    with pytest.raises(TFRecordSchemaError, match=r"part-00000.tfrecord, record 0: feature "
+                       r"'label' holds a int64_list where the schema says float32\. Read the"):
+        list(ds.read_file_rows(path, wrong, batch=2))
+    fewer = TFRecordSchema((Feature("sequence", "float32", (2, 2)),))
+    with pytest.raises(TFRecordSchemaError, match=r"holds 6 values where the schema's shape "
+                       r"\(2, 2\) needs 4"):
+        list(ds.read_file_rows(path, fewer))
