@@ -21,7 +21,10 @@ TensorFlow is imported inside the functions that need it: ``import lab_utils.dat
 not load it.
 
 The package by side: :mod:`.schema` (features, checks, encoding), :mod:`.writer` (Spark),
-:mod:`.reader` (``tf.data``). Notebooks use the names re-exported here.
+:mod:`.reader` (``tf.data``), :mod:`.datasource` (``spark.read.format("tfrecord")`` and
+``df.write.format("tfrecord")``, the same folders through Spark 4's Python Data Source API;
+registered by :func:`lab_utils.session.get_spark`, not re-exported here so that this import
+stays free of ``pyspark.sql``). Notebooks use the names re-exported here.
 """
 
 from lab_utils.data.tfrecords.reader import (
