@@ -257,7 +257,9 @@ class TFRecordDataSource(DataSource):
         if not path:
             raise TFRecordMissingError("no folder given: spark.read.format('tfrecord')"
                                        ".load(folder) / df.write.format('tfrecord').save(folder)")
-        return _local(path)
+        # Absolute here, on the driver: executors run in their own working folders. (Under
+        # Spark Connect the driver is the server, so a relative path is relative to its folder.)
+        return _local(path).absolute()
 
     def _read_plan(self) -> tuple[TFRecordSchema, list[str]]:
         folder = self._folder()
