@@ -64,8 +64,8 @@ def check_01_udf_inference_keras(r: dict) -> None:
     classic = r["spark_api"] == "classic"
     rdd_style = ["partition predictor"] if classic else []
     assert r["styles"] == sorted(["row UDF (pickled)", "row UDF (Arrow)", "pandas UDF",
-                                  "iterator UDF", "predict_batch_udf", "mapInPandas",
-                                  *rdd_style])
+                                  "iterator UDF", "predict_batch_udf", "Arrow UDF",
+                                  "mapInPandas", *rdd_style])
     assert r["styles_agree"] == dict.fromkeys(r["styles"], True), r["styles_agree"]
     assert r["rows_per_style"] == dict.fromkeys(r["styles"], 300), r["rows_per_style"]
     # Parity: each style written on the page gives the rows of its lab_utils factory (same
@@ -78,8 +78,14 @@ def check_01_udf_inference_keras(r: dict) -> None:
     assert r["python_operators"] == {
         "row UDF (pickled)": ["BatchEvalPython"], "row UDF (Arrow)": ["ArrowEvalPython"],
         "pandas UDF": ["ArrowEvalPython"], "iterator UDF": ["ArrowEvalPython"],
-        "predict_batch_udf": ["ArrowEvalPython"], "mapInPandas": ["MapInPandas"],
+        "predict_batch_udf": ["ArrowEvalPython"], "Arrow UDF": ["ArrowEvalPython"],
+        "mapInPandas": ["MapInPandas"],
         **({"partition predictor": []} if classic else {})}, r["python_operators"]
+    # The iterator Arrow UDF written on the page gives the iterator pandas UDF's rows (paths,
+    # predictions, errors; confidences within 1e-6), and a plain udf() with its pa.Array hints
+    # is the same kind of UDF (PythonEvalType.SQL_SCALAR_ARROW_ITER_UDF).
+    assert r["arrow_rows_equal"] is True and r["arrow_rows"] == 300
+    assert r["udf_kinds"] == {"arrow_udf": 251, "udf with pa.Array hints": 251}, r["udf_kinds"]
     # A cache dict defined in the notebook is pickled with the function: one load per task.
     # The module cache (lab_utils.inference) loads once per Python worker, fewer than tasks.
     notebook_dict = r["cache_demo"]["dict in the notebook"]
@@ -87,7 +93,7 @@ def check_01_udf_inference_keras(r: dict) -> None:
     assert notebook_dict["loads"] == notebook_dict["tasks"] == 8, notebook_dict
     assert module_cache["tasks"] == 8, module_cache
     assert 1 <= module_cache["loads"] == module_cache["python_workers"] < 8, module_cache
-    assert r["plotted_styles"] == [*on_the_page, *rdd_style]
+    assert r["plotted_styles"] == [*on_the_page[:5], "Arrow UDF", "mapInPandas", *rdd_style]
     assert set(r["seconds_by_style"]) == set(r["styles"])
     assert all(s > 0 for s in r["seconds_by_style"].values()), r["seconds_by_style"]
     assert r["placed_files"] == r["files_in_class_folders"] == 300
@@ -125,6 +131,44 @@ def check_02_benchmark_udf_styles(r: dict) -> None:
     assert set(r["model_loads"]) == {"cnn", "resnet50"}
     assert all(1 <= loads <= 4 for loads in r["model_loads"].values()), r["model_loads"]
     assert r["plots"] == ["cnn.png", "resnet50.png"]
+    # Section 4, the UDF profiler (perf) on the two styles written on the page: the model's
+    # load, the decoding and the model calls all took time inside the profiled UDF; the cache
+    # key is new, so each Python worker (2; a replaced one reloads) loads the model once, and
+    # every batch is decoded once and goes through the model in one call.
+    profiled = {"iterator UDF", "predict_batch_udf"}
+    assert set(r["profile_split"]) == set(r["profile_calls"]) == profiled
+    for name in profiled:
+        split, calls = r["profile_split"][name], r["profile_calls"][name]
+        parts = [split[p] for p in ("model load", "decode", "model calls")]
+        assert all(p > 0 for p in parts), (name, split)
+        assert sum(parts) <= split["profiled total"] * 1.05, (name, split)  # disjoint parts
+        ncalls = {fn: int(str(n).split("/")[0]) for fn, n in calls.items()}
+        assert 1 <= ncalls["load_model"] <= 4, (name, ncalls)
+        assert ncalls["decode_all"] == ncalls["run_model"] >= 2, (name, ncalls)
+        # The SQL tab's Python metrics of the same query: one Arrow operator that scored every
+        # image, took time to initialise its workers and run Python, and moved the JPEG bytes
+        # in (hundreds of bytes each at least) and less back (a short struct per image).
+        metrics = r["python_metrics"][name]
+        assert list(metrics) == ["ArrowEvalPython"], (name, metrics)
+        m = metrics["ArrowEvalPython"]
+        assert m["rows"] == r["profile_n"] == r["sizes"]["cnn"][0], (name, m)
+        assert m["worker_start_s"] >= 0 and m["worker_init_s"] > 0, (name, m)
+        assert 0 < m["python_code_s"] <= m["python_run_s"] * 1.05 + 0.1, (name, m)
+        assert m["bytes_sent"] > 300 * m["rows"] > 0, (name, m)
+        assert 0 < m["bytes_returned"] < m["bytes_sent"], (name, m)
+    # The memory profiler, line by line of the iterator UDF: a Python worker with TensorFlow
+    # and the model in it (hundreds of MiB), each line run at least once.
+    lines = r["memory"]["lines"]
+    assert len(lines) >= 3, r["memory"]
+    assert all(line["occurrences"] >= 1 for line in lines), lines
+    assert 100 < max(line["mem_usage_mib"] for line in lines) < 8192, lines
+    assert any("score_images" in code for code in r["memory"]["codes"]), r["memory"]["codes"]
+    # Section 5: what the UDF logged for each file it could not score, read back from the
+    # workers with python_worker_logs(): the same lines, as warnings of that function.
+    logs = r["worker_logs"]
+    assert logs["logged"] == logs["expected"] and len(logs["expected"]) >= 5, logs
+    assert all(line.startswith("cannot score file:") for line in logs["logged"]), logs
+    assert logs["levels"] == ["WARNING"] and logs["functions"] == ["predict_and_log"], logs
 
 
 def check_03_resnet50_batch_inference(r: dict) -> None:
