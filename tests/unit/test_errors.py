@@ -41,6 +41,8 @@ BUILTIN_BASE = {
     "PredictorFormError": ValueError,
     "StorageNotSharedError": OSError,  # a path the workers do not see as the client does
     "SqlMetricsError": LookupError,  # issue 31: a query or metric the Spark UI does not have
+    "ResourceSettingError": ValueError,  # issue 31: a GPU amount Spark would refuse
+    "StageRunsError": LookupError,  # issue 31: tagged stages the Spark UI does not have
 }
 
 #: Built-ins a raise may still name: control flow and "not written yet", not a refusal.
