@@ -146,13 +146,14 @@ def check_02_benchmark_udf_styles(r: dict) -> None:
         assert 1 <= ncalls["load_model"] <= 4, (name, ncalls)
         assert ncalls["decode_all"] == ncalls["run_model"] >= 2, (name, ncalls)
         # The SQL tab's Python metrics of the same query: one Arrow operator that scored every
-        # image, took time to initialise its workers and run Python, and moved the JPEG bytes
+        # image, ran Python code for part of its workers' time, and moved the JPEG bytes
         # in (hundreds of bytes each at least) and less back (a short struct per image).
         metrics = r["python_metrics"][name]
         assert list(metrics) == ["ArrowEvalPython"], (name, metrics)
         m = metrics["ArrowEvalPython"]
         assert m["rows"] == r["profile_n"] == r["sizes"]["cnn"][0], (name, m)
-        assert m["worker_start_s"] >= 0 and m["worker_init_s"] > 0, (name, m)
+        # Start and init are 0 ms where a task got a Python worker the benchmark left running.
+        assert m["worker_start_s"] >= 0 and m["worker_init_s"] >= 0, (name, m)
         assert 0 < m["python_code_s"] <= m["python_run_s"] * 1.05 + 0.1, (name, m)
         assert m["bytes_sent"] > 300 * m["rows"] > 0, (name, m)
         assert 0 < m["bytes_returned"] < m["bytes_sent"], (name, m)
