@@ -4,7 +4,7 @@ Spark's REST API, and the lab's GPU settings written out as data.
 A ``ResourceProfile`` (``pyspark.resource``) given to ``mapInPandas(..., profile=rp)`` changes
 what the tasks of that one stage get: ``spark.task.cpus`` for the stage, GPUs per task. Whether
 it did is in the driver's UI: each stage's ``resourceProfileId``, the profile's task resources
-(``/environment``) and each task's launch time and duration (``/stages/<id>/<attempt>/taskList``),
+(``/environment``) and each task's launch and executor time (``/stages/<id>/<attempt>/taskList``),
 from which :func:`max_concurrent` counts how many ran at once. :func:`tagged_stage_runs` reads
 them for the jobs that carry a tag (``spark.addTag``).
 
@@ -118,6 +118,30 @@ def profile_amounts(environment: dict[str, Any]) -> dict[int, dict[str, float]]:
             for p in environment.get("resourceProfiles", [])}
 
 
+def task_span(task: dict[str, Any]) -> tuple[float, float]:
+    """When a task held its slot, in seconds: from its launch to the end of its work on the
+    executor (deserializing, running, serializing its result).
+
+    Not the task's ``duration``: that ends when the driver has fetched and handled the result,
+    a few milliseconds after the scheduler gave the slot to the next task, so back-to-back
+    tasks would seem to overlap.
+
+    Examples
+    --------
+    >>> task_span({"launchTime": "1970-01-01T00:00:10.000GMT", "duration": 2010,
+    ...            "taskMetrics": {"executorDeserializeTime": 100, "executorRunTime": 1800,
+    ...                            "resultSerializationTime": 5}})
+    (10.0, 11.905)
+    """
+    start = ui_time(task["launchTime"])
+    metrics = task.get("taskMetrics")
+    if not metrics:
+        return start, start + task.get("duration", 0) / 1e3
+    busy = sum(metrics.get(k, 0) for k in ("executorDeserializeTime", "executorRunTime",
+                                           "resultSerializationTime"))
+    return start, start + busy / 1e3
+
+
 def _tagged_stage_ids(base: str, tag: str) -> list[int]:
     jobs = net.http_json(f"{base}/jobs", timeout=5.0)
     ours = (tag, "_" + tag, "-" + tag)  # classic and Connect prefixes before the user's tag
@@ -134,8 +158,7 @@ def stage_run(base: str, ui_url: str, stage: dict[str, Any],
     sid, attempt = int(stage["stageId"]), int(stage.get("attemptId", 0))
     tasks = net.http_json(f"{base}/stages/{sid}/{attempt}/taskList?offset=0&length=100000",
                           timeout=5.0)
-    spans = [(ui_time(t["launchTime"]), ui_time(t["launchTime"]) + t.get("duration", 0) / 1e3)
-             for t in tasks if t.get("launchTime")]
+    spans = [task_span(t) for t in tasks if t.get("launchTime")]
     profile = int(stage.get("resourceProfileId", 0))
     resources = amounts.get(profile, {})
     return StageRun(

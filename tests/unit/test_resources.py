@@ -27,7 +27,12 @@ UI = "http://127.0.0.1:4040"
 
 
 def _task(launch: str, duration_ms: int, executor: str) -> dict:
-    return {"taskId": 0, "launchTime": launch, "duration": duration_ms, "executorId": executor}
+    # As Spark 4.3 reports a task: the driver's duration ends when it has handled the result,
+    # 20 ms after the executor finished (the next task may start in between).
+    return {"taskId": 0, "launchTime": launch, "duration": duration_ms + 20,
+            "executorId": executor,
+            "taskMetrics": {"executorDeserializeTime": 10, "executorRunTime": duration_ms - 15,
+                            "resultSerializationTime": 5}}
 
 
 class FakeUi:
@@ -71,7 +76,7 @@ class FakeUi:
                     _task("2026-12-07T17:19:41.100GMT", 1000, "1")]
         if path.startswith("/stages/6/0/taskList"):
             return [_task("2026-12-07T17:19:42.500GMT", 2000, "0"),
-                    _task("2026-12-07T17:19:44.500GMT", 2000, "0")]
+                    _task("2026-12-07T17:19:44.505GMT", 2000, "0")]
         raise AssertionError(f"unexpected request {url}")
 
 
@@ -96,11 +101,22 @@ def test_the_stages_of_tagged_jobs_are_read_with_their_profiles(monkeypatch, tag
     thin, fat = tagged_stage_runs(UI, APP, tag, sleep=lambda s: None)
     assert (thin.stage_id, thin.tasks, thin.profile_id, thin.task_cpus) == (5, 4, 0, 1.0)
     assert (thin.max_concurrent, thin.executors, thin.task_gpus) == (2, 2, 0.0)
-    assert thin.wall_s == pytest.approx(2.1)
+    assert thin.wall_s == pytest.approx(2.1)  # from the first launch to the last work's end
     assert (fat.stage_id, fat.tasks, fat.profile_id, fat.task_cpus) == (6, 2, 1, 2.0)
     assert (fat.max_concurrent, fat.executors) == (1, 1)
-    assert fat.wall_s == pytest.approx(4.0)
+    assert fat.wall_s == pytest.approx(4.005)
     assert fat.url == f"{UI}/stages/stage/?id=6&attempt=0"
+
+
+def test_back_to_back_tasks_do_not_overlap_though_the_driver_s_durations_do():
+    first = _task("2026-12-07T17:19:42.500GMT", 2000, "0")
+    second = _task("2026-12-07T17:19:44.505GMT", 2000, "0")  # launched as the slot freed
+    spans = [resources.task_span(t) for t in (first, second)]
+    assert spans[0][1] < spans[1][0] < spans[0][0] + first["duration"] / 1e3
+    assert max_concurrent(spans) == 1
+    # Without task metrics (a task still running) the driver's duration is all there is.
+    bare = {"launchTime": "2026-12-07T17:19:42.500GMT", "duration": 700}
+    assert resources.task_span(bare)[1] - resources.task_span(bare)[0] == pytest.approx(0.7)
 
 
 def test_a_job_still_running_is_polled_until_it_is_finished(monkeypatch):
