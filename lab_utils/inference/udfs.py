@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd  # at module level: pandas UDF type hints are resolved from these globals
+import pyarrow as pa  # the same, for the Arrow UDF's
 
 from lab_utils.common.cache import file_key
 from lab_utils.common.saved_model import ModelSpec, load_spec
@@ -322,8 +323,6 @@ def score_arrow(paths: list, contents: list, predict: PredictFn, class_names: tu
     >>> out.to_pylist()[1]
     {'prediction': None, 'confidence': None, 'error': 'empty file (0 bytes)'}
     """
-    import pyarrow as pa
-
     n = len(contents)
     prediction: list[str | None] = [None] * n
     confidence: list[float | None] = [None] * n
@@ -377,7 +376,7 @@ def arrow_iterator_udf(
     >>> scored.where("r.prediction = label").count(), scored.where("r.error IS NOT NULL").count()
     (4, 1)
     """
-    from pyspark.sql.functions import ArrowUDFType, arrow_udf
+    from pyspark.sql.functions import arrow_udf
 
     spec, make, key = _resolve(model, make_predict_fn)
     names, size = spec.class_names, spec.image_size
@@ -385,12 +384,15 @@ def arrow_iterator_udf(
     def predict(batch):  # looked up per model batch, as in _scorer
         return cached_predict_fn(key, make)(batch)
 
-    def predict_arrow(batches):
+    # The type hints make it an iterator Arrow UDF (ArrowUDFType.SCALAR_ITER), the form PySpark
+    # prefers over the functionType argument (it warns on that); untyped to mypy, as above.
+    @arrow_udf(RESULT_DDL)  # type: ignore[call-overload]
+    def predict_arrow(batches: Iterator[tuple[pa.Array, pa.Array]]) -> Iterator[pa.Array]:
         for paths, contents in batches:
             yield score_arrow(paths.to_pylist(), contents.to_pylist(), predict, names, size,
                               batch_size=batch_size, fail_fast=fail_fast)
 
-    return arrow_udf(predict_arrow, RESULT_DDL, ArrowUDFType.SCALAR_ITER)
+    return predict_arrow
 
 
 def map_in_pandas(
