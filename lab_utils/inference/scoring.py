@@ -118,6 +118,29 @@ def score_images(
     1       None         NaN  empty file (0 bytes)
     2      light         1.0                  None
     """
+    prediction, confidence, error = score_columns(
+        paths, contents, predict, class_names, image_size, batch_size=batch_size,
+        fail_fast=fail_fast, max_pixels=max_pixels)
+    return pd.DataFrame({"prediction": pd.Series(prediction, dtype=object),
+                         "confidence": pd.Series(confidence, dtype="float32"),
+                         "error": pd.Series(error, dtype=object)})
+
+
+def score_columns(
+    paths: Iterable[str | None],
+    contents: Iterable[bytes | None],
+    predict: PredictFn,
+    class_names: tuple[str, ...],
+    image_size: tuple[int, int],
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    fail_fast: bool = False,
+    max_pixels: int = images.DEFAULT_MAX_PIXELS,
+) -> tuple[list[str | None], list[float | None], list[str | None]]:
+    """The loop :func:`score_images` (pandas out) and
+    :func:`~lab_utils.inference.udfs.score_arrow` (Arrow out) share: decode, batch, predict,
+    check; the ``prediction``, ``confidence`` and ``error`` columns as plain lists, one entry per
+    input row, in order."""
     paths = list(paths)
     contents = list(contents)
     n = len(contents)
@@ -145,6 +168,4 @@ def score_images(
             else:
                 prediction[row] = class_names[int(k)]
                 confidence[row] = float(probabilities[j, k])
-    return pd.DataFrame({"prediction": pd.Series(prediction, dtype=object),
-                         "confidence": pd.Series(confidence, dtype="float32"),
-                         "error": pd.Series(error, dtype=object)})
+    return prediction, confidence, error

@@ -41,21 +41,19 @@ import pyarrow as pa  # the same, for the Arrow UDF's
 from lab_utils.common.cache import file_key
 from lab_utils.common.saved_model import ModelSpec, load_spec
 from lab_utils.common.tensorflow import MakePredictFn, PredictFn
-from lab_utils.data import images
-from lab_utils.inference import checks
-
-if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame
-    from pyspark.sql._typing import ColumnOrName
 from lab_utils.inference.scoring import (
     DEFAULT_BATCH_SIZE,
     RESULT_DDL,
     RESULT_FIELDS,
-    InferenceError,
     cached_predict_fn,
     keras_predict_fn,
+    score_columns,
     score_images,
 )
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
+    from pyspark.sql._typing import ColumnOrName
 
 
 def _resolve(model: ModelSpec | Path | str, make_predict_fn: MakePredictFn | None):
@@ -323,29 +321,8 @@ def score_arrow(paths: list, contents: list, predict: PredictFn, class_names: tu
     >>> out.to_pylist()[1]
     {'prediction': None, 'confidence': None, 'error': 'empty file (0 bytes)'}
     """
-    n = len(contents)
-    prediction: list[str | None] = [None] * n
-    confidence: list[float | None] = [None] * n
-    good, pixels, error = images.decode_all(paths, contents, image_size, fail_fast=fail_fast,
-                                            error_type=InferenceError)
-    for start in range(0, len(good), batch_size):
-        rows = good[start:start + batch_size]
-        probabilities = np.asarray(predict(np.stack(pixels[start:start + batch_size])))
-        if probabilities.shape != (len(rows), len(class_names)):
-            raise InferenceError(
-                f"the model returned shape {probabilities.shape} for {len(rows)} images; "
-                f"expected ({len(rows)}, {len(class_names)}) probabilities for {class_names}")
-        problems = checks.row_problems(probabilities)
-        if problems and fail_fast:
-            first = min(problems)
-            raise InferenceError(f"{paths[rows[first]]}: {checks.row_error(problems[first])}")
-        best = probabilities.argmax(axis=1)
-        for j, (row, k) in enumerate(zip(rows, best, strict=True)):
-            if j in problems:
-                error[row] = checks.row_error(problems[j])
-            else:
-                prediction[row] = class_names[int(k)]
-                confidence[row] = float(probabilities[j, k])
+    prediction, confidence, error = score_columns(paths, contents, predict, class_names, image_size,
+                                                  batch_size=batch_size, fail_fast=fail_fast)
     return pa.StructArray.from_arrays(
         [pa.array(prediction, pa.string()), pa.array(confidence, pa.float32()),
          pa.array(error, pa.string())], names=list(RESULT_FIELDS))
