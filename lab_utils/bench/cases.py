@@ -35,12 +35,16 @@ SINGLE = "single_thread"
 PEERS = ("ray", "daft")
 PEER_STYLES = {"ray": "ray_data", "daft": "daft"}
 #: REST scoring through the lab's model server: ``rest`` as ``rest_udf`` chooses (image files as
-#: ``{"b64": ...}``, the model declaring an image input), ``rest_pixels`` with pixel lists forced.
-REST_STYLES = ("rest", "rest_pixels")
+#: ``{"b64": ...}``, the model declaring an image input), ``rest_pixels`` with pixel lists forced,
+#: ``rest_in_flight`` as ``rest`` with :data:`REST_IN_FLIGHT` requests in flight per task.
+REST_STYLES = ("rest", "rest_pixels", "rest_in_flight")
 #: Opt-in styles, not in the default run (``--rest`` or ``--styles ...,rest``).
 EXTRA_STYLES = REST_STYLES
 #: Images per REST request (a 32x32 JPEG is ~1.4 KB as b64, ~13 KB as pixel lists).
 REST_BATCH = 64
+#: Requests in flight per task for ``rest_in_flight`` (``RestOptions.in_flight``): with 2 tasks,
+#: 8 at the server, whose default admission runs 2 and queues 16.
+REST_IN_FLIGHT = 4
 FIELD_SIZES = (100, 500, 1000, 1500, 2000, 2500, 3000)
 
 #: ``--switches``: Spark settings every asked style is also run with, next to its run without

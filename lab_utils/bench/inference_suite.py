@@ -22,9 +22,10 @@ For each model (the lab's CNN on 32x32 image files, ResNet-50 at 224x224) and ea
 * with ``--profile`` each style's top functions from Spark's UDF profiler (``perf``), written to
   ``profiles/<model>-<N>-<style>/`` (the pstats files and ``top.txt``), from one more run
   after the timed one; every timed run's Python SQL metrics (classic) are in ``results.json``;
-* with ``--rest`` also ``rest`` and ``rest_pixels``: the same rows scored over HTTP by the lab's
-  model server (:mod:`lab_utils.inference.rest_udf`, a server started for the run on a free
-  port, CNN only), the image files sent as ``{"b64": ...}`` and as pixel lists, each reported as
+* with ``--rest`` also ``rest``, ``rest_pixels`` and ``rest_in_flight``: the same rows scored
+  over HTTP by the lab's model server (:mod:`lab_utils.inference.rest_udf`, a server started for
+  the run on a free port, CNN only), the image files sent as ``{"b64": ...}``, as pixel lists,
+  and as ``{"b64": ...}`` with several requests in flight per task, each reported as
   a ratio to the in-Spark iterator UDF.
 
 Rules: the input bytes are cached in Spark (and in memory for the baseline) so neither side
@@ -293,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="N for ResNet-50 (slow on CPU); the --sizes apply to the CNN")
     parser.add_argument("--rest", action="store_true",
                         help="also score over HTTP through a model server started for the run "
-                             "(rest: image files as b64; rest_pixels: pixel lists; CNN only) and "
+                             "(rest: image files as b64; rest_pixels: pixel lists; "
+                             "rest_in_flight: b64 with several requests in flight per task; "
+                             "CNN only) and "
                              "print their ratios to the iterator UDF")
     parser.add_argument("--peers", action="store_true",
                         help="also run Ray Data and Daft (the bench-peers dependency group: "

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from lab_utils import inference
-from lab_utils.bench.cases import REST_BATCH, REST_STYLES, BenchModel, warmup_rows
+from lab_utils.bench.cases import REST_BATCH, REST_IN_FLIGHT, REST_STYLES, BenchModel, warmup_rows
 from lab_utils.common import tensorflow as tf_setup
 from lab_utils.common.connect import is_connect
 
@@ -76,7 +76,9 @@ def style_builder(style: str, model: BenchModel, make, batch: int,
         from lab_utils.inference.rest_client import RestOptions
         from lab_utils.inference.rest_udf import rest_udf
 
-        udf = rest_udf(spec, rest_url, client=RestOptions(batch_size=REST_BATCH),
+        in_flight = REST_IN_FLIGHT if style == "rest_in_flight" else 1
+        udf = rest_udf(spec, rest_url,
+                       client=RestOptions(batch_size=REST_BATCH, in_flight=in_flight),
                        payload="pixels" if style == "rest_pixels" else "auto")
         return lambda df: df.select(udf("path", "content").alias("r"))
     if style == "transfer_only":

@@ -213,3 +213,28 @@ def test_the_rest_profiles_timers_measure_time_and_this_processs_cpu():
     while time.process_time() < end:  # burn 0.3 s of this process's CPU
         pass
     assert 0.2 <= rest_profile.cpu_seconds(os.getpid()) - before <= 1.0
+
+
+@pytest.mark.parametrize(("style", "in_flight", "payload"), [
+    ("rest", 1, "auto"), ("rest_pixels", 1, "pixels"),
+    ("rest_in_flight", cases.REST_IN_FLIGHT, "auto")])
+def test_rest_styles_ask_rest_udf_for_their_requests_in_flight(monkeypatch, style, in_flight,
+                                                               payload):
+    from types import SimpleNamespace
+
+    from lab_utils.bench import styles
+    from lab_utils.inference import rest_udf
+
+    asked = {}
+
+    def fake_rest_udf(spec, url, *, client, payload):
+        asked.update(spec=spec, url=url, client=client, payload=payload)
+        return lambda *columns: columns
+
+    monkeypatch.setattr(rest_udf, "rest_udf", fake_rest_udf)
+    model = SimpleNamespace(spec="the-spec")
+    styles.style_builder(style, model, make=None, batch=8, rest_url="http://x")  # type: ignore[arg-type]
+    assert asked["client"].in_flight == in_flight > 0
+    assert asked["client"].batch_size == cases.REST_BATCH
+    assert (asked["spec"], asked["url"], asked["payload"]) == ("the-spec", "http://x", payload)
+    assert cases.REST_IN_FLIGHT > 1
