@@ -26,12 +26,14 @@ APP = "app-20261207171933-0001"
 UI = "http://127.0.0.1:4040"
 
 
-def _task(launch: str, duration_ms: int, executor: str) -> dict:
+def _task(launch: str, duration_ms: int, executor: str, cpus: int = 1) -> dict:
     # As Spark 4.3 reports a task: the driver's duration ends when it has handled the result,
-    # 20 ms after the executor finished (the next task may start in between).
+    # 20 ms after the executor finished (the next task may start in between), and the run
+    # time is multiplied by the task's cpus (a 2-cpu task of 2,000 ms reports ~3,970 ms).
     return {"taskId": 0, "launchTime": launch, "duration": duration_ms + 20,
             "executorId": executor,
-            "taskMetrics": {"executorDeserializeTime": 10, "executorRunTime": duration_ms - 15,
+            "taskMetrics": {"executorDeserializeTime": 10,
+                            "executorRunTime": (duration_ms - 15) * cpus,
                             "resultSerializationTime": 5}}
 
 
@@ -75,8 +77,8 @@ class FakeUi:
                     _task("2026-12-07T17:19:41.000GMT", 1000, "0"),
                     _task("2026-12-07T17:19:41.100GMT", 1000, "1")]
         if path.startswith("/stages/6/0/taskList"):
-            return [_task("2026-12-07T17:19:42.500GMT", 2000, "0"),
-                    _task("2026-12-07T17:19:44.505GMT", 2000, "0")]
+            return [_task("2026-12-07T17:19:42.500GMT", 2000, "0", cpus=2),
+                    _task("2026-12-07T17:19:44.505GMT", 2000, "0", cpus=2)]
         raise AssertionError(f"unexpected request {url}")
 
 
@@ -106,12 +108,13 @@ def test_the_stages_of_tagged_jobs_are_read_with_their_profiles(monkeypatch, tag
     assert (fat.max_concurrent, fat.executors) == (1, 1)
     assert fat.wall_s == pytest.approx(4.005)
     assert fat.url == f"{UI}/stages/stage/?id=6&attempt=0"
+    assert fat.spans == ((0.0, 2.0), (2.005, 4.005))
 
 
 def test_back_to_back_tasks_do_not_overlap_though_the_driver_s_durations_do():
-    first = _task("2026-12-07T17:19:42.500GMT", 2000, "0")
-    second = _task("2026-12-07T17:19:44.505GMT", 2000, "0")  # launched as the slot freed
-    spans = [resources.task_span(t) for t in (first, second)]
+    first = _task("2026-12-07T17:19:42.500GMT", 2000, "0", cpus=2)
+    second = _task("2026-12-07T17:19:44.505GMT", 2000, "0", cpus=2)  # as the slot freed
+    spans = [resources.task_span(t, cpus=2) for t in (first, second)]
     assert spans[0][1] < spans[1][0] < spans[0][0] + first["duration"] / 1e3
     assert max_concurrent(spans) == 1
     # Without task metrics (a task still running) the driver's duration is all there is.
