@@ -152,15 +152,16 @@ def run(
     switches: tuple[str, ...] = (),
     profile: bool = False,
     progress: Callable[[str], None] = print,
-) -> pd.DataFrame:
-    """Run the benchmark; return one row per (model, style, N) and write CSV/JSON/PNG.
+) -> tuple[pd.DataFrame, Any]:
+    """Run the benchmark; return one row per (model, style, N) and the session it ended with;
+    write CSV/JSON/PNG.
 
     For each model and N: the reference runs
     (:func:`~lab_utils.bench.references.reference_runs`), then every Spark style on the same
     cached input, each in the same application. ``switches`` (names of
     :data:`~lab_utils.bench.cases.SWITCHES`): every style also with that setting on; one fixed
     at an application's start runs the styles again in a classic application of its own
-    (``spark`` is stopped for it and the suite's last session is returned in ``table.attrs``).
+    (``spark`` is stopped for it, and the last of them is the session returned).
     """
     cfg = lab_config.load()
     out_dir = out_dir or cfg.share_dir / "output" / "bench" / time.strftime("%Y%m%d-%H%M%S")
@@ -178,9 +179,8 @@ def run(
         spark = switched_session(switch)
         records += run_records(spark, label=switch, progress=progress, **options)
     table = _write_results(spark, records, out_dir)
-    table.attrs["spark"] = spark
     progress(f"results in {out_dir}")
-    return table
+    return table, spark
 
 
 def switched_session(switch: str | None):
@@ -367,10 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     if "inference" in suites:
         which = args.models.split(",")
         sizes = {"cnn": args.sizes, "resnet50": args.resnet_sizes}
-        table = run(spark, styles=styles, peers=peers, switches=switches, profile=args.profile,
-                    sizes={name: tuple(int(n) for n in sizes[name].split(","))
-                           for name in which})
-        spark = table.attrs.pop("spark")
+        table, spark = run(spark, styles=styles, peers=peers, switches=switches,
+                           profile=args.profile,
+                           sizes={name: tuple(int(n) for n in sizes[name].split(","))
+                                  for name in which})
         print(report(table))
         print()
         print(side_by_side(table))
