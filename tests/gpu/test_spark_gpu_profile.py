@@ -88,7 +88,7 @@ def _answers(url: str) -> bool:
     return True
 
 
-def run_half_gpu_stage(master: str, model_file: str, rows: list[dict]):
+def run_half_gpu_stage(master: str, model_dir: str, rows: list[dict]):
     """Score ``rows`` on ``master`` in a stage whose profile gives each task 0.5 GPU; one row
     out per row in, with the task's GPU address, what TensorFlow saw and when the task ran."""
     import pandas as pd
@@ -98,7 +98,6 @@ def run_half_gpu_stage(master: str, model_file: str, rows: list[dict]):
     spark = (SparkSession.builder.master(master).appName("gpu profile test")
              .config("spark.driver.host", "127.0.0.1").config("spark.executor.cores", "2")
              .config("spark.cores.max", "2").config("spark.executor.memory", "2g")
-             .config("spark.pyspark.python", sys.executable)
              .config(map=gpu_app_conf(executor_gpus=1, task_gpus=1)).getOrCreate())
 
     def on_gpu(frames):
@@ -113,7 +112,7 @@ def run_half_gpu_stage(master: str, model_file: str, rows: list[dict]):
         ctx = TaskContext.get()
         start, index = time.time(), ctx.partitionId()
         records = [r for f in frames for r in f.to_dict("records")]
-        scored = list(image_partition_predictor(model_file)._predict_partition(index, records))
+        scored = list(image_partition_predictor(model_dir)._predict_partition(index, records))
         yield pd.DataFrame({
             "path": [r[0] for r in scored], "prediction": [r[1] for r in scored],
             "confidence": [r[2] for r in scored], "error": [r[3] for r in scored],
@@ -139,8 +138,8 @@ def most_at_once_per_gpu(out) -> int:
                for _, same in tasks.groupby("address") for _, task in same.iterrows())
 
 
-def test_a_stage_with_half_a_gpu_per_task_gets_the_task_s_gpu(gpu_cluster, digits_spec,
-                                                             digit_rows, loader):
+def test_a_stage_with_half_a_gpu_per_task_gets_the_task_s_gpu(monkeypatch, gpu_cluster,
+                                                             digits_spec, digit_rows, loader):
     from lab_utils import inference
     from tests.utils.gpu import free_models
 
@@ -152,7 +151,9 @@ def test_a_stage_with_half_a_gpu_per_task_gets_the_task_s_gpu(gpu_cluster, digit
     free_models()
 
     master, addresses = gpu_cluster
-    out = run_half_gpu_stage(master, str(digits_spec.model_file), digit_rows)
+    # A Python driver names the executors' interpreter by this variable, not by a setting.
+    monkeypatch.setenv("PYSPARK_PYTHON", sys.executable)
+    out = run_half_gpu_stage(master, str(digits_spec.path), digit_rows)
 
     assert sorted(out["path"]) == sorted(cpu_rows)
     assert set(out["address"]) <= set(addresses)  # one address each, one the script listed
