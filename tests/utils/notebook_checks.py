@@ -463,6 +463,18 @@ def check_08_external_api_scoring(r: dict) -> None:
     assert abs(r["in_flight_best_to_spark"] - to_spark) <= 1e-9 * to_spark
 
 
+def check_09_streaming_inference(r: dict) -> None:
+    raise AssertionError("not written yet: notebook 09's checks come with it")
+
+
+def check_10_text_embeddings_search(r: dict) -> None:
+    raise AssertionError("not written yet: notebook 10's checks come with it")
+
+
+def check_11_distributed_training(r: dict) -> None:
+    raise AssertionError("not written yet: notebook 11's checks come with it")
+
+
 #: Notebook stem -> its check, in notebook order.
 CHECKS: dict[str, Callable[[dict], None]] = {
     "00_getting_started": check_00_getting_started,
@@ -474,4 +486,7 @@ CHECKS: dict[str, Callable[[dict], None]] = {
     "06_timeseries_windows_tfrecord": check_06_timeseries_windows_tfrecord,
     "07_audio_features": check_07_audio_features,
     "08_external_api_scoring": check_08_external_api_scoring,
+    "09_streaming_inference": check_09_streaming_inference,
+    "10_text_embeddings_search": check_10_text_embeddings_search,
+    "11_distributed_training": check_11_distributed_training,
 }
