@@ -236,11 +236,20 @@ def gpu_worker_conf(gpus: int, script: str | Path = GPU_DISCOVERY_SCRIPT) -> dic
             "spark.worker.resource.gpu.discoveryScript": str(script)}
 
 
-def gpu_app_conf(executor_gpus: int = 1, task_gpus: float = 1.0) -> dict[str, str]:
+def gpu_app_conf(executor_gpus: int = 1, task_gpus: float = 1.0, *,
+                 worker_reuse: bool = True) -> dict[str, str]:
     """An application's GPU settings: GPUs per executor and each task's share of one.
 
     ``task_gpus = 0.5`` runs two tasks on each GPU (the model must fit twice in its memory);
     Spark hands every task the address of the GPU it shares.
+
+    **One GPU per executor is the rule** while Python workers are reused (Spark's default,
+    ``spark.python.worker.reuse``): a worker's TensorFlow is restricted to the GPU of its
+    first task (:func:`lab_utils.common.tensorflow.restrict_tensorflow_gpus`) and cannot
+    change later, so on an executor with two GPUs a reused worker would run a later task on
+    a GPU Spark did not assign to it. More GPUs per executor are accepted only with
+    ``worker_reuse=False``, which sets ``spark.python.worker.reuse=false``: a new Python
+    worker (TensorFlow and the model loaded again) for every task.
 
     Examples
     --------
@@ -250,6 +259,8 @@ def gpu_app_conf(executor_gpus: int = 1, task_gpus: float = 1.0) -> dict[str, st
     Traceback (most recent call last):
     ...
     lab_utils.common.resources.ResourceSettingError: spark.task.resource.gpu.amount = 0.7: ...
+    >>> gpu_app_conf(2, 1, worker_reuse=False)["spark.python.worker.reuse"]
+    'false'
     """
     _check_amount("spark.executor.resource.gpu.amount", executor_gpus, whole=True)
     _check_amount("spark.task.resource.gpu.amount", task_gpus, whole=False)
@@ -258,5 +269,15 @@ def gpu_app_conf(executor_gpus: int = 1, task_gpus: float = 1.0) -> dict[str, st
             f"spark.task.resource.gpu.amount = {task_gpus} is more than the executor's "
             f"{executor_gpus} GPU(s): no task could ever start; lower it or raise "
             "spark.executor.resource.gpu.amount")
-    return {"spark.executor.resource.gpu.amount": str(int(executor_gpus)),
+    if executor_gpus > 1 and worker_reuse:
+        raise ResourceSettingError(
+            f"spark.executor.resource.gpu.amount = {executor_gpus} with reused Python workers: "
+            "a reused worker keeps the GPU TensorFlow was restricted to for its first task, "
+            "so a later task would run on a GPU Spark did not assign to it; use one GPU per "
+            "executor (executor_gpus=1, more executors), or worker_reuse=False "
+            "(spark.python.worker.reuse=false: a new Python worker for every task)")
+    conf = {"spark.executor.resource.gpu.amount": str(int(executor_gpus)),
             "spark.task.resource.gpu.amount": f"{task_gpus:g}"}
+    if not worker_reuse:
+        conf["spark.python.worker.reuse"] = "false"
+    return conf

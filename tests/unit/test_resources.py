@@ -147,7 +147,19 @@ def test_gpu_settings_are_spark_s_keys():
         "spark.worker.resource.gpu.discoveryScript": str(GPU_DISCOVERY_SCRIPT)}
     assert gpu_app_conf() == {"spark.executor.resource.gpu.amount": "1",
                               "spark.task.resource.gpu.amount": "1"}
-    assert gpu_app_conf(2, 0.25)["spark.task.resource.gpu.amount"] == "0.25"
+    assert gpu_app_conf(1, 0.25)["spark.task.resource.gpu.amount"] == "0.25"
+    assert "spark.python.worker.reuse" not in gpu_app_conf(1, 0.5)
+
+
+def test_several_gpus_per_executor_only_without_worker_reuse():
+    # A reused Python worker keeps the GPU its TensorFlow was restricted to for its first task:
+    # with two GPUs in one executor a later task could run on the GPU Spark gave another task.
+    with pytest.raises(ResourceSettingError, match="one GPU per executor") as refused:
+        gpu_app_conf(2, 1)
+    assert "worker_reuse=False" in str(refused.value)
+    assert gpu_app_conf(2, 0.5, worker_reuse=False) == {
+        "spark.executor.resource.gpu.amount": "2", "spark.task.resource.gpu.amount": "0.5",
+        "spark.python.worker.reuse": "false"}
 
 
 @pytest.mark.parametrize(("call", "fix"), [
