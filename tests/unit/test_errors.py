@@ -43,6 +43,7 @@ BUILTIN_BASE = {
     "SqlMetricsError": LookupError,  # issue 31: a query or metric the Spark UI does not have
     "ResourceSettingError": ValueError,  # issue 31: a GPU amount Spark would refuse
     "StageRunsError": LookupError,  # issue 31: tagged stages the Spark UI does not have
+    "AlreadyLandedError": FileExistsError, "LandingNameError": ValueError,  # issue 32, landing
 }
 
 #: Built-ins a raise may still name: control flow and "not written yet", not a refusal.
