@@ -112,6 +112,9 @@ VARIABLES: dict[str, str] = {
     "LAB_SMOKE": "1 = notebooks use smoke-sized data (CI)",
     "LAB_QUICK": "1 = notebooks use their quick size (a few minutes each; every notebook's "
     "intro gives its measured times)",
+    "LAB_IMAGENET_DOWNLOAD": "1 = notebook 03 may download ResNet-50's ImageNet weights and "
+    "class index into share_storages/models/resnet50/ when they are not there (needs a "
+    "network; the lab downloads nothing by default)",
     "LAB_INSTANCE": "set by the native launcher, never by you: this lab's state dir, on every "
     "process it starts (services, kernels, drivers, executors), so `make stop` can tell them "
     "from your own",
@@ -216,6 +219,7 @@ class LabConfig:
     quick: bool
     driver_ui_port: int | None = None
     ui_kill: bool = False
+    imagenet_download: bool = False
     auth_secret_file: Path | None = None
     jupyter_token_file: Path | None = None
     public_host: str | None = None
@@ -358,6 +362,7 @@ def load(env: Mapping[str, str] | None = None) -> LabConfig:
         quick=_flag(env, "LAB_QUICK"),
         driver_ui_port=_int(env, "LAB_DRIVER_UI_PORT", 0) or None,
         ui_kill=_flag(env, "LAB_UI_KILL"),
+        imagenet_download=_flag(env, "LAB_IMAGENET_DOWNLOAD"),
         auth_secret_file=secret_file,
         jupyter_token_file=token_file,
         public_host=env.get("LAB_PUBLIC_HOST") or None,
@@ -423,6 +428,7 @@ def to_env(cfg: LabConfig) -> dict[str, str]:
         "LAB_QUICK": "1" if cfg.quick else "",
         "LAB_DRIVER_UI_PORT": cfg.driver_ui_port,
         "LAB_UI_KILL": "1" if cfg.ui_kill else "",
+        "LAB_IMAGENET_DOWNLOAD": "1" if cfg.imagenet_download else "",
         "LAB_PUBLIC_HOST": cfg.public_host,
         "LAB_PUBLIC_JUPYTER_URL": cfg.public_jupyter_url_override,
         "LAB_PUBLIC_MASTER_UI_URL": cfg.public_master_ui_url_override,

@@ -23,6 +23,7 @@ BUILTIN_BASE = {
     "ClusterUnavailableError": RuntimeError, "DockerError": RuntimeError,
     "ModelIntegrityError": ValueError, "PayloadError": ValueError, "BenchError": RuntimeError,
     "RestOptionsError": ValueError, "FaultSettingsError": ValueError,
+    "ImagenetDownloadError": ConnectionError,  # issue 34: notebook 03's opt-in download
     # Issue 28: the raises that were plain built-ins, each with the base its callers catch.
     "ConfigError": ValueError, "EnvFileError": ValueError,
     "ResultsNotFoundError": FileNotFoundError, "CacheSizeError": ValueError,
