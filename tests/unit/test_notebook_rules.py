@@ -122,10 +122,6 @@ MEASURED = re.compile(
 SOURCED: tuple[tuple[str, str, str], ...] = (
     ("03_resnet50_batch_inference", "600 KB",
      "arithmetic: 224 x 224 x 3 float32 = 602,112 bytes, the seed's decoded image"),
-    ("03_resnet50_batch_inference", "~100 MB",
-     "ResNet-50's 25.6 M float32 parameters (Keras applications table) = 102 MB"),
-    ("03_resnet50_batch_inference", "about 100 MB",
-     "ResNet-50's 25.6 M float32 parameters (Keras applications table) = 102 MB"),
 )
 
 
