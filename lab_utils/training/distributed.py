@@ -106,7 +106,7 @@ def slots_problem(workers: int, slots: int) -> str | None:
     --------
     >>> slots_problem(2, 2) is None
     True
-    >>> print(slots_problem(3, 2)[:58])
+    >>> print(slots_problem(3, 2)[:57])
     3 workers asked for, but this application runs 2 tasks at
     """
     if workers < 1:
@@ -291,7 +291,8 @@ class WorkerResult:
 
 #: A worker's training function: it returns a dict with ``model`` (trained), ``losses`` (one
 #: per step it ran), and optionally ``start_step`` (the checkpoint it resumed from) and
-#: ``seconds`` (its training loop's time, for steps/s without TensorFlow's start-up) and
+#: ``seconds`` (its training loop's time, for steps/s without TensorFlow's start-up) with
+#: ``timed_steps`` (the steps inside ``seconds``; default: all) and
 #: ``extra`` (a JSON-able dict handed back as it is).
 TrainFn = Callable[[WorkerContext], dict[str, Any]]
 
@@ -481,11 +482,14 @@ def barrier_worker_fn(train_fn: TrainFn, run_dir: Path | str, *,
 
 
 def _executor_host() -> str:
-    """The host this task's executor listens on (``SPARK_LOCAL_IP``, else its hostname's
-    address)."""
+    """This machine's address as its host name resolves (127.0.0.1 when it does not): where
+    the other workers can reach this task without a barrier stage's task infos."""
     import socket
 
-    return os.environ.get("SPARK_LOCAL_IP") or socket.gethostbyname(socket.gethostname())
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
 
 
 def train_distributed(spark: SparkSession, train_fn: TrainFn, *, workers: int,

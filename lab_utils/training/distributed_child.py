@@ -34,11 +34,12 @@ def main(argv: list[str] | None = None) -> int:
                 **spec["model_meta"]}
         saved = str(save_model(model, meta, spec["model_dir"]))
     steps = len(losses)
+    timed = int(out.get("timed_steps", steps))  # steps inside ``seconds``
     result = WorkerResult(rank=ctx.rank, workers=ctx.workers, attempt=ctx.attempt,
                           start_step=start_step, steps=steps, losses=losses,
                           checksum=weights_checksum([w.numpy() for w in model.weights]),
                           seconds=0.0, train_seconds=round(seconds, 3),
-                          steps_per_s=round(steps / seconds, 3) if seconds > 0 else 0.0,
+                          steps_per_s=round(timed / seconds, 3) if seconds > 0 else 0.0,
                           saved=saved, extra=dict(out.get("extra") or {}))
     write_json(spec["out"], result.__dict__)
     return 0
