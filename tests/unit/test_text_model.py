@@ -211,3 +211,14 @@ def test_smoke_files_keep_the_files_that_define_the_answers():
     assert ("pyspark", "sql/pandas/group_ops.py") in picked
     assert picked == [f for f in files if f in set(picked)]
     assert picked == docstrings.smoke_files(files, ["applyInPandas"], others=5, seed=1)
+
+
+def test_the_bench_text_sample_is_fixed_and_asks_for_no_more_than_there_is():
+    from lab_utils.bench import text_suite
+    from lab_utils.bench.cases import BenchError
+
+    first = text_suite.sample_texts(20)
+    assert first == text_suite.sample_texts(20) and len(set(first)) == 20
+    assert all(": " in t for t in first)
+    with pytest.raises(BenchError, match="ask for fewer"):
+        text_suite.sample_texts(10**6)
