@@ -40,7 +40,6 @@ import numpy as np
 
 from lab_utils.common.atomic import atomic_write, atomic_write_text
 from lab_utils.common.connect import task_slots
-from lab_utils.common.net import free_port
 from lab_utils.common.process import log_tail
 from lab_utils.errors import LabError
 
@@ -117,6 +116,21 @@ def slots_problem(workers: int, slots: int) -> str | None:
             f"(spark.cores.max / spark.task.cpus): a barrier stage starts all its tasks "
             f"together, so ask for at most {slots} workers, or give the application more "
             "cores (LAB_APP_CORES_MAX, or spark.cores.max in a new session)")
+
+
+def task_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` now, from the operating system (a bind to port 0).
+
+    Not :func:`lab_utils.common.net.free_port`: Spark forks its Python workers from one
+    daemon, so every task starts with the same ``random`` state and would draw the same
+    "random" port. Ports from the OS's ephemeral range can be handed to another socket before
+    TensorFlow binds this one; the window is the seconds until the workers start.
+    """
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def weights_checksum(arrays: Sequence[np.ndarray]) -> str:
@@ -463,13 +477,13 @@ def barrier_worker_fn(train_fn: TrainFn, run_dir: Path | str, *,
             ctx = BarrierTaskContext.get()
             rank = ctx.partitionId()
             host = ctx.getTaskInfos()[rank].address.rsplit(":", 1)[0]  # this task's executor
-            addresses = ctx.allGather(f"{host}:{free_port(host)}")
+            addresses = ctx.allGather(f"{host}:{task_port(host)}")
         else:
             task = TaskContext.get()
             rank = task.partitionId() if task is not None else 0
             host = "127.0.0.1" if task is None else _executor_host()
             addresses = file_rendezvous(Path(run_dir) / "rendezvous" / token, rank, workers,
-                                        f"{host}:{free_port(host)}", timeout=timeout)
+                                        f"{host}:{task_port(host)}", timeout=timeout)
         for _ in batches:  # one row per task (its rank): nothing to read
             pass
         result = run_worker(train_fn, rank=rank, addresses=addresses,
@@ -504,7 +518,9 @@ def train_distributed(spark: SparkSession, train_fn: TrainFn, *, workers: int,
     ``MultiWorkerMirroredStrategy()`` itself and may call ``ctx.restore`` /
     ``ctx.checkpoint``. ``run_dir`` is on shared storage (logs, checkpoints). ``barrier``
     (default: whenever Spark allows one, :func:`barrier_allowed`) runs a barrier stage; the
-    slots are checked first (:func:`check_slots`).
+    slots are checked first (:func:`check_slots`). A failed worker fails its task; Spark then
+    retries the whole barrier stage (``spark.stage.maxConsecutiveAttempts``, 4 by default) and
+    each worker resumes from the last checkpoint.
     """
     barrier = barrier_allowed(spark) if barrier is None else barrier
     check_slots(spark, workers, barrier=barrier)
@@ -514,7 +530,11 @@ def train_distributed(spark: SparkSession, train_fn: TrainFn, *, workers: int,
                            model_meta=model_meta, barrier=barrier, workers=workers,
                            timeout=timeout)
     ranks = spark.range(0, workers, 1, numPartitions=workers)
-    rows = ranks.mapInPandas(fn, RESULT_SCHEMA, barrier=barrier).collect()
+    # The shuffle makes the barrier stage a ShuffleMapStage: Spark retries a failed one, but
+    # aborts the job when a barrier *result* stage fails ("Could not recover from a failed
+    # barrier ResultStage").
+    trained = ranks.mapInPandas(fn, RESULT_SCHEMA, barrier=barrier).repartition(1)
+    rows = trained.collect()
     return results_from_rows([row.asDict() for row in rows])
 
 

@@ -246,3 +246,12 @@ def test_importing_the_launcher_needs_no_tensorflow_nor_pyspark():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "[]"
+
+
+def test_forked_tasks_get_different_ports():
+    # Spark forks its Python workers from one daemon: the same random state in every task.
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        ports = pool.map(dist.task_port, ["127.0.0.1"] * 2)
+    assert len(set(ports)) == 2 and all(p > 0 for p in ports)
