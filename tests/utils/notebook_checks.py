@@ -274,6 +274,19 @@ def check_04_partition_predictor(r: dict) -> None:
     assert r["confusion_diagonal"] == round(r["top1_accuracy"] * r["rows"])
     assert r["devices"] == ["/CPU:0"]  # no GPU on the test machines
     assert r["modulo_devices"] == ["/GPU:0", "/GPU:1"]
+    # The page's task_gpus/keep_tensorflow_to/pick_device (section 3) ran in every partition:
+    # no GPU assigned, TensorFlow left alone, the same device as the lab's select_device.
+    assert r["device_parity"] is True
+    assert r["task_gpus"] == ["none"] and r["tf_kept_to"] == ["all"]
+    # Section 2's explain(): the RDD run is opaque to Spark (classic; no RDDs under Connect).
+    if r["spark_api"] == "connect":
+        assert r["rdd_plan_scan_existing_rdd"] is None
+    else:
+        assert r["rdd_plan_scan_existing_rdd"] is True
+        assert r["rdd_plan_python_operators"] == []
+    # One GPU per executor is the rule: two with reused Python workers are refused, with the fix.
+    assert "one GPU per executor" in r["gpu_rule_refused"]
+    assert "worker_reuse=False" in r["gpu_rule_refused"]
     assert r["partitions"] >= 2
     # Stage-level scheduling (section 5). Classic: the decode stage's 1-core tasks ran two at
     # once on the session's one 2-core executor (spark.cores.max = 2), the model stage's tasks
@@ -440,6 +453,16 @@ def check_07_audio_features(r: dict) -> None:
     for name, want in expected.items():
         got = r["bad_outcome"][name]
         assert (got is None) if want is None else (got is not None and want in got), (name, got)
+    # The inference half (section 7): the iterator UDF scored every held-out clip from its WAV
+    # bytes with the saved model, as accurately as the TFRecord evaluation (at most one clip
+    # apart: the standardisation is NumPy's there, TensorFlow's here); the broken files got an
+    # error exactly where the feature UDF gave one, the usable odd ones a word.
+    assert r["udf_scored"] == r["test_clips"] and r["udf_errors"] == 0
+    assert abs(r["udf_accuracy"] - r["accuracy"]) <= 1 / r["test_clips"] + 1e-9, r
+    assert set(r["udf_bad_outcome"]) == set(r["bad_outcome"])
+    for name, error in r["bad_outcome"].items():
+        assert (r["udf_bad_outcome"][name] is None) == (error is None), (name, error)
+    assert set(r["udf_bad_words"]) <= set(words) and r["udf_bad_words"]
 
 
 def check_08_external_api_scoring(r: dict) -> None:
