@@ -15,7 +15,6 @@ import pytest
 
 from lab_utils.training import distributed as dist
 
-
 # --------------------------------------------------------------------------- TF_CONFIG
 
 
