@@ -513,7 +513,46 @@ def check_08_external_api_scoring(r: dict) -> None:
 
 
 def check_09_streaming_inference(r: dict) -> None:
-    raise AssertionError("not written yet: notebook 09's checks come with it")
+    # Smoke: 3 producer batches of 12 while the query runs, 12 more and 4 broken files while it
+    # is stopped.
+    assert r["files_landed"] == 3 * 12 + 12 + 4
+    assert r["files_expected_rows"] == r["files_landed"] - 1  # the empty file has no row
+    once = r["exactly_once"]
+    assert once["files_landed"] == r["files_landed"]
+    assert once["rows"] == r["files_expected_rows"] == r["final_rows"]
+    assert once["duplicated"] == 0 and once["missing"] == [] and once["unexpected"] == []
+    assert once["empty_file_rows"] == 0  # Spark's file scan skips zero-byte files
+    assert once["rows_on_disk"] >= once["rows"]  # plus the files of a batch stop() cut short
+    # Stopped mid-stream: rows in, files still waiting; the restart is the same query.
+    assert 16 <= r["rows_at_stop"] < r["files_landed"] and r["waiting_at_stop"] > 0
+    assert r["same_query_id"] is True
+    # The broken files are error rows (the empty one is not a row at all).
+    assert sorted(r["errors"]) == ["b99-notes.png", "b99-random.png", "b99-truncated.png"]
+    assert "truncated" in r["errors"]["b99-truncated.png"]
+    assert all("not an image" in r["errors"][n] for n in ("b99-notes.png", "b99-random.png"))
+    assert r["accuracy"] >= 0.7  # the smoke CNN on digits it was partly trained on
+    # One model load per Python worker, across many more micro-batches than workers.
+    assert r["loads_per_worker"] == [1] * r["python_workers"]
+    assert r["model_loads"] == r["python_workers"] >= 1
+    assert r["micro_batches"] > r["python_workers"]
+    # Progress reports: every row read by some batch, at most maxFilesPerTrigger (8) a batch.
+    assert r["progress_rows"] == r["files_expected_rows"]  # the empty file reads as 0 rows
+    first = r["progress_first_run"]
+    assert first["batches"] >= 2 and first["rows"] <= 8 * first["batches"]
+    assert first["median_processed_rows_per_s"] > 0 and first["median_batch_ms"] > 0
+    assert first["median_input_rows_per_s"] > 0
+    latency = r["latency_s"]
+    assert r["latency_all_positive"] is True and 0 < latency["min"] <= latency["50%"]
+    assert latency["50%"] <= latency["max"] < 300
+    # cleanSource: committed files archived, at most the last batches' still in the folder.
+    cleanup = r["cleanup"]
+    assert cleanup["archived"] + cleanup["still_in_landing"] == r["files_landed"]
+    assert cleanup["archived"] > cleanup["still_in_landing"]
+    # Written in place: read once, half written, never again, though whole on disk now.
+    in_place = r["in_place"]
+    assert in_place["rows"] == 1 and in_place["decodes_now"] is True
+    assert in_place["length_read"] < in_place["length_on_disk"]
+    assert "truncated" in in_place["error"]
 
 
 def check_10_text_embeddings_search(r: dict) -> None:
