@@ -226,11 +226,10 @@ def check_03_resnet50_batch_inference(r: dict) -> None:
     # per image, and slower than the corrected UDF against the same plain process (it builds
     # ResNet-50 in each task and moves float arrays through Arrow).
     seed = r["seed"]
-    assert seed["n"] == seed["rows"] == 8 and seed["partitions"] == 2, seed
+    assert seed["n"] == seed["rows"] == 4 and seed["partitions"] == 2, seed
     assert seed["floats_per_row"] == [1000], seed
     assert 0 < seed["ratio_to_one_process"] < r["spark_vs_one_process"], (
         seed, r["spark_vs_one_process"])
-    assert r["plotted"][-1] == "recipe as published"
     # What the Python workers holding ResNet-50 report: resident below address space, and in
     # classic mode every peak under the cap the notebook set (RLIMIT_AS).
     memory = r["worker_memory"]
@@ -246,7 +245,7 @@ def check_03_resnet50_batch_inference(r: dict) -> None:
     assert r["one_process_images_per_s"] > 0
     ratio = steady["shared storage"] / r["one_process_images_per_s"]
     assert abs(r["spark_vs_one_process"] - ratio) <= 1e-9 * ratio  # computed in the notebook
-    assert r["plotted"] == ["one process", *broadcast, "shared storage"]
+    assert r["plotted"] == ["one process", *broadcast, "shared storage", "recipe as published"]
 
 
 def check_04_partition_predictor(r: dict) -> None:
