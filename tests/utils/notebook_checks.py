@@ -338,7 +338,11 @@ def check_05_parallel_training(r: dict) -> None:
     assert r["seed_recipe_models_for_one_group"] == 5
     # The page's train(key, pdf) and lab_utils' train_groups give the same rows: same groups,
     # coefficients and metrics within 1e-9, the same failures.
-    assert r["parity"] == {"applyInPandas trainer": True}
+    assert r["parity"] == {"applyInPandas trainer": True, "sorted mapInArrow trainer": True}
+    # The page's sorted mapInArrow trainer (train around the same key cuts as train_groups'
+    # default plan) ran in train_groups' task count and gave its rows.
+    assert r["sorted_parity_max_difference"] < 1e-9
+    assert r["sorted_partitions"] == r["tasks_lab"] and 0 < r["sorted_tasks"] <= r["tasks_lab"]
     assert r["parity_groups"] == r["groups"] and r["parity_max_difference"] < 1e-9
     assert set(r["first_trainer_failed"]) == set(r["failed"])
     assert "at least 10 are needed" in r["first_trainer_failed"]["bad_tiny"]
