@@ -23,6 +23,7 @@ import ast
 import importlib.util
 import random
 import re
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -45,15 +46,26 @@ class LibraryNotFoundError(LabError, ModuleNotFoundError):
     """A library asked for is not installed in this interpreter."""
 
 
+class LibraryFileError(LabError, OSError):
+    """A source file the driver listed is missing where a task reads it."""
+
+
 def library_root(library: str) -> Path:
-    """The folder of an installed top-level package, found without importing it."""
+    """The folder of an installed top-level package, found without importing it.
+
+    A package folder on disk, never one inside a zip: a Spark Python worker has
+    ``pyspark.zip`` on its path before the installed PySpark, and ``find_spec`` may point there.
+    """
     spec = importlib.util.find_spec(library)
-    if spec is None or not spec.submodule_search_locations:
-        raise LibraryNotFoundError(
-            f"library {library!r} is not installed in this interpreter ({library!r} has no "
-            f"package folder): pick one of the lab's libraries, e.g. {', '.join(LIBRARIES)}, or "
-            f"install it in the lab's lock")
-    return Path(next(iter(spec.submodule_search_locations)))
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    locations += [str(Path(entry) / library) for entry in sys.path if entry]
+    for location in locations:
+        if Path(location).is_dir():
+            return Path(location)
+    raise LibraryNotFoundError(
+        f"library {library!r} is not installed in this interpreter ({library!r} has no "
+        f"package folder on disk): pick one of the lab's libraries, e.g. "
+        f"{', '.join(LIBRARIES)}, or install it in the lab's lock")
 
 
 def source_files(libraries: Sequence[str] = LIBRARIES) -> list[tuple[str, str]]:
@@ -112,7 +124,8 @@ def _entries(body: Iterable[ast.stmt], prefix: str,
 
 def docstrings_in_file(library: str, relpath: str, root: Path | None = None) -> list[dict]:
     """The entries of one source file, in source order: ``library``, ``qualname``, ``kind``
-    (function, class or method) and ``summary``. A file that does not parse gives none.
+    (function, class or method) and ``summary``. A file that does not parse gives none; one
+    that cannot be read raises :class:`LibraryFileError`.
 
     Examples
     --------
@@ -131,8 +144,15 @@ def docstrings_in_file(library: str, relpath: str, root: Path | None = None) -> 
     """
     path = (root if root is not None else library_root(library)) / relpath
     try:
-        tree = ast.parse(path.read_bytes(), filename=str(path))
-    except (SyntaxError, ValueError, OSError):
+        source = path.read_bytes()
+    except OSError as err:  # the driver listed it: this interpreter has another install
+        raise LibraryFileError(
+            f"{path} cannot be read here ({err.strerror}): the driver listed it, so this "
+            f"executor runs another {library} than the driver; run the lab's one environment "
+            f"everywhere (`make lab`, PYSPARK_PYTHON)") from err
+    try:
+        tree = ast.parse(source, filename=str(path))
+    except (SyntaxError, ValueError):
         return []
     out = []
     for qualname, kind, doc in _entries(tree.body, module_name(library, relpath)):

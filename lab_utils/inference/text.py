@@ -28,6 +28,7 @@ notebook's baseline compare the two). The loaded encoder is kept in a per-proces
 from __future__ import annotations
 
 import importlib.util
+import os
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +67,10 @@ class ModelPackageNotFoundError(LabError, FileNotFoundError):
 
 class ModelHashError(LabError, ValueError):
     """A file of the unpacked checkpoint is missing or is not the published one."""
+
+
+class BatchSizeError(LabError, ValueError):
+    """A batch of fewer than one text was asked for."""
 
 
 # --------------------------------------------------------------------------- the files
@@ -154,7 +159,8 @@ def plan_batches(lengths: Sequence[int] | np.ndarray, batch_size: int, *,
     [[0, 1], [2, 3]]
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be 1 or more, not {batch_size}")
+        raise BatchSizeError(f"batch_size must be 1 or more, not {batch_size}: pass a positive "
+                             f"number of texts per model call")
     lengths = np.asarray(lengths)
     order = (np.argsort(lengths, kind="stable") if sort_by_length
              else np.arange(len(lengths)))
@@ -169,7 +175,7 @@ def padding_fraction(lengths: Sequence[int] | np.ndarray, batches: list[np.ndarr
     Examples
     --------
     >>> padding_fraction([5, 1, 4, 2], plan_batches([5, 1, 4, 2], 2, sort_by_length=False))
-    0.4
+    0.333...
     >>> padding_fraction([5, 1, 4, 2], plan_batches([5, 1, 4, 2], 2))
     0.142857...
     """
@@ -274,6 +280,8 @@ def load_encoder(folder: Path | str, *, threads: int | None = None) -> Encoder:
     from lab_utils.common.tensorflow import configure_tensorflow
 
     check_model_files(folder)
+    # TensorFlow's C++ start-up notes (oneDNN, no CUDA) otherwise fill the notebook's output
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     configure_tensorflow(threads)
     import keras_hub  # type: ignore[import-untyped]  # no py.typed (not in [tool.mypy] overrides)
     import tensorflow as tf

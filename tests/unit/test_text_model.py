@@ -222,3 +222,11 @@ def test_the_bench_text_sample_is_fixed_and_asks_for_no_more_than_there_is():
     assert all(": " in t for t in first)
     with pytest.raises(BenchError, match="ask for fewer"):
         text_suite.sample_texts(10**6)
+
+
+@pytest.mark.parametrize("module", [text, docstrings], ids=lambda m: m.__name__)
+def test_the_modules_examples_hold(module):
+    import doctest
+
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
