@@ -45,6 +45,10 @@ BUILTIN_BASE = {
     "ResourceSettingError": ValueError,  # issue 31: a GPU amount Spark would refuse
     "StageRunsError": LookupError,  # issue 31: tagged stages the Spark UI does not have
     "AlreadyLandedError": FileExistsError, "LandingNameError": ValueError,  # issue 32, landing
+    # Issue 33, notebook 10: the encoder's package and files, the docstring corpus's libraries.
+    "ModelPackageNotFoundError": FileNotFoundError, "ModelHashError": ValueError,
+    "BatchSizeError": ValueError,
+    "LibraryNotFoundError": ModuleNotFoundError, "LibraryFileError": OSError,
 }
 
 #: Built-ins a raise may still name: control flow and "not written yet", not a refusal.
