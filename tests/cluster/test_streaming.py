@@ -123,8 +123,9 @@ def test_executor_killed_mid_stream_then_restart_scores_every_file_once(spark, l
                 .trigger(**trigger).start(str(sink)))
 
     land("first", FIRST)
+    assert process.wait_until(lambda: len(_executor_pids(cfg, app_id)) == 2, 60, 0.2), (
+        f"expected one executor on each worker, found {_executor_pids(cfg, app_id)}")
     before = _executor_pids(cfg, app_id)
-    assert len(before) == 2, f"expected one executor on each worker, found {before}"
     query = start(processingTime="0 seconds")
     victim_id = killed_pid = None
     try:
