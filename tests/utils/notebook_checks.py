@@ -413,7 +413,10 @@ def check_06_timeseries_windows_tfrecord(r: dict) -> None:
     assert r["auc"] >= 0.72 and r["auc"] >= r["best_rule_auc"] + 0.03, r
     # The page's applyInPandas function and mapInPandas writer give what lab_utils gives: the
     # same window rows (every row counted equally in both), the same files and records.
-    assert r["parity"] == {"applyInPandas windows": True, "mapInPandas writer": True}, r["parity"]
+    assert r["parity"] == {"applyInPandas windows": True, "mapInPandas writer": True,
+                           "Example encoding": True}, r["parity"]
+    # The page's encode_example gave the lab's tf.train.Examples on the held-out rows it tried.
+    assert r["encoding_rows"] == min(50, r["tfrecord_records"]["test"]) > 0
     rows = r["windows"] + r["error_customers"]  # one error row per bad customer
     assert r["parity_windows"] == {"page": rows, "lab_utils": rows, "differ": 0}
     assert list(r["page_writer_records"]) == parts
