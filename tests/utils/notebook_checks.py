@@ -614,9 +614,9 @@ def check_11_distributed_training(r: dict) -> None:
     predicted = p["compute_s_1_worker"] / 8 + p["allreduce_s_ring_8"]
     assert abs(p["step_s_8_workers"] - predicted) <= 1e-9 * predicted
     # Keras 3 fit fails under the multi-worker strategy; tf-keras fit trains, ranks equal.
-    assert r["keras3_fit_error"], "Keras 3 fit under MultiWorkerMirroredStrategy did not fail"
-    assert len(r["tf_keras_losses"]) == 1 and r["tf_keras_losses"][0] > 0
-    assert len(set(r["tf_keras_checksums"])) == 1
+    assert "PerReplica" in (r["keras3_fit_error"] or ""), r["keras3_fit_error"]  # keras#20585
+    assert len(r["tf_keras"]["losses"]) == 2 and all(v > 0 for v in r["tf_keras"]["losses"])
+    assert len(set(r["tf_keras"]["checksums"])) == 1  # tf-keras fit: one model on both ranks
     if r["spark_api"] == "classic":
         assert r["barrier"] is True
         # By hand: allGather'd gradients give the reference's losses too.
