@@ -49,6 +49,9 @@ BUILTIN_BASE = {
     "ModelPackageNotFoundError": FileNotFoundError, "ModelHashError": ValueError,
     "BatchSizeError": ValueError,
     "LibraryNotFoundError": ModuleNotFoundError, "LibraryFileError": OSError,
+    # Issue 35, notebook 11: too few task slots, no barrier stage, a training child that failed.
+    "NotEnoughSlotsError": RuntimeError, "BarrierUnavailableError": RuntimeError,
+    "WorkerFailedError": RuntimeError,
 }
 
 #: Built-ins a raise may still name: control flow and "not written yet", not a refusal.
