@@ -36,11 +36,11 @@ from lab_utils.data.landing import land_file
 from lab_utils.ops import resilience
 from lab_utils.training import cnn
 
-FIRST = 36          # files landed before the query starts
-DURING = 12         # files landed while it runs, each written in pieces
-AFTER_STOP = 12     # files landed while it is stopped
+FIRST = 24          # files landed before the query starts
+DURING = 6          # files landed while it runs, each written in pieces
+AFTER_STOP = 6      # files landed while it is stopped
 PER_TRIGGER = 6     # maxFilesPerTrigger: two 3-file tasks per micro-batch
-PAUSE = 0.5         # seconds per model batch (one image): a 3-file task lasts 1.5 s
+PAUSE = 0.4         # seconds per model batch (one image): a 3-file task lasts 1.2 s
 SCHEMA = "path string, modificationTime timestamp, length long, content binary"
 
 
@@ -146,7 +146,7 @@ def test_executor_killed_mid_stream_then_restart_scores_every_file_once(spark, l
         producer = threading.Thread(target=land, args=("during", DURING), kwargs={"pieces": 4})
         producer.start()
         producer.join()
-        assert process.wait_until(lambda: _committed_batches(sink) >= 4, 180, 0.2), (
+        assert process.wait_until(lambda: _committed_batches(sink) >= 3, 180, 0.2), (
             f"the query stopped making progress after the kill: {query.exception()}")
         assert query.isActive and query.exception() is None
         query.stop()  # mid-stream: files are still waiting
