@@ -27,6 +27,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Iterator  # at module level: pandas UDF hints resolve from globals
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -88,8 +89,6 @@ def run_reference(model_dir: str, texts: list[str], threads: int) -> dict[str, f
 
 
 def _udf(style: str, model_dir: str) -> Any:
-    from collections.abc import Iterator
-
     import numpy as np
     from pyspark.ml.functions import predict_batch_udf
     from pyspark.sql import functions as F
