@@ -573,7 +573,7 @@ def check_10_text_embeddings_search(r: dict) -> None:
     assert set(r["entries_by_library"]) <= {"pyspark", "pandas", "numpy", "sklearn", "keras",
                                             "tensorflow"}
     assert sum(r["entries_by_library"].values()) == r["entries"]
-    assert r["sample_rows"] == 64
+    assert r["sample_rows"] == 128
     # Both UDF forms on the page give the single-process encoder's vectors.
     assert r["form_diff"] < 1e-4
     assert r["min_cosine_spark_vs_local"] > 0.9999
