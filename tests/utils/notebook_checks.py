@@ -139,6 +139,19 @@ def check_02_benchmark_udf_styles(r: dict) -> None:
     assert set(r["model_loads"]) == {"cnn", "resnet50"}
     assert all(1 <= loads <= 4 for loads in r["model_loads"].values()), r["model_loads"]
     assert r["plots"] == ["cnn.png", "resnet50.png"]
+    # Section 2's table, computed from this run: one row per model and N, the best Spark style's
+    # ratio to the baseline (the same figure as best_ratio), the transfer-only cost, and the
+    # iterator UDF's plan with its ArrowEvalPython operator.
+    summary = {f"{row['model']}@{row['n']}": row for row in r["summary"]}
+    assert set(summary) == set(r["best_ratio"]), summary
+    for key, row in summary.items():
+        assert abs(row["best_ratio"] - r["best_ratio"][key]) <= 1e-3 or row["best_style"] not in {
+            "iterator", "predict_batch_udf", "map_in_pandas", "pandas_series",
+            "partition_predictor"}, (key, row)
+        assert 0 < row["worst_ratio"] <= row["best_ratio"], (key, row)
+        assert row["transfer_only_s"] > 0 and row["best_s"] > 0, (key, row)
+        assert row["baseline_images_per_s"] > 0, (key, row)
+    assert r["iterator_operators"] == ["ArrowEvalPython"]
     # Section 4, the UDF profiler (perf) on the two styles written on the page: the model's
     # load, the decoding and the model calls all took time inside the profiled UDF; the cache
     # key is new, so each Python worker (2; a replaced one reloads) loads the model once, and
