@@ -77,7 +77,7 @@ NOTEBOOK_STATE = """({panel: selector}) => {
   const stderr = [...panel.querySelectorAll(
     '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')];
   return {
-    prompts: [...panel.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
+    prompts: [...panel.querySelectorAll('.jp-CodeCell .jp-InputPrompt:not(.jp-Placeholder-prompt)')]
              .map(e => e.textContent.trim()),
     status: panel.querySelector('.jp-Notebook-ExecutionIndicator')?.dataset.status ?? null,
     lastStderr: stderr.length ? stderr[stderr.length - 1].textContent.slice(-3000) : '',

@@ -83,7 +83,7 @@ def test_the_intro_says_what_a_run_costs(path):
 
 
 def test_every_notebook_is_checked_for_its_parameters_cell():
-    assert [p.stem[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(9)]
+    assert [p.stem[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(12)]
 
 
 class _Plan:
