@@ -65,14 +65,14 @@ LANES = (
      ("03_resnet50_batch_inference", "classic"), ("08_external_api_scoring", "classic"),
      ("00_getting_started", "connect"), ("01_udf_inference_keras", "connect"),
      ("02_benchmark_udf_styles", "connect"), ("03_resnet50_batch_inference", "connect"),
-     ("09_streaming_inference", "classic"), ("09_streaming_inference", "connect"),
      ("11_distributed_training", "classic"), ("11_distributed_training", "connect")),
     (("05_parallel_training", "classic"), ("06_timeseries_windows_tfrecord", "classic"),
      ("04_partition_predictor", "classic"), ("07_audio_features", "classic"),
      ("05_parallel_training", "connect"), ("06_timeseries_windows_tfrecord", "connect"),
      ("04_partition_predictor", "connect"), ("07_audio_features", "connect"),
      ("08_external_api_scoring", "connect"),
-     ("10_text_embeddings_search", "classic"), ("10_text_embeddings_search", "connect")),
+     ("10_text_embeddings_search", "classic"), ("10_text_embeddings_search", "connect"),
+     ("09_streaming_inference", "classic"), ("09_streaming_inference", "connect")),
 )
 
 
