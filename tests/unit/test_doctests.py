@@ -13,10 +13,11 @@ import pytest
 
 from lab_utils import session
 from lab_utils.common import atomic, connect, process
-from lab_utils.data import images
+from lab_utils.data import images, landing
 from lab_utils.data.tfrecords import reader as tfrecords_reader
 from lab_utils.data.tfrecords import schema as tfrecords_schema
-from lab_utils.inference import checks, scoring
+from lab_utils.inference import checks, scoring, streaming
+from lab_utils.training import distributed
 from lab_utils.training.groups import fit
 from tests.utils.doctests import run_examples
 
@@ -31,6 +32,9 @@ MODULES: list[ModuleType] = [
     tfrecords_schema,
     tfrecords_reader,
     fit,
+    landing,
+    streaming,
+    distributed,
 ]
 
 
