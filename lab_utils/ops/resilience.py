@@ -1,6 +1,6 @@
 """Lose a worker mid-job and check that the output is still exactly right.
 
-Notebook 01's "Try it: lose a worker mid-job" and ``tests/cluster/test_worker_loss.py`` use the
+Notebook 00's section 9 (losing a worker) and ``tests/cluster/test_worker_loss.py`` use the
 same pieces:
 
 * :func:`keyed_images` builds a long, deterministic job input: image files cycled to any number

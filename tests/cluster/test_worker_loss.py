@@ -7,7 +7,7 @@ iterator UDF with the lab's CNN over image rows keyed by a unique ``id``, writte
 in ``share_storages/output``. A short pause per model batch stands in for a bigger model, so
 the job lasts long enough to be hit on a fast machine too.
 
-worker-2 is killed (``resilience.kill_mid_job``, what notebook 01 does) once both workers
+worker-2 is killed (``resilience.kill_mid_job``, what notebook 00 section 9 does) once both workers
 have finished a task of the job and are running another. What Spark must do: the master marks
 the worker DEAD, the executor on it exits with it (no process of it lingers), the task that
 was running there fails (ExecutorLostFailure) and runs again elsewhere, and the output
@@ -74,7 +74,7 @@ DRIVER = textwrap.dedent("""
     def write():
         job.write.mode("overwrite").parquet(str(cfg.share_dir / "output" / "worker-loss"))
 
-    # What notebook 01 does with KILL_A_WORKER = True.
+    # What notebook 00 (section 9) does with KILL_A_WORKER = True.
     killed = resilience.kill_mid_job(spark, write, cfg, worker="worker-2", group="worker-loss")
     (ctl / "report.json").write_text(json.dumps({
         "killed": killed, "tasks": resilience.job_tasks(sc.uiWebUrl, sc.applicationId,
