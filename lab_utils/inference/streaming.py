@@ -57,14 +57,25 @@ def progress_table(progress: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         rows.append({
             "batch_id": int(report["batchId"]),
             "timestamp": pd.Timestamp(report["timestamp"]),
-            "input_rows": int(report.get("numInputRows") or 0),
-            "input_rows_per_s": _number(report.get("inputRowsPerSecond")),
-            "processed_rows_per_s": _number(report.get("processedRowsPerSecond")),
+            "input_rows": int(_aggregate(report, "numInputRows") or 0),
+            "input_rows_per_s": _number(_aggregate(report, "inputRowsPerSecond")),
+            "processed_rows_per_s": _number(_aggregate(report, "processedRowsPerSecond")),
             "batch_ms": _number(durations.get("triggerExecution")),
             "add_batch_ms": _number(durations.get("addBatch")),
         })
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     return table.astype({"batch_id": "int64", "input_rows": "int64"})
+
+
+def _aggregate(report: Mapping[str, Any], name: str) -> Any:
+    """A report's figure over all its sources. A ``StreamingQueryProgress`` from a Spark Connect
+    server has no top-level ``numInputRows`` / ``...RowsPerSecond`` keys (its JSON leaves them
+    out): its property of the same name sums the sources, as classic's key holds. A plain
+    ``dict`` (a report read back from JSON) has only the key."""
+    value = report.get(name)
+    if value is None and hasattr(type(report), name):
+        value = getattr(report, name)
+    return value
 
 
 def progress_summary(table: pd.DataFrame) -> dict[str, float | int]:

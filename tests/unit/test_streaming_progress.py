@@ -66,3 +66,22 @@ def test_a_rate_spark_could_not_compute_is_nan(value):
     row = streaming.progress_table([{"batchId": 0, "timestamp": "2026-12-07T20:00:00Z",
                                      "processedRowsPerSecond": value}]).iloc[0]
     assert math.isnan(row["processed_rows_per_s"])
+
+
+def test_a_connect_report_without_top_level_counts_sums_its_sources():
+    """A Spark Connect server's report JSON leaves out the top-level ``numInputRows`` and rates
+    (seen on the lab's Connect server: every batch read as 0 rows before this); the figures are
+    the sum over the sources, as PySpark's own properties compute them."""
+    source = {"description": "FileStreamSource[file:/landing]", "startOffset": None,
+              "endOffset": {"logOffset": 1}, "latestOffset": None, "numInputRows": 8,
+              "inputRowsPerSecond": 2.0, "processedRowsPerSecond": 4.0}
+    report = StreamingQueryProgress.fromJson({
+        "id": str(uuid.uuid4()), "runId": str(uuid.uuid4()), "name": None,
+        "timestamp": "2026-12-07T20:00:00.000Z", "batchId": 1, "batchDuration": 2000,
+        "durationMs": {"triggerExecution": 2000, "addBatch": 1500}, "stateOperators": [],
+        "sources": [source], "sink": {"description": "FileSink[/sink]", "numOutputRows": -1}})
+    assert report.get("numInputRows") is None  # what a plain key lookup finds
+    row = streaming.progress_table([report]).iloc[0]
+    figures = (row["input_rows"], row["input_rows_per_s"], row["processed_rows_per_s"])
+    assert figures == (8, 2.0, 4.0)
+    assert streaming.progress_summary(streaming.progress_table([report]))["batches"] == 1
