@@ -49,6 +49,10 @@ def library_versions(modules: tuple[str, ...] = PARITY_MODULES, *,
 #: for to register before one of them has run every task.
 DYNAMIC_ALLOCATION_HOLD = 2.0
 
+#: At most this many runs of :func:`executor_versions`' job under dynamic allocation: the
+#: executors a run asked for are up for the next one.
+DYNAMIC_ALLOCATION_ROUNDS = 3
+
 
 def _partition_report(modules: tuple[str, ...], load: bool, hold: float
                       ) -> Callable[[Iterable[Any]], Iterator[pd.DataFrame]]:
@@ -85,20 +89,34 @@ def executor_versions(
     ``hold``: seconds each task keeps its slot after answering. By default 0, or
     :data:`DYNAMIC_ALLOCATION_HOLD` when the application uses dynamic allocation (the lab's
     Connect server holds no executor while idle): its executors start one by one as this job
-    asks for them, and without a pause the first one up would run every task alone.
+    asks for them, and without a pause the first one up would run every task alone. Even so a
+    slow start (a loaded machine, containers) can leave one executor answering for all, so under
+    dynamic allocation the job runs again, up to :data:`DYNAMIC_ALLOCATION_ROUNDS` times, while
+    each run finds more executors than the last and fewer than the application's task slots
+    hold (``spark.executor.cores`` each); the last run is returned.
     """
     from lab_utils.common.connect import task_slots
 
-    n = partitions or max(2 * task_slots(spark), 2)
+    slots = task_slots(spark)
+    n = partitions or max(2 * slots, 2)
+    conf = spark.conf
+    dynamic = (conf.get("spark.dynamicAllocation.enabled", "false") or "false").lower() == "true"
     if hold is None:
-        dynamic = spark.conf.get("spark.dynamicAllocation.enabled", "false") or "false"
-        hold = DYNAMIC_ALLOCATION_HOLD if dynamic.lower() == "true" else 0.0
+        hold = DYNAMIC_ALLOCATION_HOLD if dynamic else 0.0
     columns = ["python", *modules]
     schema = ("partition int, host string, pid long, executor_dir string, "
               + ", ".join(f"`{name}` string" for name in columns))
     report = _partition_report(modules, load, hold)
-    found = cast("pd.DataFrame", spark.range(n, numPartitions=n).mapInPandas(report, schema)
-                 .toPandas())
+    per_task = int(conf.get("spark.task.cpus", "1") or 1)
+    executor_cores = int(conf.get("spark.executor.cores", "0") or 0)
+    wanted = max(1, slots * per_task // executor_cores) if executor_cores else None
+    seen = 0
+    for _ in range(DYNAMIC_ALLOCATION_ROUNDS if dynamic else 1):
+        found = cast("pd.DataFrame", spark.range(n, numPartitions=n)
+                     .mapInPandas(report, schema).toPandas())
+        now, seen = seen, int(found["executor_dir"].nunique())
+        if seen <= now or (wanted is not None and seen >= min(wanted, n)):
+            break
     return found.sort_values("partition").reset_index(drop=True)
 
 

@@ -77,6 +77,9 @@ _READY = {"history": "healthy", "model-server": "answering on /healthz",
           "jupyter": "answering on /api"}
 #: Services that wait for the master before they start, and how their readiness is called.
 _AFTER_MASTER = {"connect": "accepting sessions"}
+#: Seconds a service this lab ran before gets for its ports to come free: a killed JVM's
+#: sockets close only once its last thread has exited, after it is already reported gone.
+PORT_RELEASE_S = 15.0
 
 
 class Launch:
@@ -100,10 +103,18 @@ class Launch:
         self.started: dict[str, tuple[int, float]] = {}  # name -> (pid, when spawned)
 
     def check_ports(self) -> None:
-        """:class:`LaunchError` naming the port, the service and the setting if one is taken."""
+        """:class:`LaunchError` naming the port, the service and the setting if one is taken.
+
+        A service this lab ran before (its session is on record) may have just died: a JVM
+        killed with SIGKILL is reported gone (a zombie) while its other threads still tear
+        down and hold its sockets, so its own ports get :data:`PORT_RELEASE_S` to come free.
+        """
+        earlier = set(pids.recorded_sessions(self.cfg).values())
         for service in self.missing:
+            grace = PORT_RELEASE_S if service.name in earlier else 0.0
             for port, variable in service.ports:
-                if not port_free(self.host, port):
+                if not port_free(self.host, port) and not wait_until(
+                        functools.partial(port_free, self.host, port), grace, 0.1):
                     raise LaunchError(
                         f"port {port} on {self.host} ({service.name}) is already in use by "
                         f"another process: stop that process, or choose another port with "

@@ -55,7 +55,27 @@ def test_one_row_per_partition_with_every_column_the_schema_names(sleeps):
 def test_tasks_hold_their_slot_under_dynamic_allocation(sleeps):
     spark = StandInSession({"spark.cores.max": "2", "spark.dynamicAllocation.enabled": "true"})
     cluster.executor_versions(spark, 3, modules=())
-    assert sleeps == [cluster.DYNAMIC_ALLOCATION_HOLD] * 3
+    # One executor (this process) answered; the second run found no more, so it stopped.
+    assert sleeps == [cluster.DYNAMIC_ALLOCATION_HOLD] * 3 * 2
     sleeps.clear()
     cluster.executor_versions(spark, 2, modules=(), hold=0.5)
-    assert sleeps == [0.5, 0.5]
+    assert sleeps == [0.5] * 2 * 2  # the hold given, the same two runs
+
+
+def test_executors_that_start_late_are_asked_again(sleeps, monkeypatch):
+    """Dynamic allocation on a slow machine: the first executor up ran every task of the first
+    run; the second run finds both of the application's one-core executors and is the answer."""
+    answers = iter(["app/0"] * 4 + ["app/0", "app/1"] * 2 + ["app/2"] * 4)
+    monkeypatch.setattr(cluster.os, "getcwd", lambda: next(answers))
+    spark = StandInSession({"spark.cores.max": "2", "spark.executor.cores": "1",
+                            "spark.dynamicAllocation.enabled": "true"})
+    found = cluster.executor_versions(spark, modules=())
+    assert sorted(found["executor_dir"].unique()) == ["app/0", "app/1"]
+    assert len(sleeps) == 8  # two runs of four tasks: the third was not needed
+
+
+def test_without_dynamic_allocation_the_job_runs_once(sleeps, monkeypatch):
+    answers = iter(["app/0"] * 4 + ["app/1"] * 4)
+    monkeypatch.setattr(cluster.os, "getcwd", lambda: next(answers))
+    found = cluster.executor_versions(StandInSession({"spark.cores.max": "2"}), modules=())
+    assert list(found["executor_dir"].unique()) == ["app/0"]

@@ -103,6 +103,33 @@ def test_a_lost_connect_server_is_started_again_like_a_lost_worker(tmp_path, sta
     assert pids.running_pid(cfg, "master") == stand_in
 
 
+def test_a_service_that_just_died_gets_time_to_free_its_ports(tmp_path):
+    """A killed JVM is a zombie (gone, for its pid file) while its threads still hold its
+    sockets: `lab start` gives the ports of a service it ran before a moment to come free,
+    and one it never ran none (the tests above: the error comes at once)."""
+    import threading
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    cfg = make_cfg(tmp_path, LAB_CONNECT_PORT=str(port))
+    (cfg.state_dir / "pids").mkdir(parents=True)
+    pids.sessions_file(cfg).write_text(f"connect {dead.pid} 1\n")  # ran before, now gone
+    connect = [s for s in native.services(cfg) if s.name == "connect"]
+    release = threading.Timer(1.0, taken.close)
+    release.start()
+    try:
+        began = time.monotonic()
+        native.Launch(cfg, connect, [], out=lambda *_: None).check_ports()  # no error
+        assert 0.5 < time.monotonic() - began < native.PORT_RELEASE_S
+    finally:
+        release.cancel()
+        taken.close()
+
+
 def test_missing_espeak_is_a_warning_with_the_install_command(monkeypatch):
     monkeypatch.setattr(native.shutil, "which", lambda exe: None if exe == "espeak-ng" else "/x")
     warnings = native.missing_tool_warnings()
