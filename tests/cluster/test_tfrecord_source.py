@@ -75,7 +75,7 @@ def test_a_killed_task_is_retried_and_the_output_is_exact_with_nothing_left(spar
                 fd = os.open(str(marker), os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             except FileExistsError:
                 return value  # the retry: the marker says it was killed already
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 120  # the writer's Python worker may start slowly
             partial = []
             while not partial and time.monotonic() < deadline:  # the writer's temporary file
                 partial = glob.glob(f"{parent}/.out.staging-*/.part-*")
