@@ -64,6 +64,12 @@ class SpeechSummary:
     words: list[str]
     files: int
     per_word: dict[str, int]
+    removed: int = 0  # clips of an earlier build that this one's settings do not name
+
+
+#: The names :func:`build_speech_dataset` gives its clips:
+#: ``<word>_<voice>_s<speed>_p<pitch>_n<k>.wav``.
+CLIP_NAME = re.compile(r"[^/_]+_[^/]+_s\d+_p\d+_n\d+\.wav")
 
 
 def synthesize(word: str, voice: str, speed: int, pitch: int, path: Path) -> bytes:
@@ -140,7 +146,10 @@ def build_speech_dataset(
 
     ``n0`` is espeak-ng's clip as it comes (22,050 Hz: the pipeline resamples), ``n1``... are
     noisy copies (:func:`augment`). ``len(words) * len(voices) * len(speeds) * len(pitches) *
-    (1 + noisy_copies)`` files; existing files of the same names are overwritten.
+    (1 + noisy_copies)`` files; existing files of the same names are overwritten. Clips of an
+    earlier build (named as this function names them) that these settings do not name are
+    removed, so ``dest`` holds exactly this build's clips: a smaller setting (fewer voices, no
+    noisy copies) is not silently mixed with the last run's. Any other file is left alone.
 
     Examples
     --------
@@ -152,10 +161,18 @@ def build_speech_dataset(
     (4, {'yes': 2, 'no': 2})
     >>> sorted(p.name for p in (tmp / "yes").iterdir())
     ['yes_en-us_s160_p50_n0.wav', 'yes_en-us_s160_p50_n1.wav']
+
+    Built again without noisy copies, the folder holds the new set only:
+
+    >>> again = build_speech_dataset(tmp, words=("yes", "no"), voices=("en-us",),
+    ...                              speeds=(160,), pitches=(50,), noisy_copies=0)
+    >>> again.files, again.removed, sorted(p.name for p in (tmp / "yes").iterdir())
+    (2, 2, ['yes_en-us_s160_p50_n0.wav'])
     """
     require_espeak()
     rng = np.random.default_rng(seed)
     counts: dict[str, int] = {}
+    written: set[Path] = set()
     for word in words:
         folder = dest / word
         folder.mkdir(parents=True, exist_ok=True)
@@ -165,11 +182,16 @@ def build_speech_dataset(
                     base = folder / f"{word}_{voice}_s{speed}_p{pitch}"
                     clean = synthesize(word, voice, speed, pitch, Path(f"{base}_n0.wav"))
                     samples, rate = decode_wav(clean)
+                    written.add(Path(f"{base}_n0.wav"))
                     for k in range(1, noisy_copies + 1):
                         noisy = augment(to_mono(samples), rate, rng)
                         Path(f"{base}_n{k}.wav").write_bytes(encode_wav(noisy, rate))
+                        written.add(Path(f"{base}_n{k}.wav"))
                     counts[word] = counts.get(word, 0) + 1 + noisy_copies
-    summary = SpeechSummary(dest, list(words), sum(counts.values()), counts)
+    stale = [p for p in dest.glob("*/*.wav") if CLIP_NAME.fullmatch(p.name) and p not in written]
+    for path in stale:
+        path.unlink()
+    summary = SpeechSummary(dest, list(words), sum(counts.values()), counts, len(stale))
     (dest / ".dataset.json").write_text(json.dumps(
         {"source": "espeak-ng", "words": list(words), "voices": list(voices),
          "speeds": list(speeds), "pitches": list(pitches), "noisy_copies": noisy_copies,
