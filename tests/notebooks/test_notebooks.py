@@ -54,8 +54,9 @@ APIS = ("classic", "connect")
 #: same time. Each lane runs its classic notebooks first: while one lane is still classic and
 #: the other on Connect, the two applications hold the cluster's 4 cores between them.
 #: Balanced by their measured smoke times on 2 cores (2026-12-08, a quiet CI run: the cell
-#: times sum to about 19.1 min in the first lane and 19.2 in the second). Notebook 04's classic run asks for one
-#: 2-core executor (its stage-level scheduling section runs 2-cpu tasks), so it needs a worker
+#: times sum to about 19.1 min in the first lane and 19.2 in the second). Notebook 04's
+#: classic run asks for one 2-core executor (its stage-level scheduling section runs 2-cpu
+#: tasks), so it needs a worker
 #: with both cores free: it comes third in its lane, while the other lane is still on classic
 #: notebooks (05 and 06 together take less time than 00, 02 and 03), and waits at most for that
 #: notebook's application to end, never for a Connect server kept busy by the other lane. Not
