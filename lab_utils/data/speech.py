@@ -180,13 +180,12 @@ def build_speech_dataset(
             for speed in speeds:
                 for pitch in pitches:
                     base = folder / f"{word}_{voice}_s{speed}_p{pitch}"
-                    clean = synthesize(word, voice, speed, pitch, Path(f"{base}_n0.wav"))
-                    samples, rate = decode_wav(clean)
-                    written.add(Path(f"{base}_n0.wav"))
-                    for k in range(1, noisy_copies + 1):
+                    paths = [Path(f"{base}_n{k}.wav") for k in range(noisy_copies + 1)]
+                    samples, rate = decode_wav(synthesize(word, voice, speed, pitch, paths[0]))
+                    for path in paths[1:]:
                         noisy = augment(to_mono(samples), rate, rng)
-                        Path(f"{base}_n{k}.wav").write_bytes(encode_wav(noisy, rate))
-                        written.add(Path(f"{base}_n{k}.wav"))
+                        path.write_bytes(encode_wav(noisy, rate))
+                    written.update(paths)
                     counts[word] = counts.get(word, 0) + 1 + noisy_copies
     stale = [p for p in dest.glob("*/*.wav") if CLIP_NAME.fullmatch(p.name) and p not in written]
     for path in stale:

@@ -114,8 +114,8 @@ def executor_versions(
     for _ in range(DYNAMIC_ALLOCATION_ROUNDS if dynamic else 1):
         found = cast("pd.DataFrame", spark.range(n, numPartitions=n)
                      .mapInPandas(report, schema).toPandas())
-        now, seen = seen, int(found["executor_dir"].nunique())
-        if seen <= now or (wanted is not None and seen >= min(wanted, n)):
+        before, seen = seen, int(found["executor_dir"].nunique())
+        if seen <= before or (wanted is not None and seen >= min(wanted, n)):
             break
     return found.sort_values("partition").reset_index(drop=True)
 

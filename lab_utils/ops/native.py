@@ -113,8 +113,7 @@ class Launch:
         for service in self.missing:
             grace = PORT_RELEASE_S if service.name in earlier else 0.0
             for port, variable in service.ports:
-                if not port_free(self.host, port) and not wait_until(
-                        functools.partial(port_free, self.host, port), grace, 0.1):
+                if not wait_until(functools.partial(port_free, self.host, port), grace, 0.1):
                     raise LaunchError(
                         f"port {port} on {self.host} ({service.name}) is already in use by "
                         f"another process: stop that process, or choose another port with "
